@@ -1,0 +1,31 @@
+# Set-up and the two everyday jobs. `make demo` and `make test` create .venv on first use (and again
+# only when pyproject.toml changes), so each is the single command a fresh clone needs.
+PYTHON ?= python3
+VENV ?= .venv
+# Where torch 2.13.0 comes from. On machines whose pip finds the CPU build locally, nothing is needed;
+# elsewhere pass e.g. TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>" to avoid CUDA wheels.
+TORCH_PIP_ARGS ?=
+PIP = $(VENV)/bin/python -m pip
+STAMP = $(VENV)/.installed
+
+export MUJOCO_GL ?= egl
+
+.PHONY: install demo test bench clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(PIP) install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+# The main job on its embedded default: local MLflow store under ./.vgf, data collected here.
+demo: $(STAMP)
+	$(VENV)/bin/vgf ingest dataset=ogbench dataset.path=tests/data/cube-single-play-v0.npz
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/bench_ingest.py

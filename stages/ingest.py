@@ -1,0 +1,144 @@
+"""`vgf ingest`: an OGBench npz, a D4RL HDF5 file or a Minari directory -> one canonical HDF5 file.
+
+The canonical file (``vgfcli.data.canonical``) holds observations, actions, rewards,
+next_observations, terminals (trajectory ends) and masks (0 = true terminal), so every later stage
+reads one format whatever the source. Readers validate everything before a byte is written: a bad
+file stops the stage with a one-line error and leaves no run behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from rich.table import Table
+
+from vgfcli.errors import VgfError
+from vgfcli.stage import Inputs, Outcome, Stage, StageResult
+
+ACTION_BOUND_MODES = ("warn", "clip", "rescale")
+
+
+class IngestStage(Stage):
+    name = "ingest"
+    config_name = "ingest"
+    code_version = 1
+    main_metrics = ("transitions", "episodes", "return_mean")
+
+    def resolve_inputs(self, cfg) -> Inputs:
+        if cfg.action_bounds not in ACTION_BOUND_MODES:
+            raise VgfError(f"action_bounds must be one of {', '.join(ACTION_BOUND_MODES)}, got '{cfg.action_bounds}'")
+        source = cfg.dataset
+        if source.kind == "ogbench":
+            return _ogbench_inputs(source)
+        path = Path(source.path).expanduser()
+        if source.kind == "d4rl":
+            if not path.is_file():
+                raise VgfError(f"{path}: no such file (dataset.path of a D4RL HDF5 file)")
+        elif source.kind == "minari":
+            if not path.is_dir():
+                raise VgfError(f"{path}: no such directory (dataset.path of a Minari dataset)")
+        else:
+            raise VgfError(f"unknown dataset.kind '{source.kind}' (ogbench, d4rl or minari)")
+        return Inputs(files={"source": path}, info={"kind": source.kind, "path": path, "env_id": source.env_id})
+
+    def key_config(self, cfg, inputs: Inputs) -> dict:
+        # The file's content is hashed separately; where it was found does not change the output.
+        facts = {k: v for k, v in inputs.info.items() if k != "path"}
+        return {"source": facts, "action_bounds": cfg.action_bounds}
+
+    def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
+        from vgfcli.data import canonical
+
+        info = inputs.info
+        with ui.err.status(f"reading {info['path']}", spinner="dots") if not ui.json_mode else contextlib.nullcontext():
+            dataset = _read(info)
+            canonical.validate(dataset, str(info["path"]))
+        dataset, message = canonical.action_bounds(dataset, cfg.action_bounds, str(info["path"]))
+        warnings = []
+        if message:
+            warnings.append(message)
+            ui.warn(message)
+        dataset.attrs["source_digest"] = _digest_of(inputs)
+        out = run.staging / "dataset.h5"
+        canonical.save(dataset, out)
+        summary = canonical.summarize(dataset)
+        summary.update({k: dataset.attrs[k] for k in ("source_kind", "env_id", "task_id") if k in dataset.attrs})
+        metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return StageResult(outputs={"dataset": out}, metrics=metrics, summary=summary, warnings=warnings)
+
+    def render(self, outcome: Outcome):
+        summary = outcome.summary
+        table = Table(title=f"ingest: {summary.get('env_id', '?')} ({summary.get('source_kind', '?')})",
+                      show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        for key, value in summary.items():
+            table.add_row(key.replace("_", " "), _fmt(value))
+        return table
+
+
+def _ogbench_inputs(source) -> Inputs:
+    from vgfcli.data.ogbench_npz import ensure_ogbench_file, parse_ogbench_name
+
+    if source.split not in ("train", "val"):
+        raise VgfError(f"dataset.split must be train or val, got '{source.split}'")
+    if source.path is not None:
+        path = Path(source.path).expanduser()
+        name = source.name or path.name.removesuffix(".npz")
+        if source.split == "val" and not path.name.endswith("-val.npz"):
+            path = path.with_name(path.name.removesuffix(".npz") + "-val.npz")
+        if not path.is_file():
+            raise VgfError(f"{path}: no such file (dataset.path of an OGBench .npz)")
+    elif source.name is not None:
+        name = source.name
+        dataset_name, _, _, _ = parse_ogbench_name(name, source.task)
+        path = ensure_ogbench_file(dataset_name, Path(source.dataset_dir).expanduser())
+        if source.split == "val":
+            path = path.with_name(f"{dataset_name}-val.npz")
+            if not path.is_file():
+                raise VgfError(f"{path}: no such file (the val split of {dataset_name})")
+    else:
+        raise VgfError("an OGBench dataset needs dataset.path=FILE.npz or dataset.name=NAME")
+    if path.name.endswith("-val.npz") and not name.endswith("-val"):
+        name = f"{name}-val"  # the file is the val split: let the name say so
+    dataset_name, split, env_id, task_id = parse_ogbench_name(name, source.task)
+    info = {"kind": "ogbench", "path": path, "dataset_name": dataset_name, "split": split,
+            "env_id": env_id, "task_id": task_id}
+    return Inputs(files={"source": path}, info=info)
+
+
+def _read(info: dict):
+    if info["kind"] == "ogbench":
+        from vgfcli.data.ogbench_npz import read_ogbench_npz
+
+        name = info["dataset_name"] + ("-val" if info["split"] == "val" else "")
+        return read_ogbench_npz(info["path"], dataset_name=name, task=info["task_id"])
+    if info["kind"] == "d4rl":
+        from vgfcli.data.d4rl import read_d4rl_hdf5
+
+        return read_d4rl_hdf5(info["path"], env_id=info["env_id"])
+    from vgfcli.data.minari import read_minari
+
+    dataset = read_minari(info["path"])
+    if info["env_id"]:
+        dataset.attrs["env_id"] = info["env_id"]
+    return dataset
+
+
+def _digest_of(inputs: Inputs) -> str:
+    from vgfcli.cache import path_digest
+    from vgfcli.tracking import vgf_home
+
+    return path_digest(inputs.files["source"], vgf_home() / "digests.json")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+STAGE = IngestStage()

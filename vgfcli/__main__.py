@@ -1,0 +1,3 @@
+from vgfcli.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""Content digests and stage cache keys.
+
+A stage's cache key hashes the stage name, its code version, the part of the resolved config its
+outputs depend on, and the content digests of its inputs (source files, upstream outputs). Digests
+of source files are remembered by (path, size, mtime, inode) in ``$VGF_HOME/digests.json`` so an
+unchanged multi-GB file is hashed once, and a cache hit returns in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from vgfcli.errors import VgfError
+
+_CHUNK = 8 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def path_digest(path: Path, memo_file: Path | None = None) -> str:
+    """sha256 of a file, or of a directory's files (relative names and contents, in sorted order)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VgfError(f"{path}: no such file or directory")
+    if path.is_file():
+        return _memo_digest(path.resolve(), memo_file)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise VgfError(f"{path}: directory is empty")
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(_memo_digest(file.resolve(), memo_file).encode())
+    return digest.hexdigest()
+
+
+def _memo_digest(path: Path, memo_file: Path | None) -> str:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise VgfError(f"{path}: cannot read ({exc.strerror})") from None
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    memo = _load_memo(memo_file)
+    entry = memo.get(str(path))
+    if entry and entry[:3] == stamp:
+        return entry[3]
+    try:
+        value = file_sha256(path)
+    except OSError as exc:
+        raise VgfError(f"{path}: cannot read ({exc.strerror})") from None
+    if memo_file is not None:
+        memo[str(path)] = [*stamp, value]
+        write_json_atomic(memo_file, memo)
+    return value
+
+
+def _load_memo(memo_file: Path | None) -> dict:
+    if memo_file is None or not memo_file.exists():
+        return {}
+    try:
+        return json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        return {}  # a damaged memo only costs re-hashing
+
+
+def cache_key(stage: str, code_version: int, config: dict, inputs: dict[str, str]) -> str:
+    """The identity of a stage's outputs: same key, same outputs (for deterministic stages)."""
+    payload = json.dumps(
+        {"stage": stage, "code_version": code_version, "config": config, "inputs": inputs},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def write_json_atomic(path: Path, value) -> None:
+    write_bytes_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,168 @@
+"""The ``vgf`` command line: one Typer command per pipeline stage, plus ``runs``.
+
+Stage commands take trailing Hydra overrides (``vgf ingest dataset=d4rl dataset.path=FILE``) and the
+same flags: ``--force`` (recompute even on a cache hit), ``--json`` (one JSON object on stdout) and
+``--cfg`` (print the resolved config and exit). Heavy libraries (torch, mlflow, gymnasium) are
+imported inside the commands that need them, so ``vgf --help`` and cache hits start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import signal
+import sys
+import time
+from typing import List, Optional
+
+import typer
+
+from vgfcli import __version__
+from vgfcli.errors import VgfError
+
+app = typer.Typer(
+    name="vgf",
+    help="Behaviour-regularized offline RL with flow policies (Value Gradient Flow and siblings), as cached, "
+    "MLflow-tracked pipeline stages.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Stage name -> module holding ``STAGE``; imported only when the command runs.
+STAGE_MODULES = {"ingest": "stages.ingest"}
+
+OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (e.g. dataset=d4rl dataset.path=FILE).",
+                           show_default=False)
+FORCE = typer.Option(False, "--force", help="Recompute even when a finished run with the same inputs exists.")
+JSON = typer.Option(False, "--json", help="Print one JSON object (run id, cache hit, outputs, metrics) on stdout.")
+CFG = typer.Option(False, "--cfg", help="Print the resolved config and exit.")
+
+
+def _user_errors(func):
+    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except VgfError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug, not the user's fault: say so, keep the traceback on request
+            if os.environ.get("VGF_DEBUG"):
+                raise
+            detail = " ".join(str(exc).split())[:300]
+            typer.echo(f"error: internal error ({type(exc).__name__}: {detail}); rerun with VGF_DEBUG=1 for the "
+                       "traceback", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool) -> None:
+    from vgfcli.config import compose, to_yaml
+    from vgfcli.stage import execute, report
+    from vgfcli.ui import UI
+
+    stage = importlib.import_module(STAGE_MODULES[name]).STAGE
+    cfg = compose(stage.config_name, overrides)
+    if show_cfg:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    ui = UI(json_mode=json_out)
+    report(stage, execute(stage, cfg, ui, force=force), ui)
+
+
+@app.command()
+@_user_errors
+def ingest(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
+           show_cfg: bool = CFG) -> None:
+    """Convert an OGBench npz, a D4RL HDF5 file or a Minari dataset into the canonical HDF5 dataset.
+
+    Examples: [bold]vgf ingest dataset.path=cube-single-play-v0.npz dataset.task=2[/],
+    [bold]vgf ingest dataset.name=cube-single-play-singletask-task2-v0[/],
+    [bold]vgf ingest dataset=d4rl dataset.path=hopper-medium-v2.hdf5[/],
+    [bold]vgf ingest dataset=minari dataset.path=~/.minari/datasets/mujoco/hopper/medium-v0[/].
+    """
+    _run_stage("ingest", overrides, force, json_out, show_cfg)
+
+
+@app.command()
+@_user_errors
+def runs(
+    stage: Optional[str] = typer.Option(None, help="Only runs of this stage."),
+    status: Optional[str] = typer.Option(None, help="Only runs with this status (FINISHED, FAILED, RUNNING, KILLED)."),
+    experiment: str = typer.Option("vgf", help="MLflow experiment."),
+    limit: int = typer.Option(50, help="At most this many runs, newest first."),
+    json_out: bool = JSON,
+) -> None:
+    """List stage runs: stage, run id, cache key, status, age and main metrics."""
+    from rich.table import Table
+
+    from vgfcli.tracking import Store
+    from vgfcli.ui import UI
+
+    ui = UI(json_mode=json_out)
+    records = Store(experiment).find(stage=stage, status=status.upper() if status else None, limit=limit)
+    if json_out:
+        ui.emit_json({"runs": [{"run_id": r.run_id, "stage": r.stage, "status": r.status, "cache_key": r.cache_key,
+                                "start_time": r.start_time, "metrics": r.metrics} for r in records]})
+        return
+    table = Table(title=f"vgf runs ({len(records)})", title_justify="left")
+    for column in ("stage", "run", "key", "status", "age", "metrics"):
+        table.add_column(column)
+    for r in records:
+        shown = _main_metrics(r.stage)
+        metrics = "  ".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)
+        colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(r.status, "red")
+        table.add_row(r.stage, r.run_id[:12], r.cache_key[:12], f"[{colour}]{r.status}[/]", _age(r.start_time), metrics)
+    ui.show(table)
+
+
+def _main_metrics(stage: str) -> tuple[str, ...]:
+    module = STAGE_MODULES.get(stage)
+    return importlib.import_module(module).STAGE.main_metrics if module else ()
+
+
+def _age(start: float) -> str:
+    seconds = max(0.0, time.time() - start)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vgf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """Behaviour-regularized offline RL with flow policies."""
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    # `kill` (SIGTERM) should end a run the way Ctrl-C does: marked KILLED, never a cache hit.
+    signal.signal(signal.SIGTERM, _interrupt)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    app(prog_name="vgf")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Types of every config section (values live in ``conf/*.yaml``).
+
+Hydra merges the YAML files onto these dataclasses, so an override of the wrong type or of a key that
+does not exist is refused at composition. A field left ``MISSING`` here must be given a value by the
+YAML or by the user. Each field says what it means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TrackingConfig:
+    # MLflow experiment that holds vgf's stage runs. The store itself is VGF_HOME/mlflow.db unless
+    # MLFLOW_TRACKING_URI points elsewhere (a team server, say).
+    experiment: str = MISSING
+
+
+@dataclass
+class OgbenchSource:
+    kind: str = MISSING
+    # An OGBench .npz file (its -val twin beside it is the validation split). The dataset name comes
+    # from the file name unless `name` is given.
+    path: Optional[str] = None
+    # An OGBench dataset name: `cube-single-play-v0`, `cube-single-play-singletask-task2-v0`. Without
+    # `path` it is looked up in `dataset_dir`, and downloaded there with ogbench's downloader if absent.
+    name: Optional[str] = None
+    # Single-task reward relabel: task number 1..5. None = the task in the name, else the dataset's
+    # default task (task1 mazes, task2 cube and scene, task4 puzzle and antsoccer).
+    task: Optional[int] = None
+    # Which split to ingest: train (X.npz) or val (X-val.npz).
+    split: str = MISSING
+    # Where ogbench keeps (and downloads) its datasets.
+    dataset_dir: str = MISSING
+
+
+@dataclass
+class FileSource:
+    """D4RL HDF5 files and Minari dataset directories."""
+
+    kind: str = MISSING
+    # The D4RL .hdf5 file or the Minari dataset directory (the one holding metadata.json).
+    path: str = MISSING
+    # Gymnasium env id used for evaluation; None = read from the dataset's metadata.
+    env_id: Optional[str] = None
+
+
+@dataclass
+class IngestConfig:
+    dataset: Any = MISSING
+    tracking: TrackingConfig = MISSING
+    # What to do with actions outside [-1, 1]: `warn` keeps them (and records a warning in the run),
+    # `clip` clips them, `rescale` maps each dimension's [min, max] onto [-1, 1] and records the bounds.
+    action_bounds: str = MISSING
+
+
+_registered = False
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent); YAML files extend them via `defaults`."""
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="ingest_schema", node=IngestConfig)
+    store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    store.store(group="dataset", name="ogbench_schema", node=OgbenchSource)
+    store.store(group="dataset", name="file_schema", node=FileSource)
+    _registered = True
+
+
+def describe(value: Any) -> str:
+    """Short text of a config value for tables."""
+    return "-" if value is None else str(value)

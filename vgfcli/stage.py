@@ -1,0 +1,143 @@
+"""The stage contract and the one runner that gives every stage caching, tracking and atomic outputs.
+
+A stage says what it reads (``resolve_inputs``: files and upstream runs, checked before any run
+exists), what its outputs depend on (``key_config``) and how to make them (``run``). The runner
+computes the cache key, returns a finished run with that key if one exists (unless ``force``), and
+otherwise opens an MLflow run, logs the resolved config, calls ``run`` and moves its outputs into
+the run's artifacts before marking it FINISHED. A run that raises is FAILED (KILLED on Ctrl-C) and is
+never a cache hit; a run that failed on the user's input (``VgfError``) is deleted outright.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vgfcli import config as config_mod
+from vgfcli.cache import cache_key, file_sha256, path_digest
+from vgfcli.errors import VgfError
+from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, Store, StageRun, vgf_home
+from vgfcli.ui import UI
+
+
+@dataclass
+class Inputs:
+    """What a stage reads. ``files`` and ``upstream`` enter the cache key by content digest."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    upstream: dict[str, RunRecord] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # resolved facts for ``run`` (not hashed)
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, Path]  # name -> file written under ``run.staging``
+    metrics: dict[str, float]
+    summary: dict[str, Any]  # JSON-able; kept in the run and shown again on a cache hit
+    warnings: list[str] = field(default_factory=list)
+
+
+class Stage:
+    """Base for stages; subclasses set the class attributes and implement the three methods."""
+
+    name: str = ""
+    config_name: str = ""
+    code_version: int = 1  # bump when the same inputs would now give different outputs
+    main_metrics: tuple[str, ...] = ()  # shown by `vgf runs`
+
+    def resolve_inputs(self, cfg) -> Inputs:
+        raise NotImplementedError
+
+    def key_config(self, cfg, inputs: Inputs) -> dict:
+        """The part of the config the outputs depend on (default: all of it but tracking)."""
+        tree = config_mod.to_dict(cfg)
+        tree.pop("tracking", None)
+        return tree
+
+    def run(self, cfg, inputs: Inputs, run: StageRun, ui: UI) -> StageResult:
+        raise NotImplementedError
+
+    def render(self, outcome: "Outcome"):
+        """A rich renderable for the human output (fresh runs and cache hits alike)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Outcome:
+    stage: str
+    run_id: str
+    cache_hit: bool
+    cache_key: str
+    outputs: dict[str, Path]
+    metrics: dict[str, float]
+    summary: dict[str, Any]
+    upstream: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "stage": self.stage, "run_id": self.run_id, "cache_hit": self.cache_hit, "cache_key": self.cache_key,
+            "outputs": {k: str(v) for k, v in self.outputs.items()}, "metrics": self.metrics,
+            "summary": self.summary, "upstream": self.upstream, "warnings": self.warnings,
+        }
+
+
+def execute(stage: Stage, cfg, ui: UI, *, force: bool = False) -> Outcome:
+    """Run ``stage`` on ``cfg``, or return the cached run with the same key."""
+    inputs = stage.resolve_inputs(cfg)
+    memo = vgf_home() / "digests.json"
+    digests = {name: path_digest(path, memo) for name, path in inputs.files.items()}
+    for name, record in inputs.upstream.items():
+        digests[name] = json.dumps({k: v["sha256"] for k, v in record.outputs_meta.items()}, sort_keys=True)
+    key = cache_key(stage.name, stage.code_version, stage.key_config(cfg, inputs), digests)
+    store = Store(cfg.tracking.experiment)
+    upstream_ids = {name: record.run_id for name, record in inputs.upstream.items()}
+
+    if not force:
+        hit = store.cached(stage.name, key)
+        if hit is not None:
+            record, paths = hit
+            return Outcome(stage.name, record.run_id, True, key, paths, record.metrics, record.summary,
+                           record.upstream, json.loads(record.tags.get("vgf.warnings", "[]")))
+
+    run = store.start_run(stage.name, key, {TAG_UPSTREAM: json.dumps(upstream_ids)})
+    try:
+        run.log_params(config_mod.flatten(config_mod.to_dict(cfg)))
+        run.log_text(config_mod.to_yaml(cfg), "config.yaml")
+        result = stage.run(cfg, inputs, run, ui)
+        digests_out = {name: file_sha256(path) for name, path in result.outputs.items()}
+        final = run.commit_outputs(result.outputs, digests_out)
+        run.set_tags({TAG_SUMMARY: json.dumps(result.summary, default=str),
+                      "vgf.warnings": json.dumps(result.warnings)})
+        run.log_metrics(result.metrics, flush=True)
+        run.finish("FINISHED")
+    except VgfError:
+        run.discard()
+        raise
+    except KeyboardInterrupt:
+        run.finish("KILLED")
+        raise
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    return Outcome(stage.name, run.run_id, False, key, final, result.metrics, result.summary, upstream_ids,
+                   result.warnings)
+
+
+def report(stage: Stage, outcome: Outcome, ui: UI) -> None:
+    """Print an outcome: JSON object under ``--json``, else the stage's table plus cache/run lines."""
+    if ui.json_mode:
+        ui.emit_json(outcome.to_json())
+        return
+    if outcome.cache_hit:
+        ui.note(f"[green]cache hit[/]: {stage.name} run {outcome.run_id} (key {outcome.cache_key[:12]}); "
+                "use --force to recompute")
+    for warning in outcome.warnings if outcome.cache_hit else ():
+        ui.warn(warning)
+    ui.show(stage.render(outcome))
+    for name, path in outcome.outputs.items():
+        ui.note(f"{name}: {path}")
+    if not outcome.cache_hit:
+        ui.note(f"run {outcome.run_id} (key {outcome.cache_key[:12]}) in {Store('').uri}")

@@ -1,0 +1,318 @@
+"""The MLflow tracking store: where it lives, finding cached runs, and one stage run's life.
+
+Default store: ``$VGF_HOME/mlflow.db`` (SQLite) with artifacts in ``$VGF_HOME/artifacts``; ``VGF_HOME``
+defaults to ``./.vgf``. ``MLFLOW_TRACKING_URI`` overrides the store (a team server, say).
+
+Cache lookups run before ``mlflow`` is imported (importing it costs ~2 s): on a local SQLite store
+they read MLflow's tables directly, read-only; elsewhere they go through ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from vgfcli import __version__
+from vgfcli.errors import VgfError
+
+# Tags every stage run carries; the cache key tag is what lookups match.
+TAG_STAGE = "vgf.stage"
+TAG_KEY = "vgf.cache_key"
+TAG_OUTPUTS = "vgf.outputs"
+TAG_SUMMARY = "vgf.summary"
+TAG_UPSTREAM = "vgf.upstream"
+FINISHED = "FINISHED"
+
+
+def vgf_home() -> Path:
+    return Path(os.environ.get("VGF_HOME") or ".vgf").expanduser().resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{vgf_home() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _local_dir(uri: str) -> Path | None:
+    """The local folder behind a file: artifact URI, or None for remote artifact stores."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+@dataclass
+class RunRecord:
+    """A stage run as the store holds it."""
+
+    run_id: str
+    stage: str
+    status: str
+    cache_key: str
+    start_time: float  # seconds since the epoch
+    artifact_uri: str
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def outputs_meta(self) -> dict[str, dict]:
+        return json.loads(self.tags.get(TAG_OUTPUTS, "{}"))
+
+    @property
+    def summary(self) -> dict:
+        return json.loads(self.tags.get(TAG_SUMMARY, "{}"))
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        return json.loads(self.tags.get(TAG_UPSTREAM, "{}"))
+
+    def output_paths(self) -> dict[str, Path] | None:
+        """Local paths of the run's outputs; None when any is missing or of the wrong size."""
+        local = _local_dir(self.artifact_uri)
+        paths = {}
+        for name, meta in self.outputs_meta.items():
+            if local is not None:
+                path = local / meta["file"]
+            else:
+                path = _download(self.run_id, meta["file"])
+            if path is None or not path.is_file() or path.stat().st_size != meta["bytes"]:
+                return None
+            paths[name] = path
+        return paths
+
+
+def _download(run_id: str, rel: str) -> Path | None:
+    target = vgf_home() / "downloads" / run_id
+    path = target / rel
+    if path.is_file():
+        return path
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=rel, dst_path=str(target)))
+    except Exception:  # a missing or unreachable artifact is a cache miss, not a crash
+        return None
+
+
+class Store:
+    """One experiment in the tracking store."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self.uri = tracking_uri()
+        self._client = None
+        self._experiment_id: str | None = None
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def find(self, *, stage: str | None = None, cache_key: str | None = None,
+             status: str | None = FINISHED, limit: int = 1000) -> list[RunRecord]:
+        """Active runs matching the filters, newest first."""
+        db = _sqlite_path(self.uri)
+        if db is not None:
+            if not db.exists():
+                return []
+            try:
+                return self._find_sqlite(db, stage, cache_key, status, limit)
+            except sqlite3.Error:
+                pass  # a schema this code does not know: take the slow, general path
+        return self._find_client(stage, cache_key, status, limit)
+
+    def cached(self, stage: str, cache_key: str) -> tuple[RunRecord, dict[str, Path]] | None:
+        """The newest finished run with this key whose outputs are all present."""
+        for record in self.find(stage=stage, cache_key=cache_key):
+            paths = record.output_paths()
+            if paths is not None:
+                return record, paths
+        return None
+
+    def get(self, run_id: str) -> RunRecord:
+        for record in self.find(status=None):
+            if record.run_id == run_id or record.run_id.startswith(run_id):
+                return record
+        raise VgfError(f"no run '{run_id}' in experiment '{self.experiment}' of {self.uri}")
+
+    def _find_sqlite(self, db, stage, cache_key, status, limit) -> list[RunRecord]:
+        where, args = ["e.name = ?", "r.lifecycle_stage = 'active'"], [self.experiment]
+        if status:
+            where.append("r.status = ?")
+            args.append(status)
+        for tag, value in ((TAG_STAGE, stage), (TAG_KEY, cache_key)):
+            if value is not None:
+                where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
+                args += [tag, value]
+        query = (
+            "SELECT r.run_uuid, r.status, r.start_time, r.artifact_uri FROM runs r "
+            "JOIN experiments e ON e.experiment_id = r.experiment_id "
+            f"WHERE {' AND '.join(where)} ORDER BY r.start_time DESC LIMIT ?"
+        )
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            rows = con.execute(query, [*args, limit]).fetchall()
+            records = []
+            for run_id, run_status, start, artifact_uri in rows:
+                tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+                metrics = dict(con.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run_id,)))
+                records.append(RunRecord(run_id, tags.get(TAG_STAGE, "?"), run_status, tags.get(TAG_KEY, ""),
+                                         (start or 0) / 1000, artifact_uri, tags, metrics))
+        return records
+
+    def _find_client(self, stage, cache_key, status, limit) -> list[RunRecord]:
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            return []
+        terms = [f"tags.`{TAG_STAGE}` = '{stage}'"] if stage else [f"tags.`{TAG_STAGE}` != ''"]
+        if cache_key:
+            terms.append(f"tags.`{TAG_KEY}` = '{cache_key}'")
+        if status:
+            terms.append(f"attributes.status = '{status}'")
+        runs = client.search_runs([experiment.experiment_id], " and ".join(terms), max_results=limit,
+                                  order_by=["attributes.start_time DESC"])
+        return [RunRecord(r.info.run_id, r.data.tags.get(TAG_STAGE, "?"), r.info.status,
+                          r.data.tags.get(TAG_KEY, ""), (r.info.start_time or 0) / 1000, r.info.artifact_uri,
+                          dict(r.data.tags), dict(r.data.metrics)) for r in runs]
+
+    # ---- writing ----------------------------------------------------------------------------------
+    def client(self):
+        if self._client is None:
+            _quiet_mlflow_logs()
+            from mlflow.tracking import MlflowClient
+
+            db = _sqlite_path(self.uri)
+            if db is not None:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            client = self.client()
+            experiment = client.get_experiment_by_name(self.experiment)
+            if experiment is not None:
+                self._experiment_id = experiment.experiment_id
+            else:
+                # Keep a local store's artifacts beside its database, not in ./mlruns of the cwd.
+                location = (vgf_home() / "artifacts").as_uri() if _sqlite_path(self.uri) else None
+                self._experiment_id = client.create_experiment(self.experiment, artifact_location=location)
+        return self._experiment_id
+
+    def start_run(self, stage: str, cache_key: str, tags: dict[str, str]) -> "StageRun":
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+        base = {TAG_STAGE: stage, TAG_KEY: cache_key, "vgf.version": __version__, MLFLOW_RUN_NAME: stage}
+        commit = _git_commit()
+        if commit:
+            base["mlflow.source.git.commit"] = commit
+        run = self.client().create_run(self.experiment_id(), tags={**base, **tags})
+        return StageRun(self, run.info.run_id, run.info.artifact_uri)
+
+
+class StageRun:
+    """An open stage run: batched metric logging, outputs staged locally and moved in at the end."""
+
+    def __init__(self, store: Store, run_id: str, artifact_uri: str):
+        self.store, self.run_id, self.artifact_uri = store, run_id, artifact_uri
+        self.staging = vgf_home() / "staging" / run_id
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._metrics: list = []
+        self._last_flush = time.monotonic()
+
+    @property
+    def client(self):
+        return self.store.client()
+
+    def log_params(self, params: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, flush: bool = False) -> None:
+        """Buffer metrics; they reach the store in batches (one SQLite transaction per batch)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if flush or len(self._metrics) >= 900 or time.monotonic() - self._last_flush > 10:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._metrics:
+            batch, self._metrics = self._metrics[:1000], self._metrics[1000:]
+            self.client.log_batch(self.run_id, metrics=batch)
+        self._last_flush = time.monotonic()
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def commit_outputs(self, outputs: dict[str, Path], digests: dict[str, str]) -> dict[str, Path]:
+        """Move finished output files into the run's artifacts; record names, sizes and digests."""
+        local = _local_dir(self.artifact_uri)
+        meta, final = {}, {}
+        for name, path in outputs.items():
+            rel = path.relative_to(self.staging).as_posix()
+            meta[name] = {"file": rel, "bytes": path.stat().st_size, "sha256": digests[name]}
+            if local is not None:
+                target = local / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(target.name + ".partial")
+                shutil.move(path, partial)  # a rename on one filesystem, a copy across two
+                os.replace(partial, target)
+                final[name] = target
+            else:
+                self.client.log_artifact(self.run_id, str(path), os.path.dirname(rel) or None)
+                final[name] = path
+        self.set_tags({TAG_OUTPUTS: json.dumps(meta, sort_keys=True)})
+        return final
+
+    def finish(self, status: str) -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def discard(self) -> None:
+        """A run that failed on the user's input: it never happened as far as listings and caches go."""
+        try:
+            self.finish("FAILED")
+            self.client.delete_run(self.run_id)
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _quiet_mlflow_logs() -> None:
+    # MLflow and alembic announce every schema migration at INFO on first use of a store.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _git_commit() -> str | None:
+    """The commit of the vgf source tree, when it is a git checkout."""
+    head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref_file = head.parent / ref[5:]
+            if ref_file.exists():
+                return ref_file.read_text().strip()
+            packed = (head.parent / "packed-refs").read_text().splitlines()
+            return next((line.split()[0] for line in packed if line.endswith(ref[5:])), None)
+        return ref
+    except OSError:
+        return None

@@ -1,0 +1,59 @@
+"""Terminal output: results on stdout, progress and notes on stderr, nothing but JSON with ``--json``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class UI:
+    def __init__(self, json_mode: bool = False):
+        self.json_mode = json_mode
+        self.out = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def note(self, message: str) -> None:
+        if not self.json_mode:
+            self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        # Warnings reach stderr in every mode: a CI log should show them.
+        self.err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+    def show(self, renderable) -> None:
+        if not self.json_mode:
+            self.out.print(renderable)
+
+    def emit_json(self, value: dict) -> None:
+        sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: float | None, unit: str = "it") -> Iterator["Bar"]:
+        """A progress bar with a rate column; silent under ``--json``."""
+        columns = [
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.err, disable=self.json_mode, transient=False) as progress:
+            task = progress.add_task(description, total=total, rate="")
+            yield Bar(progress, task, unit)
+
+
+class Bar:
+    def __init__(self, progress: Progress, task, unit: str):
+        self._progress, self._task, self._unit = progress, task, unit
+
+    def advance(self, amount: float = 1, **fields) -> None:
+        self._progress.advance(self._task, amount)
+        speed = self._progress.tasks[self._task].speed
+        rate = f"{speed:,.0f} {self._unit}/s" if speed else ""
+        self._progress.update(self._task, rate=rate, **fields)
+
+    def update(self, **fields) -> None:
+        self._progress.update(self._task, **fields)
