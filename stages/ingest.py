@@ -30,7 +30,7 @@ class IngestStage(Stage):
             raise VgfError(f"action_bounds must be one of {', '.join(ACTION_BOUND_MODES)}, got '{cfg.action_bounds}'")
         source = cfg.dataset
         if source.kind == "ogbench":
-            return _ogbench_inputs(source)
+            return _ogbench_inputs(source, cfg.tracking.experiment)
         path = Path(source.path).expanduser()
         if source.kind == "d4rl":
             if not path.is_file():
@@ -59,12 +59,13 @@ class IngestStage(Stage):
         if message:
             warnings.append(message)
             ui.warn(message)
-        dataset.attrs["source_digest"] = _digest_of(inputs)
+        dataset.attrs["source_digest"] = info.get("source_digest") or inputs.digests["source"]
         out = run.staging / "dataset.h5"
         canonical.save(dataset, out)
         summary = canonical.summarize(dataset)
         summary.update({k: dataset.attrs[k] for k in ("source_kind", "env_id", "task_id") if k in dataset.attrs})
-        metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {k: float(v) for k, v in summary.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "task_id"}
         return StageResult(outputs={"dataset": out}, metrics=metrics, summary=summary, warnings=warnings)
 
     def render(self, outcome: Outcome):
@@ -78,11 +79,13 @@ class IngestStage(Stage):
         return table
 
 
-def _ogbench_inputs(source) -> Inputs:
+def _ogbench_inputs(source, experiment: str) -> Inputs:
     from vgfcli.data.ogbench_npz import ensure_ogbench_file, parse_ogbench_name
 
     if source.split not in ("train", "val"):
         raise VgfError(f"dataset.split must be train or val, got '{source.split}'")
+    if source.collect_run is not None:
+        return _collected_inputs(source, experiment)
     if source.path is not None:
         path = Path(source.path).expanduser()
         name = source.name or path.name.removesuffix(".npz")
@@ -108,6 +111,36 @@ def _ogbench_inputs(source) -> Inputs:
     return Inputs(files={"source": path}, info=info)
 
 
+def _collected_inputs(source, experiment: str) -> Inputs:
+    """The train or val file of a finished `vgf collect` run."""
+    from vgfcli.data.ogbench_npz import parse_ogbench_name
+    from vgfcli.tracking import Store
+
+    store = Store(experiment)
+    if source.collect_run == "latest":
+        wanted = parse_ogbench_name(source.name, source.task)[0] if source.name else None
+        runs = [r for r in store.find(stage="collect") if wanted in (None, r.summary.get("name"))]
+        if not runs:
+            raise VgfError(f"no finished collect run{f' of {wanted}' if wanted else ''} in experiment "
+                           f"'{experiment}'; run `vgf collect name=...` first")
+        record = runs[0]
+    else:
+        record = store.get(source.collect_run)
+        if record.stage != "collect" or record.status != "FINISHED":
+            raise VgfError(f"run {record.run_id} is a {record.status} {record.stage} run, not a finished collect run")
+    paths = record.output_paths()
+    if paths is None:
+        raise VgfError(f"collect run {record.run_id}: its output files are missing or damaged; rerun vgf collect "
+                       "with --force")
+    path = paths[source.split]
+    name = record.summary["name"] + ("-val" if source.split == "val" else "")
+    task = source.task if source.task is not None or not source.name else parse_ogbench_name(source.name, None)[3]
+    dataset_name, split, env_id, task_id = parse_ogbench_name(name, task)
+    info = {"kind": "ogbench", "path": path, "dataset_name": dataset_name, "split": split, "env_id": env_id,
+            "task_id": task_id, "source_digest": record.outputs_meta[source.split]["sha256"]}
+    return Inputs(upstream={"collect": record}, info=info)
+
+
 def _read(info: dict):
     if info["kind"] == "ogbench":
         from vgfcli.data.ogbench_npz import read_ogbench_npz
@@ -124,13 +157,6 @@ def _read(info: dict):
     if info["env_id"]:
         dataset.attrs["env_id"] = info["env_id"]
     return dataset
-
-
-def _digest_of(inputs: Inputs) -> str:
-    from vgfcli.cache import path_digest
-    from vgfcli.tracking import vgf_home
-
-    return path_digest(inputs.files["source"], vgf_home() / "digests.json")
 
 
 def _fmt(value) -> str:

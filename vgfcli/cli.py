@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from typing import List, Optional
 
 import typer
@@ -32,7 +33,7 @@ app = typer.Typer(
 )
 
 # Stage name -> module holding ``STAGE``; imported only when the command runs.
-STAGE_MODULES = {"ingest": "stages.ingest"}
+STAGE_MODULES = {"collect": "stages.collect", "ingest": "stages.ingest"}
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (e.g. dataset=d4rl dataset.path=FILE).",
                            show_default=False)
@@ -83,12 +84,25 @@ def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bo
 
 @app.command()
 @_user_errors
+def collect(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
+            show_cfg: bool = CFG) -> None:
+    """Generate an OGBench-format dataset (train and val .npz) with ogbench's scripted oracles.
+
+    Example: [bold]vgf collect name=cube-single-play-v0 episodes=100 workers=2 seed=0[/]. Unset values take the
+    official generator's defaults; an interrupted collect resumes from its finished shards.
+    """
+    _run_stage("collect", overrides, force, json_out, show_cfg)
+
+
+@app.command()
+@_user_errors
 def ingest(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
            show_cfg: bool = CFG) -> None:
     """Convert an OGBench npz, a D4RL HDF5 file or a Minari dataset into the canonical HDF5 dataset.
 
     Examples: [bold]vgf ingest dataset.path=cube-single-play-v0.npz dataset.task=2[/],
     [bold]vgf ingest dataset.name=cube-single-play-singletask-task2-v0[/],
+    [bold]vgf ingest dataset.collect_run=latest[/] (the newest [bold]vgf collect[/] output),
     [bold]vgf ingest dataset=d4rl dataset.path=hopper-medium-v2.hdf5[/],
     [bold]vgf ingest dataset=minari dataset.path=~/.minari/datasets/mujoco/hopper/medium-v0[/].
     """
@@ -160,6 +174,8 @@ def main() -> None:
     # `kill` (SIGTERM) should end a run the way Ctrl-C does: marked KILLED, never a cache hit.
     signal.signal(signal.SIGTERM, _interrupt)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    # gymnasium warns on every OGBench env it builds that float64 box bounds were cast to float32.
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
     app(prog_name="vgf")
     sys.exit(0)
 

@@ -36,6 +36,9 @@ class OgbenchSource:
     split: str = MISSING
     # Where ogbench keeps (and downloads) its datasets.
     dataset_dir: str = MISSING
+    # A `vgf collect` run to read instead of a file: its run id (a prefix will do) or `latest` (the
+    # newest finished collect, of `name` when given).
+    collect_run: Optional[str] = None
 
 
 @dataclass
@@ -58,6 +61,23 @@ class IngestConfig:
     action_bounds: str = MISSING
 
 
+@dataclass
+class CollectConfig:
+    tracking: TrackingConfig = MISSING
+    # Documented in conf/collect.yaml; None = the official value for the dataset.
+    name: str = MISSING
+    episodes: Optional[int] = None
+    val_episodes: Optional[int] = None
+    episode_length: Optional[int] = None
+    noise: Optional[float] = None
+    noise_smoothing: Optional[float] = None
+    min_norm: Optional[float] = None
+    p_random_action: Optional[float] = None
+    seed: int = MISSING
+    shard_episodes: int = MISSING
+    workers: Optional[int] = None
+
+
 _registered = False
 
 
@@ -70,6 +90,7 @@ def register() -> None:
 
     store = ConfigStore.instance()
     store.store(name="ingest_schema", node=IngestConfig)
+    store.store(name="collect_schema", node=CollectConfig)
     store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
     store.store(group="dataset", name="ogbench_schema", node=OgbenchSource)
     store.store(group="dataset", name="file_schema", node=FileSource)

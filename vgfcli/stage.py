@@ -29,6 +29,7 @@ class Inputs:
     files: dict[str, Path] = field(default_factory=dict)
     upstream: dict[str, RunRecord] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # resolved facts for ``run`` (not hashed)
+    digests: dict[str, str] = field(default_factory=dict)  # filled in by the runner: name -> content digest
 
 
 @dataclass
@@ -91,6 +92,7 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False) -> Outcome:
     digests = {name: path_digest(path, memo) for name, path in inputs.files.items()}
     for name, record in inputs.upstream.items():
         digests[name] = json.dumps({k: v["sha256"] for k, v in record.outputs_meta.items()}, sort_keys=True)
+    inputs.digests = digests
     key = cache_key(stage.name, stage.code_version, stage.key_config(cfg, inputs), digests)
     store = Store(cfg.tracking.experiment)
     upstream_ids = {name: record.run_id for name, record in inputs.upstream.items()}

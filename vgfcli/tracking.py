@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -214,15 +215,25 @@ class Store:
         commit = _git_commit()
         if commit:
             base["mlflow.source.git.commit"] = commit
+        base.update({"vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
+        self._close_abandoned(stage, cache_key)
         run = self.client().create_run(self.experiment_id(), tags={**base, **tags})
-        return StageRun(self, run.info.run_id, run.info.artifact_uri)
+        return StageRun(self, run.info.run_id, run.info.artifact_uri, cache_key)
+
+    def _close_abandoned(self, stage: str, cache_key: str) -> None:
+        """Mark KILLED the RUNNING runs of this key whose process on this host is gone (kill -9, power loss)."""
+        host = socket.gethostname()
+        for record in self.find(stage=stage, cache_key=cache_key, status="RUNNING"):
+            pid = record.tags.get("vgf.pid", "")
+            if record.tags.get("vgf.host") == host and pid.isdigit() and not _alive(int(pid)):
+                self.client().set_terminated(record.run_id, "KILLED")
 
 
 class StageRun:
     """An open stage run: batched metric logging, outputs staged locally and moved in at the end."""
 
-    def __init__(self, store: Store, run_id: str, artifact_uri: str):
-        self.store, self.run_id, self.artifact_uri = store, run_id, artifact_uri
+    def __init__(self, store: Store, run_id: str, artifact_uri: str, cache_key: str):
+        self.store, self.run_id, self.artifact_uri, self.cache_key = store, run_id, artifact_uri, cache_key
         self.staging = vgf_home() / "staging" / run_id
         self.staging.mkdir(parents=True, exist_ok=True)
         self._metrics: list = []
@@ -294,6 +305,21 @@ class StageRun:
             self.client.delete_run(self.run_id)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def work_dir(stage: str, cache_key: str) -> Path:
+    """A folder that outlives a killed run of this key: partial work (shards, checkpoints) to resume from."""
+    return vgf_home() / "work" / f"{stage}-{cache_key[:16]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _quiet_mlflow_logs() -> None:

@@ -19,7 +19,7 @@ class UI:
 
     def note(self, message: str) -> None:
         if not self.json_mode:
-            self.err.print(message)
+            self.err.print(message, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         # Warnings reach stderr in every mode: a CI log should show them.

@@ -1,0 +1,87 @@
+"""`vgf collect`: OGBench-format datasets generated here, with the oracles that ship in ogbench.
+
+The work happens in shards under a folder named by the cache key, so a killed collect resumes
+where it stopped; only when every shard is done are the train and val files merged, and then moved
+into the run's artifacts. The output depends on the resolved spec and the seed, not on the worker
+count, so ``workers`` stays out of the cache key.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from rich.table import Table
+
+from vgfcli.errors import VgfError
+from vgfcli.stage import Inputs, Outcome, Stage, StageResult
+from vgfcli.tracking import work_dir
+
+
+class CollectStage(Stage):
+    name = "collect"
+    config_name = "collect"
+    code_version = 1
+    main_metrics = ("episodes", "steps", "steps_per_s")
+
+    def resolve_inputs(self, cfg) -> Inputs:
+        from vgfcli.collect import CollectSpec, resolve_spec
+
+        if cfg.workers is not None and cfg.workers < 1:
+            raise VgfError(f"workers must be at least 1, got {cfg.workers}")
+        spec = CollectSpec(
+            name=cfg.name, episodes=cfg.episodes, val_episodes=cfg.val_episodes, episode_length=cfg.episode_length,
+            noise=cfg.noise, noise_smoothing=cfg.noise_smoothing, min_norm=cfg.min_norm,
+            p_random_action=cfg.p_random_action, seed=cfg.seed, shard_episodes=cfg.shard_episodes,
+        )
+        return Inputs(info={"spec": resolve_spec(spec)})
+
+    def key_config(self, cfg, inputs: Inputs) -> dict:
+        return inputs.info["spec"].to_json()
+
+    def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
+        from vgfcli.collect import collect
+
+        spec = inputs.info["spec"]
+        workers = cfg.workers or os.cpu_count() or 1
+        work = work_dir(self.name, run.cache_key)
+        total = (spec.episodes + spec.val_episodes) * spec.episode_length
+        new = 0
+
+        def advance(n: int) -> None:
+            nonlocal new
+            new += n
+            bar.advance(n)
+
+        run.set_tags({"vgf.workers": str(workers), "vgf.work_dir": str(work)})
+        start = time.perf_counter()
+        with ui.progress(f"collect {spec.name}", total, unit="steps") as bar:
+            files = collect(spec, work, workers=workers, progress=advance)
+            bar.update(completed=total)
+        seconds = time.perf_counter() - start
+        outputs = {}
+        for split, path in files.items():
+            outputs[split] = run.staging / path.name
+            shutil.move(path, outputs[split])
+        shutil.rmtree(work, ignore_errors=True)  # the shards are merged; nothing left to resume
+        summary = {
+            "name": spec.name, "env": spec.env_name, "type": spec.dataset_type, "episodes": spec.episodes,
+            "val_episodes": spec.val_episodes, "episode_length": spec.episode_length, "steps": total,
+            "resumed_steps": total - new, "workers": workers, "seconds": round(seconds, 2),
+            "steps_per_s": round(new / seconds, 1) if seconds > 0 else 0.0, "seed": spec.seed,
+        }
+        metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+
+    def render(self, outcome: Outcome):
+        summary = outcome.summary
+        table = Table(title=f"collect: {summary.get('name')}", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        for key, value in summary.items():
+            table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+        return table
+
+
+STAGE = CollectStage()
