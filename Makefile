@@ -20,12 +20,17 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
-# The main job on its embedded default: local MLflow store under ./.vgf, data collected here.
+# The main job on its embedded default: local MLflow store under ./.vgf, data collected here
+# (a small cube-single-play dataset with the official generator's settings but shorter episodes).
+DEMO_COLLECT ?= name=cube-single-play-v0 episodes=20 val_episodes=4 episode_length=201 seed=0
 demo: $(STAMP)
-	$(VENV)/bin/vgf ingest dataset=ogbench dataset.path=tests/data/cube-single-play-v0.npz
+	$(VENV)/bin/vgf collect $(DEMO_COLLECT)
+	$(VENV)/bin/vgf ingest dataset.collect_run=latest dataset.name=cube-single-play-v0
+	$(VENV)/bin/vgf runs
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_ingest.py
+	$(VENV)/bin/python bench/bench_collect.py

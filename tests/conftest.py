@@ -1,15 +1,34 @@
-"""Every test gets its own VGF_HOME (tracking store, artifacts, digest memo) and no tracking server."""
+"""Every test gets its own VGF_HOME (tracking store, artifacts, digest memo) and no tracking server.
+
+Creating MLflow's SQLite schema takes seconds, so it is made once per session and each test starts
+from a copy of that empty store (the "vgf" experiment, with its artifact folder, is made per test).
+"""
 
 import os
+import shutil
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    from vgfcli.tracking import _quiet_mlflow_logs
+
+    _quiet_mlflow_logs()
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # creates the schema
+    return db
+
+
 @pytest.fixture(autouse=True)
-def vgf_home(tmp_path, monkeypatch):
+def vgf_home(tmp_path, monkeypatch, empty_store):
     home = tmp_path / "vgf-home"
+    home.mkdir()
+    shutil.copy(empty_store, home / "mlflow.db")
     monkeypatch.setenv("VGF_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
