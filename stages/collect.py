@@ -12,11 +12,10 @@ import os
 import shutil
 import time
 
-from rich.table import Table
-
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 from vgfcli.tracking import work_dir
+from vgfcli.ui import summary_table
 
 
 class CollectStage(Stage):
@@ -75,13 +74,7 @@ class CollectStage(Stage):
         return StageResult(outputs=outputs, metrics=metrics, summary=summary)
 
     def render(self, outcome: Outcome):
-        summary = outcome.summary
-        table = Table(title=f"collect: {summary.get('name')}", show_header=False, title_justify="left")
-        table.add_column(style="bold")
-        table.add_column(justify="right")
-        for key, value in summary.items():
-            table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
-        return table
+        return summary_table(f"collect: {outcome.summary.get('name')}", outcome.summary)
 
 
 STAGE = CollectStage()

@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from rich.table import Table
-
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
+from vgfcli.ui import summary_table
 
 ACTION_BOUND_MODES = ("warn", "clip", "rescale")
 
@@ -70,13 +69,7 @@ class IngestStage(Stage):
 
     def render(self, outcome: Outcome):
         summary = outcome.summary
-        table = Table(title=f"ingest: {summary.get('env_id', '?')} ({summary.get('source_kind', '?')})",
-                      show_header=False, title_justify="left")
-        table.add_column(style="bold")
-        table.add_column(justify="right")
-        for key, value in summary.items():
-            table.add_row(key.replace("_", " "), _fmt(value))
-        return table
+        return summary_table(f"ingest: {summary.get('env_id', '?')} ({summary.get('source_kind', '?')})", summary)
 
 
 def _ogbench_inputs(source, experiment: str) -> Inputs:
@@ -157,14 +150,6 @@ def _read(info: dict):
     if info["env_id"]:
         dataset.attrs["env_id"] = info["env_id"]
     return dataset
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 STAGE = IngestStage()

@@ -57,3 +57,25 @@ class Bar:
 
     def update(self, **fields) -> None:
         self._progress.update(self._task, **fields)
+
+
+def summary_table(title: str, summary: dict):
+    """A two-column table of a stage's summary: the human form of what ``--json`` prints."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), _fmt(value))
+    return table
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
