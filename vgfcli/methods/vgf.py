@@ -1,0 +1,463 @@
+"""VGF: Value Gradient Flow (Xu, Hu, Sojoudi, Zhang, ICLR 2026; reference code github ryanxhr/vgf).
+
+Behaviour-regularised RL as transport of the reference distribution toward pi*(a|s) ~ exp(Q(s,a)/alpha).
+There is no policy network: the policy is N particles drawn from a FROZEN reference flow (trained
+beforehand by flow matching, ``vgfcli.nn.flow``) and moved for L steps along the online critic's value
+gradient (``vgfcli.nn.particles``). The budget L x step size is the regulariser.
+
+Learning: only the critic ensemble learns, by TD regression onto
+
+    y = r + discount * mask * agg_particles( agg_members( Q_target(s', a_i^L) ) ),
+
+where a_i^L are N reference samples at s' transported for ``train_steps`` steps. The reference samples
+come either from K Euler steps of the flow or from a ``ParticleBank`` of precomputed samples (the flow is
+frozen, so its samples can be drawn once and reused; a batch then needs ``indices``).
+
+Acting: N reference samples, ``test_steps`` transport steps, then the particle with the largest online
+Q (``test_steps = 0`` is best-of-N; N = 1 with 0 steps is the plain reference policy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vgfcli.methods.base import Agent, Batch, Info, config_from
+from vgfcli.nn.flow import FlowPolicy, euler_sample
+from vgfcli.nn.networks import EnsembleCritic
+from vgfcli.nn.particles import aggregate_members, transport
+
+
+@dataclass
+class VGFConfig:
+    """VGF hyperparameters. Defaults: the reference code's OGBench manipulation runs
+    (run_scripts/run_vgf_off_ogbench.sh); per-task values (alpha, vgf_lr, discount, q_agg) belong to
+    the task presets."""
+
+    # --- critic -----------------------------------------------------------------------------------
+    # Hidden widths of each critic member.
+    critic_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    # Number of critic members (ensemble size).
+    num_critics: int = 2
+    # Hidden activation of critic (and of a reference flow built by `create`): relu | gelu | swish.
+    activation: str = "relu"
+    # LayerNorm in the critic: "pre" (Dense -> LN -> act, the VGF code), "post" (FQL's order), or None.
+    critic_norm: str | None = "pre"
+    # Adam learning rate of the critic.
+    critic_lr: float = 3e-4
+    # Discount factor (0.995 for the long-horizon mazes).
+    discount: float = 0.99
+    # Polyak rate of the target critic.
+    tau: float = 0.005
+    # True: the target is blended with the critic's parameters from BEFORE this update's optimiser
+    # step (what the reference code does); False: with the updated parameters (FQL's order).
+    polyak_before_step: bool = True
+    # Member aggregation of Q in the TD target and in action selection: min | mean
+    # (`train_q_agg`; min for antmaze/D4RL, mean for manipulation and humanoidmaze).
+    q_agg: str = "mean"
+    # Particle aggregation of the next-state values in the TD target: mean | max
+    # (`train_particle_select`).
+    particle_agg: str = "mean"
+
+    # --- reference flow (frozen) ------------------------------------------------------------------
+    # Hidden widths of a reference flow built by `create` when none is given (load its weights then).
+    actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    # Euler steps K of reference sampling.
+    flow_steps: int = 10
+
+    # --- particle transport -----------------------------------------------------------------------
+    # Number of particles N per state (training targets and acting).
+    num_particles: int = 10
+    # Transport steps L for the TD target (`train_vgf_steps`).
+    train_steps: int = 3
+    # Transport steps at acting time (`eval_vgf_steps`); independent of train_steps.
+    test_steps: int = 3
+    # Step size: Adam's learning rate (rule "adam") or eps of a <- a + eps * phi (rule "plain").
+    vgf_lr: float = 0.05
+    # Temperature alpha of pi* ~ exp(Q / alpha): divides the value-gradient term of phi.
+    alpha: float = 0.5
+    # Member aggregation of Q whose action gradient drives the particles: mean | min (`vgf_q_agg`).
+    grad_q_agg: str = "mean"
+    # "adam" (reference code: -phi into a fresh Adam per transport) or "plain" (paper: a += eps*phi).
+    step_rule: str = "adam"
+    # Fixed kernel bandwidth h; None = per-state median heuristic.
+    bandwidth: float | None = None
+    # Differentiate the median bandwidth inside the repulsive term, as the reference code does (its
+    # h is computed from x inside the function it differentiates). False: h constant (textbook SVGD).
+    bandwidth_grad: bool = False
+
+    # --- acting -----------------------------------------------------------------------------------
+    # Particle selection when acting: max (argmax online Q) | softmax (sample ~ exp(Q / temp)) | random.
+    select: str = "max"
+    # Temperature of select = softmax.
+    softmax_temp: float = 1.0
+
+    # --- speed ------------------------------------------------------------------------------------
+    # Autocast the gradient-free-of-weights passes (reference sampling, particle transport) to
+    # bfloat16: "off" | "bf16". TD targets, losses and weights stay fp32. Only pays on hardware with
+    # native bf16 matmul (AVX512-BF16/AMX CPUs, GPUs); on AVX2-only CPUs it is ~50x SLOWER.
+    amp: str = "off"
+    # torch.compile the gradient-free forward passes (reference sampling, target critic). The
+    # transport stays eager. Small gain (GEMM-bound), ~30 s of compilation per shape.
+    compile: bool = False
+    # Seed of the agent's random streams (training noise; acting has its own stream).
+    seed: int = 0
+
+
+Config = VGFConfig
+
+_AGG_MEMBERS = ("min", "mean")
+_AGG_PARTICLES = ("mean", "max")
+
+
+def _validate(cfg: VGFConfig) -> None:
+    checks = [
+        (cfg.q_agg in _AGG_MEMBERS, f"q_agg must be min or mean, not {cfg.q_agg!r}"),
+        (cfg.grad_q_agg in _AGG_MEMBERS, f"grad_q_agg must be min or mean, not {cfg.grad_q_agg!r}"),
+        (cfg.particle_agg in _AGG_PARTICLES,
+         f"particle_agg must be mean or max, not {cfg.particle_agg!r}"),
+        (cfg.step_rule in ("adam", "plain"), f"step_rule must be adam or plain, not {cfg.step_rule!r}"),
+        (cfg.select in ("max", "softmax", "random"),
+         f"select must be max, softmax or random, not {cfg.select!r}"),
+        (cfg.amp in ("off", "bf16"), f"amp must be off or bf16, not {cfg.amp!r}"),
+        (cfg.num_particles >= 1, "num_particles must be >= 1"),
+        (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
+        (cfg.train_steps >= 0 and cfg.test_steps >= 0, "train_steps and test_steps must be >= 0"),
+        (cfg.alpha > 0, "alpha must be > 0"),
+        (cfg.num_critics >= 1, "num_critics must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Particle bank
+
+
+class ParticleBank:
+    """Precomputed reference samples ``samples[i]`` ``[M, d]`` for the next state of dataset row i.
+
+    ``draw`` returns N of the M samples per row, chosen uniformly WITHOUT replacement: N distinct
+    samples out of M i.i.d. draws are jointly distributed as N fresh i.i.d. draws, so one update sees
+    the same distribution as fresh sampling (successive updates share samples, the price of the
+    speed-up; ``refresh_bank`` renews rows). The bank may live on another device than the agent, and
+    in float16 to halve its memory (actions lie in [-1, 1]; float16 resolves 5e-4 there).
+    """
+
+    def __init__(self, samples: Tensor):
+        if samples.dim() != 3:
+            raise ValueError("bank samples must be [num_states, M, act_dim]")
+        self.samples = samples
+
+    @property
+    def num_states(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def per_state(self) -> int:
+        return self.samples.shape[1]
+
+    def draw(self, indices: Tensor, n: int, generator: torch.Generator | None = None,
+             device: torch.device | str | None = None) -> Tensor:
+        """``[B, n, d]`` float32 samples for the dataset rows ``indices`` ``[B]``."""
+        m = self.per_state
+        if n > m:
+            raise ValueError(f"cannot draw {n} distinct samples from a bank of {m} per state")
+        idx = indices.to(self.samples.device)
+        # Uniform random subset per row: the n largest of M uniform keys.
+        keys = torch.rand((idx.shape[0], m), generator=generator, device=_gen_device(generator))
+        pick = keys.topk(n, dim=1).indices.to(self.samples.device)
+        out = self.samples[idx.unsqueeze(1), pick]
+        return out.to(device=device or self.samples.device, dtype=torch.float32)
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def fill_bank(samples: Tensor, flow, next_observations: Tensor, rows: Tensor | None = None, *,
+              steps: int = 10, chunk_rows: int = 8192, generator: torch.Generator | None = None,
+              amp: str = "off") -> Tensor:
+    """Write fresh reference samples for ``rows`` (all rows if None) of ``samples`` ``[S, M, d]``.
+
+    ``next_observations`` ``[S, obs_dim]`` are the dataset's next states (row i of the bank belongs to
+    row i of the dataset). The flow runs on the flow's device in chunks of about ``chunk_rows``
+    samples; the results are copied into ``samples`` wherever it lives.
+    """
+    device = next(flow.parameters()).device
+    num, m, d = samples.shape
+    rows = torch.arange(num) if rows is None else torch.as_tensor(rows).reshape(-1).cpu()
+    per_chunk = max(1, chunk_rows // m)
+    for start in range(0, rows.numel(), per_chunk):
+        part = rows[start:start + per_chunk]
+        obs = torch.as_tensor(next_observations[part.numpy()] if isinstance(next_observations, np.ndarray)
+                              else next_observations[part.to(next_observations.device)])
+        obs = obs.to(device=device, dtype=torch.float32).unsqueeze(1)
+        noise = torch.randn((part.numel(), m, d), generator=generator, device=device)
+        with _autocast(device, amp):
+            acts = euler_sample(flow, obs, noise, steps)
+        samples[part.to(samples.device)] = acts.to(device=samples.device, dtype=samples.dtype)
+    return samples
+
+
+def build_bank(flow, next_observations, per_state: int, *, steps: int = 10, chunk_rows: int = 8192,
+               generator: torch.Generator | None = None, storage_device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32, amp: str = "off") -> ParticleBank:
+    """A bank of ``per_state`` reference samples for every row of ``next_observations``."""
+    act_dim = _act_dim(flow)
+    samples = torch.empty((len(next_observations), per_state, act_dim), dtype=dtype,
+                          device=storage_device)
+    fill_bank(samples, flow, next_observations, steps=steps, chunk_rows=chunk_rows,
+              generator=generator, amp=amp)
+    return ParticleBank(samples)
+
+
+def refresh_bank(bank: ParticleBank, flow, next_observations, rows, *, steps: int = 10,
+                 chunk_rows: int = 8192, generator: torch.Generator | None = None,
+                 amp: str = "off") -> ParticleBank:
+    """Redraw the samples of ``rows`` in place (e.g. a rolling slice every few thousand updates)."""
+    fill_bank(bank.samples, flow, next_observations, rows, steps=steps, chunk_rows=chunk_rows,
+              generator=generator, amp=amp)
+    return bank
+
+
+def _act_dim(flow) -> int:
+    if hasattr(flow, "act_dim"):
+        return int(flow.act_dim)
+    raise ValueError("the reference flow must expose act_dim")
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Targets
+
+
+def aggregate_particles(q: Tensor, how: str) -> Tensor:
+    """``[B, N] -> [B]``: mean or max over particles."""
+    if how == "mean":
+        return q.mean(-1)
+    if how == "max":
+        return q.max(-1).values
+    raise ValueError(f"unknown particle aggregation '{how}' (expected mean or max)")
+
+
+def td_target(next_qs: Tensor, rewards: Tensor, masks: Tensor, discount: float,
+              q_agg: str = "mean", particle_agg: str = "mean") -> Tensor:
+    """``y = r + discount * mask * agg_particles(agg_members(next_qs))``; ``next_qs`` is ``[M, B, N]``."""
+    next_v = aggregate_particles(aggregate_members(next_qs, q_agg), particle_agg)
+    return rewards + discount * masks * next_v
+
+
+# ---------------------------------------------------------------------------------------------------
+# Agent
+
+
+class VGFAgent(Agent):
+    """Critic ensemble + frozen reference flow + particle transport. See the module docstring."""
+
+    name = "vgf"
+
+    def __init__(self, cfg: VGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
+                 bank: ParticleBank | None = None):
+        super().__init__(cfg, obs_dim, act_dim, device)
+        _validate(cfg)
+        if cfg.amp == "bf16" and self.device.type == "cpu" and not _cpu_has_bf16():
+            warnings.warn("amp=bf16 on a CPU without native bf16 matmul (no AVX512-BF16/AMX): "
+                          "bf16 matmuls run tens of times slower than fp32 here", stacklevel=3)
+        dev = self.device
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics,
+                                     cfg.activation, cfg.critic_norm).to(dev)
+        self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics,
+                                            cfg.activation, cfg.critic_norm).to(dev)
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.target_critic.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.reference = reference.to(dev).eval().requires_grad_(False)
+        self.bank = bank
+        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
+        # Compiled gradient-free forward passes (cfg.compile), built lazily on first use. The
+        # transport stays eager: a compiled module's backward would form the weight gradients too.
+        self._compiled: dict[str, Any] = {}
+
+    def _forward_fn(self, name: str, module):
+        if not self.cfg.compile:
+            return module
+        fn = self._compiled.get(name)
+        if fn is None:
+            fn = self._compiled[name] = torch.compile(module, dynamic=False)
+        return fn
+
+    @classmethod
+    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *,
+               reference: FlowPolicy | None = None, bank: ParticleBank | None = None,
+               **overrides) -> "VGFAgent":
+        """Build a VGF agent.
+
+        ``cfg``: a ``VGFConfig``, a mapping of its fields, or None (defaults); ``overrides`` are
+        applied on top. ``reference``: the pretrained reference flow (frozen here). If None, an
+        untrained ``FlowPolicy`` is built: load its weights with ``agent.reference.load_state_dict``.
+        ``bank``: optional ``ParticleBank`` for the next states of the training dataset.
+        """
+        cfg = config_from(VGFConfig, cfg, **overrides)
+        if reference is None:
+            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
+        return cls(cfg, obs_dim, act_dim, device, reference, bank)
+
+    # --- pieces -----------------------------------------------------------------------------------
+
+    def reference_samples(self, obs: Tensor, n: int, indices: Tensor | None = None,
+                          generator: torch.Generator | None = None) -> Tensor:
+        """``[B, n, d]`` reference samples at ``obs`` ``[B, obs_dim]``: from the bank when one is
+        set and ``indices`` (bank rows) are given, else by K Euler steps of the frozen flow."""
+        generator = generator or self.generator
+        if self.bank is not None and indices is not None:
+            return self.bank.draw(indices, n, generator, device=self.device)
+        noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
+        with torch.no_grad(), _autocast(self.device, self.cfg.amp):
+            acts = euler_sample(self._forward_fn("flow", self.reference), obs.unsqueeze(1), noise,
+                                self.cfg.flow_steps)
+        return acts.float()
+
+    def transport(self, obs: Tensor, particles: Tensor, steps: int) -> Tensor:
+        """Move ``particles`` ``[B, N, d]`` for ``steps`` steps along the ONLINE critic's gradient."""
+        if steps == 0:
+            return particles
+        cfg = self.cfg
+        with torch.inference_mode(False), _autocast(self.device, cfg.amp):
+            # Tensors made under inference_mode cannot enter autograd: use normal copies.
+            obs = obs.clone() if obs.is_inference() else obs
+            particles = particles.clone() if particles.is_inference() else particles
+            x = transport(self.critic, obs.unsqueeze(1), particles, steps, alpha=cfg.alpha,
+                          lr=cfg.vgf_lr, rule=cfg.step_rule, q_agg=cfg.grad_q_agg,
+                          bandwidth=cfg.bandwidth, bandwidth_grad=cfg.bandwidth_grad)
+        return x.float()
+
+    @torch.no_grad()
+    def target(self, batch: Batch) -> tuple[Tensor, Info]:
+        """TD target ``[B]`` and particle statistics."""
+        cfg = self.cfg
+        next_obs = batch["next_observations"]
+        start = self.reference_samples(next_obs, cfg.num_particles, batch.get("indices"))
+        moved = self.transport(next_obs, start, cfg.train_steps)
+        next_qs = self._forward_fn("target", self.target_critic)(next_obs.unsqueeze(1), moved)
+        y = td_target(next_qs, batch["rewards"], batch["masks"], cfg.discount, cfg.q_agg,
+                      cfg.particle_agg)
+        info = {"target_mean": y.mean(), "next_q_mean": next_qs.mean(),
+                "particle_shift": (moved - start).abs().mean()}
+        if cfg.num_particles > 1:
+            info["bc_flow_var"] = start.var(dim=1).mean()
+            info["vgf_var"] = moved.var(dim=1).mean()
+        return y, info
+
+    # --- contract ---------------------------------------------------------------------------------
+
+    def losses(self, batch: Batch) -> tuple[Tensor, Info]:
+        y, info = self.target(batch)
+        qs = self.critic(batch["observations"], batch["actions"])          # [M, B]
+        loss = (qs - y).square().sum(0).mean()
+        info = {"critic_loss": loss.detach(), "q_mean": qs.detach().mean(),
+                "q_std_members": qs.detach().std(0).mean() if qs.shape[0] > 1 else qs.new_zeros(()),
+                **info}
+        return loss, info
+
+    def update(self, batch: Batch) -> Info:
+        loss, info = self.losses(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.polyak_before_step:
+            self.target_critic.polyak_(self.critic, self.cfg.tau)
+            self.optimizer.step()
+        else:
+            self.optimizer.step()
+            self.target_critic.polyak_(self.critic, self.cfg.tau)
+        self.step += 1
+        return info
+
+    def act(self, obs: Tensor, *, steps: int | None = None, num_particles: int | None = None,
+            select: str | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Actions ``[B, act_dim]`` for ``obs`` ``[B, obs_dim]`` (or ``[act_dim]`` for ``[obs_dim]``).
+
+        ``steps`` (L_test), ``num_particles`` and ``select`` default to the config. May run under
+        ``torch.no_grad`` or ``torch.inference_mode``: the transport re-enables the gradients it
+        needs (with respect to the actions only).
+        """
+        cfg = self.cfg
+        steps = cfg.test_steps if steps is None else steps
+        n = cfg.num_particles if num_particles is None else num_particles
+        select = cfg.select if select is None else select
+        generator = generator or self.act_generator
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        single = obs.dim() == 1
+        obs = obs.unsqueeze(0) if single else obs
+        particles = self.reference_samples(obs, n, generator=generator)
+        particles = self.transport(obs, particles, steps)
+        if n == 1:
+            actions = particles[:, 0]
+        else:
+            with torch.no_grad():
+                q = aggregate_members(self.critic(obs.unsqueeze(1), particles), cfg.q_agg)  # [B, N]
+            if select == "max":
+                best = q.argmax(dim=1)
+            elif select == "softmax":
+                logits = (q - q.max(dim=1, keepdim=True).values) / cfg.softmax_temp
+                best = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
+            elif select == "random":
+                best = torch.randint(0, n, (q.shape[0],), generator=generator, device=q.device)
+            else:
+                raise ValueError(f"unknown particle selection '{select}'")
+            actions = particles[torch.arange(q.shape[0], device=q.device), best]
+        return actions[0] if single else actions
+
+    def set_bank(self, bank: ParticleBank | None) -> None:
+        self.bank = bank
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "reference": self.reference.state_dict(),
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "act_generator": self.act_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.reference.load_state_dict(state["reference"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.act_generator.set_state(state["act_generator"])
+
+
+Agent = VGFAgent
+create = VGFAgent.create
+
+__all__ = ["VGFConfig", "Config", "VGFAgent", "Agent", "create", "ParticleBank", "build_bank",
+           "refresh_bank", "fill_bank", "td_target", "aggregate_particles"]
