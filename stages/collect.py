@@ -37,10 +37,11 @@ class CollectStage(Stage):
         return Inputs(info={"spec": resolve_spec(spec)})
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
-        return inputs.info["spec"].to_json()
+        # The files are the same whatever the shard size (it only sets the unit of work and resume).
+        return {k: v for k, v in inputs.info["spec"].to_json().items() if k != "shard_episodes"}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
-        from vgfcli.collect import collect
+        from vgfcli.collect import collect, episode_stats
 
         spec = inputs.info["spec"]
         workers = cfg.workers or os.cpu_count() or 1
@@ -59,6 +60,7 @@ class CollectStage(Stage):
             files = collect(spec, work, workers=workers, progress=advance)
             bar.update(completed=total)
         seconds = time.perf_counter() - start
+        stats = episode_stats(work, "train")
         outputs = {}
         for split, path in files.items():
             outputs[split] = run.staging / path.name
@@ -69,6 +71,9 @@ class CollectStage(Stage):
             "val_episodes": spec.val_episodes, "episode_length": spec.episode_length, "steps": total,
             "resumed_steps": total - new, "workers": workers, "seconds": round(seconds, 2),
             "steps_per_s": round(new / seconds, 1) if seconds > 0 else 0.0, "seed": spec.seed,
+            # Oracle tasks finished (goals reached, for mazes) per training episode: the data's richness.
+            "subtasks_per_episode": round(float(stats["subtasks"].mean()), 3),
+            "successes_per_episode": round(float(stats["successes"].mean()), 3),
         }
         metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         return StageResult(outputs=outputs, metrics=metrics, summary=summary)
