@@ -24,6 +24,14 @@ def empty_store(tmp_path_factory):
     return db
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Test tensors are tiny: one thread is fastest, and immune to OpenMP spin contention on 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def vgf_home(tmp_path, monkeypatch, empty_store):
     home = tmp_path / "vgf-home"

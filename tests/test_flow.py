@@ -8,15 +8,6 @@ import torch
 from vgfcli.nn.flow import FlowPolicy, euler_sample, flow_matching_loss, linear_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to OpenMP spin contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_linear_path_endpoints_and_velocity():
     x0, x1 = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, -2.0]])
     xt, v = linear_path(x0, x1, torch.tensor([[0.25]]))

@@ -11,15 +11,6 @@ from vgfcli.nn.particles import (median_bandwidth, pairwise_sqdist, svgd_directi
                                  value_grad)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to OpenMP spin contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Two members, each a concave quadratic: Q_m(s, a) = -w_m / 2 * ||a - c_m||^2 (s ignored).
 W = np.array([1.0, 3.0])
 C = np.array([[0.2, -0.1], [0.4, 0.3]])

@@ -13,15 +13,6 @@ from vgfcli.nn.flow import FlowPolicy
 from vgfcli.nn.networks import MLP, EnsembleCritic
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to OpenMP spin contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 OBS, ACT = 4, 2
 TINY = dict(critic_hidden=(32, 32), actor_hidden=(32, 32))
 

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from vgfcli.collect.npzio import episode_arrays
 from vgfcli.collect.seeding import EpisodeSeeds
 
 _MAX_ATTEMPTS = 100  # scene episodes that leave the cube in an ambiguous place are redrawn
@@ -159,15 +160,6 @@ class ManipCollector:
                 n = t + 1
                 break
 
-        terminals = np.zeros(n, dtype=bool)
-        terminals[-1] = True
-        data = {
-            "observations": obs[:n],
-            "actions": actions[:n],
-            "terminals": terminals,
-            "qpos": qpos[:n],
-            "qvel": qvel[:n],
-        }
-        if buttons is not None:
-            data["button_states"] = buttons[:n]
+        data = episode_arrays(n, {"observations": obs, "actions": actions, "qpos": qpos, "qvel": qvel,
+                                  "button_states": buttons})
         return data, {"subtasks": subtasks, "successes": successes}

@@ -14,6 +14,7 @@ from collections import deque
 
 import numpy as np
 
+from vgfcli.collect.npzio import episode_arrays
 from vgfcli.collect.seeding import EpisodeSeeds
 
 _STITCH_DISTANCE = 4
@@ -144,13 +145,5 @@ class MazeCollector:
                 n = t + 1
                 break
 
-        terminals = np.zeros(n, dtype=bool)
-        terminals[-1] = True
-        data = {
-            "observations": obs[:n],
-            "actions": actions[:n],
-            "terminals": terminals,
-            "qpos": qpos[:n],
-            "qvel": qvel[:n],
-        }
+        data = episode_arrays(n, {"observations": obs, "actions": actions, "qpos": qpos, "qvel": qvel})
         return data, {"subtasks": goals_reached, "successes": goals_reached}

@@ -118,3 +118,12 @@ def merge_npz(path: Path, parts: list[Path], keys: list[str], *, level: int = 6)
         tmp.unlink(missing_ok=True)
         raise
     return layout[keys[0]][0] if keys else 0
+
+
+def episode_arrays(n: int, buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One episode's first ``n`` steps in the official file layout, with ``terminals`` True at its end."""
+    terminals = np.zeros(n, dtype=bool)
+    terminals[-1] = True
+    data = {key: buffer[:n] for key, buffer in buffers.items() if buffer is not None}
+    data["terminals"] = terminals
+    return data
