@@ -167,7 +167,7 @@ def test_runs_lists_stage_runs(tmp_path):
     listed = json.loads(vgf("runs", "--json").stdout)["runs"]
     assert [(r["run_id"], r["stage"], r["status"]) for r in listed] == [(out["run_id"], "ingest", "FINISHED")]
     table = vgf("runs")
-    assert table.exit_code == 0 and out["run_id"][:12] in table.stdout
+    assert table.exit_code == 0 and out["run_id"][:8] in table.stdout
 
 
 def test_cfg_prints_resolved_config_and_help_lists_commands():

@@ -131,13 +131,14 @@ def runs(
                                 "start_time": r.start_time, "metrics": r.metrics} for r in records]})
         return
     table = Table(title=f"vgf runs ({len(records)})", title_justify="left")
-    for column in ("stage", "run", "key", "status", "age", "metrics"):
-        table.add_column(column)
+    for column in ("stage", "run", "key", "status", "age"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("metrics", overflow="fold")
     for r in records:
         shown = _main_metrics(r.stage)
-        metrics = "  ".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)
+        metrics = " ".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)
         colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(r.status, "red")
-        table.add_row(r.stage, r.run_id[:12], r.cache_key[:12], f"[{colour}]{r.status}[/]", _age(r.start_time), metrics)
+        table.add_row(r.stage, r.run_id[:8], r.cache_key[:8], f"[{colour}]{r.status}[/]", _age(r.start_time), metrics)
     ui.show(table)
 
 
