@@ -24,7 +24,7 @@ class CollectStage(Stage):
     code_version = 1
     main_metrics = ("episodes", "steps", "steps_per_s")
 
-    def resolve_inputs(self, cfg) -> Inputs:
+    def resolve_inputs(self, cfg, upstream) -> Inputs:
         from vgfcli.collect import CollectSpec, resolve_spec
 
         if cfg.workers is not None and cfg.workers < 1:

@@ -8,7 +8,6 @@ file stops the stage with a one-line error and leaves no run behind.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from vgfcli.errors import VgfError
@@ -24,7 +23,7 @@ class IngestStage(Stage):
     code_version = 1
     main_metrics = ("transitions", "episodes", "return_mean")
 
-    def resolve_inputs(self, cfg) -> Inputs:
+    def resolve_inputs(self, cfg, upstream) -> Inputs:
         if cfg.action_bounds not in ACTION_BOUND_MODES:
             raise VgfError(f"action_bounds must be one of {', '.join(ACTION_BOUND_MODES)}, got '{cfg.action_bounds}'")
         source = cfg.dataset
@@ -50,7 +49,7 @@ class IngestStage(Stage):
         from vgfcli.data import canonical
 
         info = inputs.info
-        with ui.err.status(f"reading {info['path']}", spinner="dots") if not ui.json_mode else contextlib.nullcontext():
+        with ui.status(f"reading {info['path']}"):
             dataset = _read(info)
             canonical.validate(dataset, str(info["path"]))
         dataset, message = canonical.action_bounds(dataset, cfg.action_bounds, str(info["path"]))

@@ -9,7 +9,6 @@ imported inside the commands that need them, so ``vgf --help`` and cache hits st
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import signal
 import sys
@@ -32,8 +31,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-# Stage name -> module holding ``STAGE``; imported only when the command runs.
-STAGE_MODULES = {"collect": "stages.collect", "ingest": "stages.ingest"}
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (e.g. dataset=d4rl dataset.path=FILE).",
                            show_default=False)
@@ -70,10 +67,10 @@ def _user_errors(func):
 
 def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool) -> None:
     from vgfcli.config import compose, to_yaml
-    from vgfcli.stage import execute, report
+    from vgfcli.stage import execute, load_stage, report
     from vgfcli.ui import UI
 
-    stage = importlib.import_module(STAGE_MODULES[name]).STAGE
+    stage = load_stage(name)
     cfg = compose(stage.config_name, overrides)
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
@@ -107,6 +104,87 @@ def ingest(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json
     [bold]vgf ingest dataset=minari dataset.path=~/.minari/datasets/mujoco/hopper/medium-v0[/].
     """
     _run_stage("ingest", overrides, force, json_out, show_cfg)
+
+
+@app.command("pretrain-policy")
+@_user_errors
+def pretrain_policy(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
+                    show_cfg: bool = CFG) -> None:
+    """Flow-matching behaviour cloning of the reference policy on the ingested dataset.
+
+    Takes the training config ([bold]conf/train.yaml[/]: task, preset, policy.*, ...); finds its dataset run by
+    that config. Example: [bold]vgf pretrain-policy task=cube-single-play-singletask-task2-v0 preset=quick[/].
+    """
+    _run_stage("pretrain-policy", overrides, force, json_out, show_cfg)
+
+
+@app.command("train-critic")
+@_user_errors
+def train_critic(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
+                 show_cfg: bool = CFG) -> None:
+    """Train the method's TD critic against the frozen reference policy (method=vgf, method.alpha=..., ...)."""
+    _run_stage("train-critic", overrides, force, json_out, show_cfg)
+
+
+@app.command()
+@_user_errors
+def evaluate(overrides: Optional[List[str]] = OVERRIDES,
+             budget: Optional[str] = typer.Option(None, "--budget", help="Test-time budgets L, comma-separated "
+                                                  "(default: evaluate.budgets), e.g. 0,1,2,3."),
+             force: bool = FORCE, json_out: bool = JSON, show_cfg: bool = CFG) -> None:
+    """Roll out the policy in the real environment at each test-time budget; table, metrics and a plot."""
+    _run_stage("evaluate", [*(overrides or []), *_budget_override(budget)], force, json_out, show_cfg)
+
+
+@app.command()
+@_user_errors
+def pipeline(overrides: Optional[List[str]] = OVERRIDES,
+             budget: Optional[str] = typer.Option(None, "--budget", help="Test-time budgets L, comma-separated."),
+             force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,
+             show_cfg: bool = CFG) -> None:
+    """collect (or a given dataset) -> ingest -> pretrain-policy -> train-critic -> evaluate, each from cache
+    when unchanged. Example: [bold]vgf pipeline task=cube-single-play-singletask-task2-v0 method=vgf preset=quick[/]."""
+    from vgfcli.config import compose, to_yaml
+    from vgfcli.stage import execute, load_stage, report
+    from vgfcli.ui import UI
+    from vgfcli.upstream import PRODUCERS, Upstream
+
+    cfg = compose("train", [*(overrides or []), *_budget_override(budget)])
+    if show_cfg:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    ui = UI(json_mode=json_out)
+    upstream = Upstream(cfg, ui, make=True, force=frozenset(PRODUCERS.values()) | {"evaluate"} if force else frozenset())
+    stage = load_stage("evaluate")
+    outcome = execute(stage, cfg, ui, force=force, upstream=upstream)
+    stages = [(name, o) for name, o in upstream.outcomes.items()] + [("evaluate", outcome)]
+    if json_out:
+        ui.emit_json(stage.to_json(outcome) | {"stages": {name: {"run_id": o.run_id, "cache_hit": o.cache_hit}
+                                                          for name, o in stages}})
+        return
+    ui.show(_stages_table(stages))
+    report(stage, outcome, ui)
+
+
+def _stages_table(stages):
+    from rich.table import Table
+
+    table = Table(title="pipeline", title_justify="left")
+    for column in ("step", "stage", "run", "cache"):
+        table.add_column(column)
+    for name, o in stages:
+        table.add_row(name, o.stage, o.run_id[:8], "[green]hit[/]" if o.cache_hit else "[cyan]ran[/]")
+    return table
+
+
+def _budget_override(budget: str | None) -> list[str]:
+    if budget is None:
+        return []
+    try:
+        values = [int(b) for b in budget.split(",") if b.strip()]
+    except ValueError:
+        raise VgfError(f"--budget takes comma-separated integers, e.g. 0,1,2,3; got '{budget}'") from None
+    return [f"evaluate.budgets=[{','.join(map(str, values))}]"]
 
 
 @app.command()
@@ -143,8 +221,9 @@ def runs(
 
 
 def _main_metrics(stage: str) -> tuple[str, ...]:
-    module = STAGE_MODULES.get(stage)
-    return importlib.import_module(module).STAGE.main_metrics if module else ()
+    from vgfcli.stage import STAGE_MODULES, load_stage
+
+    return load_stage(stage).main_metrics if stage in STAGE_MODULES else ()
 
 
 def _age(start: float) -> str:

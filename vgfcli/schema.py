@@ -78,6 +78,78 @@ class CollectConfig:
     workers: Optional[int] = None
 
 
+@dataclass
+class DataConfig:
+    # Where the training data comes from: collect | ogbench | file (see conf/train.yaml).
+    source: str = MISSING
+    path: Optional[str] = None
+    kind: str = MISSING
+    env_id: Optional[str] = None
+    episodes: Optional[int] = None
+    val_episodes: Optional[int] = None
+    episode_length: Optional[int] = None
+    workers: Optional[int] = None
+
+
+@dataclass
+class PolicyConfig:
+    """Flow-matching behaviour cloning of the reference policy (pretrain-policy)."""
+
+    hidden: list[int] = MISSING  # MLP widths of the velocity field v(s, x, t)
+    lr: float = MISSING  # Adam learning rate
+    batch_size: int = MISSING
+    steps: int = MISSING  # gradient steps
+    flow_steps: int = MISSING  # K Euler steps when sampling
+    log_every: int = MISSING  # steps between logged training losses
+    val_every: int = MISSING  # steps between validation losses (on the -val split when there is one)
+    checkpoint_every: int = MISSING  # steps between resumable checkpoints
+
+
+@dataclass
+class CriticLoopConfig:
+    """The loop of train-critic around the method's ``update`` (the method's own knobs are in method/)."""
+
+    batch_size: int = MISSING
+    steps: int = MISSING
+    log_every: int = MISSING
+    checkpoint_every: int = MISSING
+
+
+@dataclass
+class EvaluateConfig:
+    episodes: int = MISSING  # episodes per budget
+    num_envs: int = MISSING  # envs stepped in lockstep, one batched policy call per step
+    budgets: list[int] = MISSING  # test-time transport steps to compare (vgf evaluate --budget)
+    max_episode_steps: Optional[int] = None  # None = the env's own limit
+
+
+@dataclass
+class UpstreamRuns:
+    """Run ids to read instead of the runs the config itself leads to (a prefix will do)."""
+
+    collect: Optional[str] = None
+    dataset: Optional[str] = None
+    val_dataset: Optional[str] = None
+    policy: Optional[str] = None
+    critic: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    task: str = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    data: DataConfig = MISSING
+    policy: PolicyConfig = MISSING
+    critic: CriticLoopConfig = MISSING
+    evaluate: EvaluateConfig = MISSING
+    # The method's hyperparameters; their types and meanings are the method's Config dataclass
+    # (vgfcli/methods/<name>.py), checked when the stage builds the agent.
+    method: Any = MISSING
+    upstream: UpstreamRuns = MISSING
+    tracking: TrackingConfig = MISSING
+
+
 _registered = False
 
 
@@ -91,6 +163,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="ingest_schema", node=IngestConfig)
     store.store(name="collect_schema", node=CollectConfig)
+    store.store(name="train_schema", node=TrainConfig)
     store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
     store.store(group="dataset", name="ogbench_schema", node=OgbenchSource)
     store.store(group="dataset", name="file_schema", node=FileSource)

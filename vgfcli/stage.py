@@ -10,6 +10,7 @@ never a cache hit; a run that failed on the user's input (``VgfError``) is delet
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,17 @@ from vgfcli.cache import cache_key, file_sha256, path_digest
 from vgfcli.errors import VgfError
 from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, Store, StageRun, vgf_home
 from vgfcli.ui import UI
+
+
+# Stage name -> module holding ``STAGE``; imported only when needed (start-up stays fast).
+STAGE_MODULES = {
+    "collect": "stages.collect", "ingest": "stages.ingest", "pretrain-policy": "stages.pretrain_policy",
+    "train-critic": "stages.train_critic", "evaluate": "stages.evaluate",
+}
+
+
+def load_stage(name: str) -> "Stage":
+    return importlib.import_module(STAGE_MODULES[name]).STAGE
 
 
 @dataclass
@@ -48,7 +60,8 @@ class Stage:
     code_version: int = 1  # bump when the same inputs would now give different outputs
     main_metrics: tuple[str, ...] = ()  # shown by `vgf runs`
 
-    def resolve_inputs(self, cfg) -> Inputs:
+    def resolve_inputs(self, cfg, upstream) -> Inputs:
+        """Files and upstream runs (``upstream.record(name)``, a ``vgfcli.upstream.Upstream``)."""
         raise NotImplementedError
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
@@ -63,6 +76,10 @@ class Stage:
     def render(self, outcome: "Outcome"):
         """A rich renderable for the human output (fresh runs and cache hits alike)."""
         raise NotImplementedError
+
+    def to_json(self, outcome: "Outcome") -> dict:
+        """The ``--json`` object; stages add their own top-level fields."""
+        return outcome.to_json()
 
 
 @dataclass
@@ -85,9 +102,17 @@ class Outcome:
         }
 
 
-def execute(stage: Stage, cfg, ui: UI, *, force: bool = False) -> Outcome:
-    """Run ``stage`` on ``cfg``, or return the cached run with the same key."""
-    inputs = stage.resolve_inputs(cfg)
+def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool = False, upstream=None) -> Outcome:
+    """Run ``stage`` on ``cfg``, or return the cached run with the same key.
+
+    ``lookup_only``: never run; a missing run is an error that names the command that makes it.
+    ``upstream``: how the stage finds its upstream runs (default: look them up by config).
+    """
+    if upstream is None:
+        from vgfcli.upstream import Upstream
+
+        upstream = Upstream(cfg, ui)
+    inputs = stage.resolve_inputs(cfg, upstream)
     memo = vgf_home() / "digests.json"
     digests = {name: path_digest(path, memo) for name, path in inputs.files.items()}
     for name, record in inputs.upstream.items():
@@ -104,6 +129,9 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False) -> Outcome:
             return Outcome(stage.name, record.run_id, True, key, paths, record.metrics, record.summary,
                            record.upstream, json.loads(record.tags.get("vgf.warnings", "[]")))
 
+    if lookup_only:
+        raise VgfError(f"no finished {stage.name} run for this config (key {key[:12]}); run `vgf {stage.name} ...` "
+                       "with the same overrides, or `vgf pipeline ...`, first")
     run = store.start_run(stage.name, key, {TAG_UPSTREAM: json.dumps(upstream_ids)})
     try:
         run.log_params(config_mod.flatten(config_mod.to_dict(cfg)))
@@ -131,7 +159,7 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False) -> Outcome:
 def report(stage: Stage, outcome: Outcome, ui: UI) -> None:
     """Print an outcome: JSON object under ``--json``, else the stage's table plus cache/run lines."""
     if ui.json_mode:
-        ui.emit_json(outcome.to_json())
+        ui.emit_json(stage.to_json(outcome))
         return
     if outcome.cache_hit:
         ui.note(f"[green]cache hit[/]: {stage.name} run {outcome.run_id} (key {outcome.cache_key[:12]}); "

@@ -33,6 +33,10 @@ class UI:
         sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
 
+    def status(self, message: str):
+        """A spinner while something without a known length runs; silent under ``--json``."""
+        return contextlib.nullcontext() if self.json_mode else self.err.status(message, spinner="dots")
+
     @contextlib.contextmanager
     def progress(self, description: str, total: float | None, unit: str = "it") -> Iterator["Bar"]:
         """A progress bar with a rate column; silent under ``--json``."""

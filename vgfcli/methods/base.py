@@ -21,6 +21,8 @@ turns it into floats for logging.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -52,11 +54,36 @@ def config_from(config_cls: type, cfg: Any = None, **overrides):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown {config_cls.__name__} key(s): {', '.join(unknown)}")
+    hints = typing.get_type_hints(config_cls)
     for name, value in list(values.items()):
         default = fields[name].default
         if isinstance(default, tuple) and value is not None and not isinstance(value, tuple):
-            values[name] = tuple(value)
+            values[name] = value = tuple(value)
+        if not _fits(value, hints[name]):
+            raise ValueError(f"{config_cls.__name__}.{name} must be {_type_name(hints[name])}, got {value!r}")
     return config_cls(**values)
+
+
+def _fits(value, hint) -> bool:
+    """Whether ``value`` has the annotated type (the few kinds config fields use)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint) -> str:
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
 
 
 def to_batch(batch: Mapping[str, Any], device: torch.device | str = "cpu") -> dict[str, Tensor]:
@@ -105,6 +132,11 @@ class Agent(ABC):
     @abstractmethod
     def act(self, obs: Tensor, **options) -> Tensor:
         """Actions for ``obs`` ``[B, obs_dim]`` (``[B, act_dim]``) or ``[obs_dim]`` (``[act_dim]``)."""
+
+    def prepare(self, next_observations: Tensor) -> Info:
+        """Once before training, with the whole dataset's next states (rows match batch ``indices``):
+        precompute what the method can (VGF's particle bank). Default: nothing."""
+        return {}
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

@@ -110,6 +110,9 @@ class VGFConfig:
     compile: bool = False
     # Seed of the agent's random streams (training noise; acting has its own stream).
     seed: int = 0
+    # Reference samples kept per dataset next state (the particle bank; `prepare` builds it once,
+    # since the reference is frozen). 0 = run K Euler steps of the flow at every update instead.
+    bank_size: int = 32
 
 
 Config = VGFConfig
@@ -133,6 +136,8 @@ def _validate(cfg: VGFConfig) -> None:
         (cfg.train_steps >= 0 and cfg.test_steps >= 0, "train_steps and test_steps must be >= 0"),
         (cfg.alpha > 0, "alpha must be > 0"),
         (cfg.num_critics >= 1, "num_critics must be >= 1"),
+        (cfg.bank_size == 0 or cfg.bank_size >= cfg.num_particles,
+         "bank_size must be 0 (no bank) or at least num_particles"),
     ]
     for ok, message in checks:
         if not ok:
@@ -433,6 +438,16 @@ class VGFAgent(Agent):
 
     def set_bank(self, bank: ParticleBank | None) -> None:
         self.bank = bank
+
+    def prepare(self, next_observations: Tensor) -> Info:
+        """Build the particle bank for the training data's next states (when ``bank_size`` > 0)."""
+        if self.cfg.bank_size == 0:
+            return {}
+        # Its own seeded stream: a resumed run rebuilds exactly the bank it started with.
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2_000_003)
+        self.bank = build_bank(self.reference, next_observations, self.cfg.bank_size,
+                               steps=self.cfg.flow_steps, generator=generator, amp=self.cfg.amp)
+        return {"bank_states": torch.tensor(float(self.bank.num_states))}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,133 @@
+"""`vgf pretrain-policy`: flow-matching behaviour cloning of the reference policy.
+
+The reference policy is the distribution every method moves actions away from, so it is trained
+once, frozen, and shared: train-critic and evaluate read ``policy.pt``, which carries the dims, the
+Euler step count and the digest of the dataset it was cloned from, so a later stage can refuse a
+policy made for other data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from vgfcli.stage import Inputs, Outcome, Stage, StageResult
+from vgfcli.ui import summary_table
+
+VAL_ROWS = 4096  # validation loss on at most this many rows, with fixed noise, so values compare over time
+
+
+class PretrainPolicyStage(Stage):
+    name = "pretrain-policy"
+    config_name = "train"
+    code_version = 1
+    main_metrics = ("loss", "val_loss")
+
+    def resolve_inputs(self, cfg, upstream) -> Inputs:
+        records = {"dataset": upstream.record("dataset")}
+        val = upstream.record("val_dataset")
+        if val is not None:
+            records["val_dataset"] = val
+        return Inputs(upstream=records)
+
+    def key_config(self, cfg, inputs: Inputs) -> dict:
+        from vgfcli.config import to_dict
+
+        return {"policy": to_dict(cfg.policy), "seed": cfg.seed}
+
+    def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
+        import torch
+
+        from vgfcli.nn.flow import FlowPolicy
+        from vgfcli.tracking import work_dir
+        from vgfcli.training import ACTION_CLIP, Checkpoints, Sampler, fit, load_tensors, resolve_device
+
+        p = cfg.policy
+        device = resolve_device(cfg.device)
+        run.set_tags({"vgf.device": str(device)})
+        torch.manual_seed(cfg.seed)
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
+        data.actions.clamp_(-ACTION_CLIP, ACTION_CLIP)
+        val = data
+        if "val_dataset" in inputs.upstream:
+            val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device)
+            val.actions.clamp_(-ACTION_CLIP, ACTION_CLIP)
+        flow = FlowPolicy(data.obs_dim, data.act_dim, tuple(p.hidden)).to(device)
+        optimizer = torch.optim.Adam(flow.parameters(), lr=p.lr)
+        sampler = Sampler(data, p.batch_size, cfg.seed)
+        noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+
+        def step_fn(step: int) -> dict:
+            batch = sampler.sample()
+            loss = flow.loss(batch["observations"], batch["actions"], noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return {"loss": loss.detach()}
+
+        def val_fn(step: int) -> dict:
+            rows = slice(0, min(VAL_ROWS, val.size))
+            fixed = torch.Generator(device=device).manual_seed(12345)
+            with torch.no_grad():
+                loss = flow.loss(val.observations[rows], val.actions[rows], fixed)
+            return {"val_loss": float(loss)}
+
+        def state_fn() -> dict:
+            return {"flow": flow.state_dict(), "optimizer": optimizer.state_dict(),
+                    "sampler": sampler.generator.get_state(), "noise": noise.get_state()}
+
+        def load_fn(state: dict) -> int:
+            flow.load_state_dict(state["flow"])
+            optimizer.load_state_dict(state["optimizer"])
+            sampler.generator.set_state(state["sampler"])
+            noise.set_state(state["noise"])
+            return int(state["step"])
+
+        last: dict = {}
+
+        def log(metrics: dict, step: int) -> None:
+            last.update(metrics)
+            run.log_metrics(metrics, step)
+
+        work = work_dir(self.name, run.cache_key)
+        start = time.perf_counter()
+        with ui.progress("pretrain-policy", p.steps, unit="updates") as bar:
+            resumed = fit(steps=p.steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
+                          checkpoints=Checkpoints(work), checkpoint_every=p.checkpoint_every, log_every=p.log_every,
+                          log=log, bar=bar, every={p.val_every: val_fn})
+        if resumed:
+            ui.note(f"resumed from step {resumed}")
+        seconds = time.perf_counter() - start
+        out = run.staging / "policy.pt"
+        torch.save({
+            "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
+            "act_dim": data.act_dim, "hidden": list(p.hidden), "flow_steps": p.flow_steps,
+            "dataset_digest": inputs.digests["dataset"], "env_id": data.attrs.get("env_id"),
+            "dataset_attrs": data.attrs,
+        }, out)
+        summary = {
+            "env_id": data.attrs.get("env_id"), "transitions": data.size, "steps": p.steps,
+            "loss": round(last.get("loss", float("nan")), 5), "val_loss": round(last.get("val_loss", float("nan")), 5),
+            "resumed_from_step": resumed, "seconds": round(seconds, 1),
+            "updates_per_s": round((p.steps - resumed) / max(seconds, 1e-9), 1), "device": str(device),
+        }
+        shutil.rmtree(work, ignore_errors=True)
+        return StageResult(outputs={"policy": out}, metrics={"resumed_from_step": float(resumed)}, summary=summary)
+
+    def render(self, outcome: Outcome):
+        return summary_table(f"pretrain-policy: {outcome.summary.get('env_id')}", outcome.summary)
+
+
+def load_policy(path, device):
+    """The frozen reference flow and the facts saved with it."""
+    import torch
+
+    from vgfcli.nn.flow import FlowPolicy
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    flow = FlowPolicy(saved["obs_dim"], saved["act_dim"], tuple(saved["hidden"]))
+    flow.load_state_dict(saved["flow"])
+    return flow.to(device).eval().requires_grad_(False), saved
+
+
+STAGE = PretrainPolicyStage()

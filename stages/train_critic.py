@@ -1,0 +1,127 @@
+"""`vgf train-critic`: the method's TD critic, trained against the frozen reference policy.
+
+The stage is method-agnostic: it loads the reference flow from the upstream pretrain-policy run,
+builds ``vgfcli.methods.<method.name>``'s agent, lets it precompute what it can (``prepare``: VGF's
+particle bank), and runs ``update`` in the shared resumable loop. What an update does, the method
+decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+
+from vgfcli.errors import VgfError
+from vgfcli.stage import Inputs, Outcome, Stage, StageResult
+from vgfcli.ui import summary_table
+
+
+class TrainCriticStage(Stage):
+    name = "train-critic"
+    config_name = "train"
+    code_version = 1
+    main_metrics = ("critic_loss", "q_mean")
+
+    def resolve_inputs(self, cfg, upstream) -> Inputs:
+        return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy")})
+
+    def key_config(self, cfg, inputs: Inputs) -> dict:
+        from vgfcli.config import to_dict
+
+        return {"critic": to_dict(cfg.critic), "method": to_dict(cfg.method), "seed": cfg.seed}
+
+    def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
+        import torch
+
+        from stages.pretrain_policy import load_policy
+        from vgfcli.tracking import work_dir
+        from vgfcli.training import Checkpoints, Sampler, fit, load_tensors, resolve_device
+
+        c = cfg.critic
+        device = resolve_device(cfg.device)
+        run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
+        torch.manual_seed(cfg.seed)
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
+        policy_path = inputs.upstream["policy"].output_paths()["policy"]
+        flow, saved = load_policy(policy_path, device)
+        check_compatible(saved, data.obs_dim, data.act_dim, inputs.digests["dataset"], str(policy_path))
+        module, method_cfg = build_method_config(cfg, saved)
+        agent = module.Agent.create(method_cfg, data.obs_dim, data.act_dim, device, reference=flow)
+        with ui.status("preparing the method (e.g. the particle bank)"):
+            prepared = agent.prepare(data.next_observations)
+        sampler = Sampler(data, c.batch_size, cfg.seed)
+
+        def state_fn() -> dict:
+            return {"agent": agent.state_dict(), "sampler": sampler.generator.get_state()}
+
+        def load_fn(state: dict) -> int:
+            agent.load_state_dict(state["agent"])
+            sampler.generator.set_state(state["sampler"])
+            return int(state["step"])
+
+        last: dict = {}
+
+        def log(metrics: dict, step: int) -> None:
+            last.update(metrics)
+            run.log_metrics(metrics, step)
+
+        work = work_dir(self.name, run.cache_key)
+        start = time.perf_counter()
+        with ui.progress(f"train-critic ({cfg.method.name})", c.steps, unit="updates") as bar:
+            resumed = fit(steps=c.steps, step_fn=lambda step: agent.update(sampler.sample()), state_fn=state_fn,
+                          load_fn=load_fn, checkpoints=Checkpoints(work), checkpoint_every=c.checkpoint_every,
+                          log_every=c.log_every, log=log, bar=bar)
+        if resumed:
+            ui.note(f"resumed from step {resumed}")
+        seconds = time.perf_counter() - start
+        out = run.staging / "critic.pt"
+        torch.save({
+            "method": cfg.method.name, "config": dataclasses.asdict(method_cfg), "agent": agent.state_dict(),
+            "obs_dim": data.obs_dim, "act_dim": data.act_dim, "dataset_digest": inputs.digests["dataset"],
+            "policy_digest": inputs.digests["policy"], "env_id": data.attrs.get("env_id"),
+            "dataset_attrs": data.attrs,
+        }, out)
+        shutil.rmtree(work, ignore_errors=True)
+        summary = {
+            "method": cfg.method.name, "env_id": data.attrs.get("env_id"), "steps": c.steps,
+            **{k: round(v, 5) for k, v in last.items() if k != "updates_per_s"},
+            "resumed_from_step": resumed, "seconds": round(seconds, 1),
+            "updates_per_s": round((c.steps - resumed) / max(seconds, 1e-9), 2), "device": str(device),
+            **{k: float(v) for k, v in prepared.items()},
+        }
+        return StageResult(outputs={"critic": out}, metrics={"resumed_from_step": float(resumed)}, summary=summary)
+
+    def render(self, outcome: Outcome):
+        return summary_table(f"train-critic: {outcome.summary.get('method')} on {outcome.summary.get('env_id')}",
+                             outcome.summary)
+
+
+def build_method_config(cfg, saved_policy: dict):
+    """The method's module and its Config from the ``method`` section; the reference flow's shape
+    and step count come from the policy itself, the seed from the top level."""
+    from vgfcli import methods
+    from vgfcli.config import to_dict
+    from vgfcli.methods.base import config_from
+
+    values = to_dict(cfg.method)
+    name = values.pop("name")
+    try:
+        module = methods.load(name)
+        return module, config_from(module.Config, values, actor_hidden=tuple(saved_policy["hidden"]),
+                                   flow_steps=int(saved_policy["flow_steps"]), seed=int(cfg.seed))
+    except ValueError as exc:
+        raise VgfError(f"method: {exc}") from None
+
+
+def check_compatible(saved: dict, obs_dim: int, act_dim: int, dataset_digest: str, what: str) -> None:
+    """Refuse a policy or critic made for other data: dims first, then the dataset's digest."""
+    if (saved["obs_dim"], saved["act_dim"]) != (obs_dim, act_dim):
+        raise VgfError(f"{what}: made for obs/action dims {saved['obs_dim']}/{saved['act_dim']}, but the dataset "
+                       f"has {obs_dim}/{act_dim}")
+    if saved["dataset_digest"] != dataset_digest:
+        raise VgfError(f"{what}: made from another dataset (digest {saved['dataset_digest'][:12]}, this one "
+                       f"{dataset_digest[:12]}); pretrain a policy on this dataset")
+
+
+STAGE = TrainCriticStage()

@@ -1,0 +1,337 @@
+"""Roll a policy out in the real environment: the engine behind the evaluation stage.
+
+``evaluate_policy`` steps ``num_envs`` copies of one environment in lockstep inside this process and asks the
+policy for actions once per step, batched over every copy that needs one. MuJoCo steps cost tens of
+microseconds, a policy call (a flow policy integrates an ODE) costs far more, so batching the policy matters and
+subprocess vector envs would only add IPC.
+
+Reproducibility: episode ``i`` is reset with seeds derived from ``(seed, i)`` alone, and whichever copy runs it
+starts from a fresh ``reset``, so with a deterministic policy the per-episode results do not depend on
+``num_envs``. OGBench also draws from numpy's *global* RNG (maze start noise, teleporters, task sampling), so
+every episode carries its own copy of that global state, swapped in around its env calls.
+
+Success follows OGBench's own evaluation (and FQL's, which reuses it): an episode runs until
+``terminated or truncated`` and its success is ``info['success']`` of the last step. Single-task OGBench envs
+are registered with ``success_timing='pre'`` and ``terminate_at_goal=True``: a step whose *starting* state is at
+the goal reports success and terminates, and a TimeLimit truncates at the family's ``max_episode_steps``
+(see ``OGBENCH_MAX_EPISODE_STEPS``). Their reward is 0 on success steps and -1 otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from vgfcli.errors import VgfError
+
+# Time limits OGBench registers for its single-task envs (ogbench 1.2.2, ``ogbench/*/__init__.py``), by family.
+# Informational: ``make_env`` reads the limit from the registry; this table is for docs and sanity checks.
+OGBENCH_MAX_EPISODE_STEPS = {
+    "pointmaze": 1000,  # medium/large/giant/teleport
+    "antmaze": 1000,  # medium/large/giant/teleport
+    "humanoidmaze-medium": 2000,
+    "humanoidmaze-large": 2000,
+    "humanoidmaze-teleport": 2000,
+    "humanoidmaze-giant": 4000,
+    "antsoccer": 1000,
+    "cube-single": 200,
+    "cube-double": 500,
+    "cube-triple": 1000,
+    "cube-quadruple": 1000,
+    "cube-octuple": 1500,
+    "scene": 750,
+    "puzzle-3x3": 500,
+    "puzzle-4x4": 500,
+    "puzzle-4x5": 1000,
+    "puzzle-4x6": 1000,
+}
+
+# D4RL's Ant datasets were recorded with gym's Ant-v3 under mujoco>=2: 111-dim observations whose 84 contact-force
+# entries are always zero. Gymnasium's Ant-v4 with use_contact_forces=True reproduces exactly that layout (Ant-v5
+# has 105 dims and real contact forces), so D4RL ant data is evaluated on this alias.
+D4RL_ANT_ENV_ID = "vgf/AntD4RL-v4"
+
+_EVAL_STREAM = 2  # spawn-key tag for evaluation seeds, apart from dataset collection's train (0) / val (1) streams
+
+
+def _register_aliases(gymnasium) -> None:
+    if D4RL_ANT_ENV_ID not in gymnasium.registry:
+        gymnasium.register(
+            id=D4RL_ANT_ENV_ID,
+            entry_point="gymnasium.envs.mujoco.ant_v4:AntEnv",
+            kwargs={"use_contact_forces": True},
+            max_episode_steps=1000,
+        )
+
+
+def ogbench_env_id(name: str) -> str:
+    """The env id for an OGBench single-task name; a dataset name maps the way ogbench.make_env_and_datasets does.
+
+    'cube-single-play-singletask-task2-v0' (a dataset) -> 'cube-single-singletask-task2-v0' (its env): drop the
+    dataset-type word just before 'singletask'. Names that are already env ids come back unchanged.
+    """
+    splits = name.split("-")
+    if "singletask" in splits:
+        pos = splits.index("singletask")
+        candidate = "-".join(splits[: pos - 1] + splits[pos:])
+        import gymnasium
+
+        if name not in gymnasium.registry and candidate in gymnasium.registry:
+            return candidate
+    return name
+
+
+def _resolve(env_id: str) -> tuple[str, bool]:
+    """(registered id, whether it is an OGBench env). OGBench registers its envs on import, so import it only
+    when the id is not already known to gymnasium (the MuJoCo locomotion ids are, without importing MuJoCo)."""
+    import gymnasium
+
+    _register_aliases(gymnasium)
+    if env_id not in gymnasium.registry:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                import ogbench  # noqa: F401  (registers its envs with gymnasium)
+            except ImportError:
+                pass
+        env_id = ogbench_env_id(env_id)
+    if env_id not in gymnasium.registry:
+        from vgfcli.scores import gym_env_for
+
+        hint = gym_env_for(env_id)
+        hint = f" (for that dataset evaluate on '{hint}')" if hint else ""
+        raise VgfError(f"unknown environment id '{env_id}': not a gymnasium or OGBench env id{hint}")
+    entry = gymnasium.registry[env_id].entry_point
+    return env_id, isinstance(entry, str) and entry.startswith("ogbench.")
+
+
+def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | None = None):
+    """Build one environment the way its benchmark evaluates it.
+
+    OGBench ids (e.g. 'cube-single-singletask-task2-v0') go through ``gymnasium.make`` after ``import ogbench``.
+    That is exactly what ``ogbench.make_env_and_datasets(<dataset>, env_only=True)`` does for a single-task
+    dataset name (it strips the dataset type and calls ``gymnasium.make(env_name, **env_kwargs)``, no extra
+    wrappers); OGBench dataset names are accepted too and mapped the same way. Any other id is a gymnasium env
+    (MuJoCo v4 for D4RL data, v5 for Minari data, e.g. 'Hopper-v5'). ``max_episode_steps`` overrides the
+    registered time limit. Unknown ids raise VgfError.
+    """
+    import gymnasium
+
+    env_id, _ = _resolve(env_id)
+    kwargs: dict[str, Any] = {}
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = int(max_episode_steps)
+    try:
+        with warnings.catch_warnings():
+            # v4 MuJoCo ids warn that they are out of date; they are chosen on purpose to match D4RL's dynamics.
+            warnings.simplefilter("ignore")
+            env = gymnasium.make(env_id, **kwargs)
+    except gymnasium.error.Error as e:  # missing dependency, deprecated version, ...
+        raise VgfError(f"cannot build environment '{env_id}': {e}") from None
+    if seed is not None:
+        env.reset(seed=int(seed))
+        env.action_space.seed(int(seed))
+    return env
+
+
+@dataclass
+class EvalResult:
+    env_id: str
+    episodes: int
+    returns: np.ndarray  # [episodes] float64, undiscounted, in episode order
+    lengths: np.ndarray  # [episodes] int64 env steps
+    successes: np.ndarray | None  # [episodes] float64 0/1, None when the env reports no info['success']
+    success_rate: float | None
+    return_mean: float
+    return_std: float
+    steps: int  # env steps over all episodes
+    seconds: float  # wall time of the whole call, env construction included
+    policy_seconds: float  # part of ``seconds`` spent inside the policy
+    policy_calls: int  # batched policy calls
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready scalars for logging."""
+        out: dict[str, Any] = {
+            "env_id": self.env_id,
+            "episodes": self.episodes,
+            "return_mean": self.return_mean,
+            "return_std": self.return_std,
+            "length_mean": float(self.lengths.mean()),
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "policy_seconds": self.policy_seconds,
+            "policy_calls": self.policy_calls,
+        }
+        if self.success_rate is not None:
+            out["success_rate"] = self.success_rate
+        return out
+
+
+def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
+    """(env seed for reset, seed of numpy's legacy global RNG) for one evaluation episode."""
+    env_ss, legacy_ss = np.random.SeedSequence(entropy=seed, spawn_key=(_EVAL_STREAM, episode)).spawn(2)
+    return int(env_ss.generate_state(1)[0]), int(legacy_ss.generate_state(1)[0])
+
+
+class _Slot:
+    """One env copy and the episode it is running."""
+
+    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "info")
+
+    def __init__(self, env):
+        self.env = env
+        self.episode: int | None = None
+        self.obs = None
+        self.queue: list[np.ndarray] = []  # actions of the current chunk still to execute
+        self.ret = 0.0
+        self.length = 0
+        self.legacy = None  # this episode's copy of numpy's global RNG state
+        self.info: dict = {}
+
+    def call(self, fn, *args, **kwargs):
+        # Swap the episode's own global-RNG state in, so that OGBench's np.random draws do not depend on what
+        # the other copies did in between.
+        saved = np.random.get_state()
+        np.random.set_state(self.legacy)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.legacy = np.random.get_state()
+            np.random.set_state(saved)
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, possibly on an accelerator; avoids importing torch here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def evaluate_policy(
+    env_id: str,
+    policy: Callable[[np.ndarray], np.ndarray],
+    *,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    max_episode_steps: int | None = None,
+    action_repeat_chunk: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Run exactly ``episodes`` episodes of ``policy`` on ``num_envs`` lockstepped copies of ``env_id``.
+
+    ``policy(obs [n, obs_dim] float32) -> actions [n, act_dim]``, or ``[n, H*act_dim]`` (or ``[n, H, act_dim]``)
+    when ``action_repeat_chunk`` = H > 1: the H actions then run open loop, one per step, and an episode that
+    ends mid-chunk drops the rest. Each step makes at most one policy call, over the copies whose chunk is used
+    up. Actions are clipped to the action space, as OGBench/FQL evaluation clips to [-1, 1].
+    ``progress(n_finished)`` is called each time an episode finishes.
+    """
+    if episodes < 1:
+        raise VgfError(f"evaluation needs at least one episode, got episodes={episodes}")
+    if num_envs < 1:
+        raise VgfError(f"num_envs must be at least 1, got {num_envs}")
+    if action_repeat_chunk < 1:
+        raise VgfError(f"action_repeat_chunk must be at least 1, got {action_repeat_chunk}")
+    if seed < 0:
+        raise VgfError(f"evaluation seed must be non-negative, got {seed}")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise VgfError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
+
+    t0 = time.perf_counter()
+    env_id, _ = _resolve(env_id)
+    H = int(action_repeat_chunk)
+    slots = [_Slot(make_env(env_id, max_episode_steps=max_episode_steps)) for _ in range(min(num_envs, episodes))]
+    space = slots[0].env.action_space
+    act_shape = tuple(space.shape)
+    act_dim = int(np.prod(act_shape))
+    low = np.broadcast_to(np.asarray(space.low, np.float64).reshape(-1), (act_dim,))
+    high = np.broadcast_to(np.asarray(space.high, np.float64).reshape(-1), (act_dim,))
+
+    returns = np.zeros(episodes, np.float64)
+    lengths = np.zeros(episodes, np.int64)
+    successes = np.full(episodes, np.nan)
+    next_episode = 0
+    finished = 0
+    steps = 0
+    policy_calls = 0
+    policy_seconds = 0.0
+
+    def start(slot: _Slot) -> None:
+        nonlocal next_episode
+        if next_episode >= episodes:
+            slot.episode = None
+            return
+        i = next_episode
+        next_episode += 1
+        env_seed, legacy_seed = episode_seeds(seed, i)
+        slot.episode, slot.queue, slot.ret, slot.length, slot.info = i, [], 0.0, 0, {}
+        slot.legacy = np.random.RandomState(legacy_seed).get_state()
+        # OGBench's maze reset takes a few action_space.sample() steps; seed that RNG too.
+        slot.env.action_space.seed(env_seed)
+        obs, _ = slot.call(slot.env.reset, seed=env_seed)
+        slot.obs = np.asarray(obs, np.float32).reshape(-1)
+
+    try:
+        for slot in slots:
+            start(slot)
+        while True:
+            live = [s for s in slots if s.episode is not None]
+            if not live:
+                break
+            need = [s for s in live if not s.queue]
+            if need:
+                batch = np.stack([s.obs for s in need])
+                tp = time.perf_counter()
+                actions = _as_numpy(policy(batch))
+                policy_seconds += time.perf_counter() - tp
+                policy_calls += 1
+                if actions.size != len(need) * H * act_dim or actions.shape[0] != len(need):
+                    raise VgfError(
+                        f"policy returned actions of shape {actions.shape} for {len(need)} observations of "
+                        f"'{env_id}'; expected ({len(need)}, {H * act_dim}) ({H} x {act_dim}-dim actions)"
+                    )
+                if not np.all(np.isfinite(actions)):
+                    raise VgfError(f"policy returned non-finite actions on '{env_id}' (diverged checkpoint?)")
+                chunks = np.clip(actions.reshape(len(need), H, act_dim), low, high)
+                for s, chunk in zip(need, chunks):
+                    s.queue = list(chunk)
+            for s in live:
+                action = s.queue.pop(0).reshape(act_shape)
+                obs, reward, terminated, truncated, info = s.call(s.env.step, action)
+                steps += 1
+                s.ret += float(reward)
+                s.length += 1
+                s.obs = np.asarray(obs, np.float32).reshape(-1)
+                if terminated or truncated:
+                    i = s.episode
+                    returns[i], lengths[i] = s.ret, s.length
+                    if "success" in info:
+                        successes[i] = float(bool(info["success"]))
+                    finished += 1
+                    if progress is not None:
+                        progress(finished)
+                    start(s)
+    finally:
+        for slot in slots:
+            slot.env.close()
+
+    has_success = not np.all(np.isnan(successes))
+    # An env that reports success on some final steps but not others did not succeed on the others.
+    successes = np.nan_to_num(successes, nan=0.0)
+    return EvalResult(
+        env_id=env_id,
+        episodes=episodes,
+        returns=returns,
+        lengths=lengths,
+        successes=successes if has_success else None,
+        success_rate=float(successes.mean()) if has_success else None,
+        return_mean=float(returns.mean()),
+        return_std=float(returns.std()),
+        steps=steps,
+        seconds=time.perf_counter() - t0,
+        policy_seconds=policy_seconds,
+        policy_calls=policy_calls,
+    )

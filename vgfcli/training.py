@@ -1,0 +1,149 @@
+"""What the training stages share: device choice, the dataset as tensors, batch sampling, and a
+resumable loop with atomic checkpoints.
+
+Resuming is exact: a checkpoint holds the model(s), optimiser(s), step and every random stream
+(the sampler's generator and the method's own), so a run killed and resumed ends where an
+uninterrupted run ends, on deterministic hardware.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from vgfcli.errors import VgfError
+
+# Dataset actions are clipped just inside the box before flow matching, as the reference code does,
+# so the flow never has to reach the boundary exactly.
+ACTION_CLIP = 1.0 - 1e-5
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else must name an available device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VgfError(f"device '{name}' is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VgfError(f"device '{name}' asked for, but this machine has no CUDA device (use device=auto or cpu)")
+    return device
+
+
+@dataclass
+class TensorData:
+    """The canonical dataset's arrays as float32 tensors on one device."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    masks: torch.Tensor
+    attrs: dict
+
+    @property
+    def size(self) -> int:
+        return self.observations.shape[0]
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observations.shape[1]
+
+    @property
+    def act_dim(self) -> int:
+        return self.actions.shape[1]
+
+
+def load_tensors(path: Path, device: torch.device) -> TensorData:
+    from vgfcli.data import canonical
+
+    ds = canonical.load(path)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)
+
+    return TensorData(t(ds.observations), t(ds.actions), t(ds.rewards), t(ds.next_observations), t(ds.masks),
+                      dict(ds.attrs))
+
+
+class Sampler:
+    """Uniform minibatches (with replacement, as the reference code) from one seeded generator."""
+
+    def __init__(self, data: TensorData, batch_size: int, seed: int):
+        self.data, self.batch_size = data, batch_size
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.data.size, (self.batch_size,), generator=self.generator)
+        d, dev = self.data, self.data.observations.device
+        idx_dev = idx.to(dev, non_blocking=True)
+        return {
+            "observations": d.observations[idx_dev], "actions": d.actions[idx_dev], "rewards": d.rewards[idx_dev],
+            "next_observations": d.next_observations[idx_dev], "masks": d.masks[idx_dev], "indices": idx_dev,
+        }
+
+
+class Checkpoints:
+    """``last.pt`` in a work folder that outlives a killed run; written atomically."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / "last.pt"
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a damaged checkpoint costs a restart, never a crash
+            return None
+
+    def save(self, state: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"last.pt.tmp-{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
+def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], dict],
+        load_fn: Callable[[dict], int], checkpoints: Checkpoints, checkpoint_every: int, log_every: int,
+        log: Callable[[dict, int], None], bar, every: dict[int, Callable[[int], dict]] | None = None) -> int:
+    """Run ``step_fn(step)`` for steps ``[start, steps)``, resuming from the last checkpoint.
+
+    ``step_fn`` returns metrics as 0-dim tensors; they are averaged over ``log_every`` steps on the
+    device and read back once per log (no host sync per step). ``every`` maps an interval to a
+    callback whose metrics are logged at that step (validation losses, say). Returns the step the
+    run resumed from (0 for a fresh start).
+    """
+    from vgfcli.methods.base import scalars
+
+    state = checkpoints.load()
+    start = load_fn(state) if state is not None else 0
+    bar.advance(start)
+    sums: dict[str, torch.Tensor] = {}
+    count, started, t0 = 0, start, time.perf_counter()
+    for step in range(start, steps):
+        info = step_fn(step)
+        for key, value in info.items():
+            sums[key] = sums[key] + value.detach() if key in sums else value.detach().clone()
+        count += 1
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            metrics = {k: v / count for k, v in scalars(sums).items()}
+            metrics["updates_per_s"] = (done - started) / max(time.perf_counter() - t0, 1e-9)
+            log(metrics, done)
+            bar.advance(count)
+            sums, count = {}, 0
+        for interval, callback in (every or {}).items():
+            if done % interval == 0 or done == steps:
+                log(callback(done), done)
+        if done % checkpoint_every == 0 and done < steps:
+            checkpoints.save(state_fn() | {"step": done})
+    return start
