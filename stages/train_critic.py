@@ -24,6 +24,8 @@ class TrainCriticStage(Stage):
     main_metrics = ("critic_loss", "q_mean")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
+        # A bad method value is a config error: say so before any run or upstream lookup.
+        build_method_config(cfg, {"hidden": cfg.policy.hidden, "flow_steps": cfg.policy.flow_steps})
         return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy")})
 
     def key_config(self, cfg, inputs: Inputs) -> dict:

@@ -1,0 +1,103 @@
+"""The training stages end to end at the smoke preset: pipeline, cache, single stages, resume, errors."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from vgfcli.cli import app
+from vgfcli.config import config_dir
+from vgfcli.methods.vgf import VGFConfig
+
+runner = CliRunner()
+SMOKE = ["preset=smoke"]
+
+
+def vgf_json(*args):
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_method_yaml_lists_every_config_field_with_its_default():
+    values = yaml.safe_load((config_dir() / "method" / "vgf.yaml").read_text())
+    assert values.pop("name") == "vgf"
+    defaults = dataclasses.asdict(VGFConfig())
+    from_policy = {"actor_hidden", "flow_steps", "seed"}  # set from the policy section / top-level seed
+    assert set(values) == set(defaults) - from_policy
+    for key, value in values.items():
+        assert (tuple(value) if isinstance(value, list) else value) == defaults[key], key
+
+
+def test_pipeline_runs_every_stage_then_is_all_cache_hits():
+    out = vgf_json("pipeline", *SMOKE)
+    assert set(out["stages"]) == {"collect", "dataset", "val_dataset", "policy", "critic", "evaluate"}
+    assert not any(s["cache_hit"] for s in out["stages"].values())
+    rows = out["results"]
+    assert [(r["budget"], r["particles"], r["reference"]) for r in rows] == [(0, 1, True), (0, 4, False), (1, 4, False)]
+    assert all(0.0 <= r["success"] <= 1.0 and r["episodes"] == 2 for r in rows)
+    assert os.path.getsize(out["plot"]) > 1000
+    again = vgf_json("pipeline", *SMOKE)
+    assert all(s["cache_hit"] for s in again["stages"].values())
+    assert again["run_id"] == out["run_id"]
+
+    # Single stages find the same runs from the same config; a new budget list is a new evaluation.
+    assert vgf_json("train-critic", *SMOKE)["run_id"] == out["stages"]["critic"]["run_id"]
+    other = vgf_json("evaluate", *SMOKE, "--budget", "0,2")
+    assert not other["cache_hit"] and [r["budget"] for r in other["results"]] == [0, 0, 2]
+    assert other["upstream"]["critic"] == out["stages"]["critic"]["run_id"]
+
+
+def test_single_stage_without_upstream_says_what_to_run():
+    result = runner.invoke(app, ["train-critic", *SMOKE])
+    assert result.exit_code == 2
+    assert "no finished collect run" in result.stderr and "vgf pipeline" in result.stderr
+
+
+def test_bad_method_value_and_budget_are_config_errors():
+    result = runner.invoke(app, ["train-critic", *SMOKE, "method.alpha=high"])
+    assert result.exit_code == 2 and "alpha" in result.stderr
+    result = runner.invoke(app, ["evaluate", *SMOKE, "--budget", "a,b"])
+    assert result.exit_code == 2 and "--budget" in result.stderr
+
+
+def test_policy_for_other_data_is_refused():
+    vgf_json("pipeline", *SMOKE, "evaluate.budgets=[0]")
+    maze = ["task=pointmaze-medium-navigate-singletask-task1-v0", *SMOKE]
+    vgf_json("pipeline", *maze, "evaluate.budgets=[0]")
+    from vgfcli.tracking import Store
+
+    maze_policy = Store("vgf").find(stage="pretrain-policy")[0].run_id
+    result = runner.invoke(app, ["train-critic", *SMOKE, f"upstream.policy={maze_policy}"])
+    assert result.exit_code == 2 and "dims" in result.stderr
+
+
+def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(vgf_home):
+    vgf_json("pipeline", *SMOKE, "evaluate.budgets=[0]")
+    args = [*SMOKE, "policy.steps=400", "policy.checkpoint_every=50", "policy.log_every=50"]
+    # One thread, as this test process has: float sums then match to the bit across the two processes.
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vgfcli", "pretrain-policy", *args, "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(vgf_home.glob("work/pretrain-policy-*/last.pt")):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    checkpoint = list(vgf_home.glob("work/pretrain-policy-*/last.pt"))
+    assert checkpoint, "no checkpoint was written before the kill"
+    resumed = vgf_json("pretrain-policy", *args)
+    assert resumed["summary"]["resumed_from_step"] >= 50
+    fresh = vgf_json("pretrain-policy", *args, "--force")
+    assert fresh["summary"]["resumed_from_step"] == 0
+    a = torch.load(resumed["outputs"]["policy"], weights_only=False)["flow"]
+    b = torch.load(fresh["outputs"]["policy"], weights_only=False)["flow"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
