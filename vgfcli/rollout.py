@@ -7,8 +7,12 @@ subprocess vector envs would only add IPC.
 
 Reproducibility: episode ``i`` is reset with seeds derived from ``(seed, i)`` alone, and whichever copy runs it
 starts from a fresh ``reset``, so with a deterministic policy the per-episode results do not depend on
-``num_envs``. OGBench also draws from numpy's *global* RNG (maze start noise, teleporters, task sampling), so
-every episode carries its own copy of that global state, swapped in around its env calls.
+``num_envs``. OGBench also draws from numpy's *global* RNG (maze start noise in ``reset``; teleport mazes also in
+``step``), so every episode carries its own copy of that global state, swapped in around those calls. A swap
+costs ~0.18 ms (numpy converts the 624-word state through Python), more than a maze step, so plain steps skip it.
+
+Env copies are expensive to build (cube-single: ~0.9 s of MJCF compilation each) and every episode starts with a
+seeded reset, so copies are kept in a per-process pool and reused by later calls (``release_envs`` closes them).
 
 Success follows OGBench's own evaluation (and FQL's, which reuses it): an episode runs until
 ``terminated or truncated`` and its success is ``info['success']`` of the last step. Single-task OGBench envs
@@ -177,20 +181,45 @@ def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
     return int(env_ss.generate_state(1)[0]), int(legacy_ss.generate_state(1)[0])
 
 
+# Idle env copies by (env id, time limit), reused across evaluate_policy calls in this process.
+_POOL: dict[tuple[str, int | None], list] = {}
+
+
+def _take_envs(env_id: str, max_episode_steps: int | None, n: int) -> list:
+    idle = _POOL.setdefault((env_id, max_episode_steps), [])
+    envs = [idle.pop() for _ in range(min(n, len(idle)))]
+    while len(envs) < n:
+        envs.append(make_env(env_id, max_episode_steps=max_episode_steps))
+    return envs
+
+
+def release_envs() -> None:
+    """Close every pooled env copy (frees MuJoCo models and any renderer)."""
+    for envs in _POOL.values():
+        for env in envs:
+            env.close()
+    _POOL.clear()
+
+
+def _steps_draw_global_rng(env) -> bool:
+    # OGBench's teleport mazes pick the teleporter exit with np.random inside step(); no other env we build does.
+    return getattr(env.unwrapped, "_teleport_info", None) is not None
+
+
 class _Slot:
     """One env copy and the episode it is running."""
 
-    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "info")
+    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "swap_steps")
 
     def __init__(self, env):
         self.env = env
+        self.swap_steps = _steps_draw_global_rng(env)
         self.episode: int | None = None
         self.obs = None
         self.queue: list[np.ndarray] = []  # actions of the current chunk still to execute
         self.ret = 0.0
         self.length = 0
         self.legacy = None  # this episode's copy of numpy's global RNG state
-        self.info: dict = {}
 
     def call(self, fn, *args, **kwargs):
         # Swap the episode's own global-RNG state in, so that OGBench's np.random draws do not depend on what
@@ -243,7 +272,7 @@ def evaluate_policy(
     t0 = time.perf_counter()
     env_id, _ = _resolve(env_id)
     H = int(action_repeat_chunk)
-    slots = [_Slot(make_env(env_id, max_episode_steps=max_episode_steps)) for _ in range(min(num_envs, episodes))]
+    slots = [_Slot(env) for env in _take_envs(env_id, max_episode_steps, min(num_envs, episodes))]
     space = slots[0].env.action_space
     act_shape = tuple(space.shape)
     act_dim = int(np.prod(act_shape))
@@ -267,7 +296,7 @@ def evaluate_policy(
         i = next_episode
         next_episode += 1
         env_seed, legacy_seed = episode_seeds(seed, i)
-        slot.episode, slot.queue, slot.ret, slot.length, slot.info = i, [], 0.0, 0, {}
+        slot.episode, slot.queue, slot.ret, slot.length = i, [], 0.0, 0
         slot.legacy = np.random.RandomState(legacy_seed).get_state()
         # OGBench's maze reset takes a few action_space.sample() steps; seed that RNG too.
         slot.env.action_space.seed(env_seed)
@@ -300,7 +329,10 @@ def evaluate_policy(
                     s.queue = list(chunk)
             for s in live:
                 action = s.queue.pop(0).reshape(act_shape)
-                obs, reward, terminated, truncated, info = s.call(s.env.step, action)
+                if s.swap_steps:
+                    obs, reward, terminated, truncated, info = s.call(s.env.step, action)
+                else:
+                    obs, reward, terminated, truncated, info = s.env.step(action)
                 steps += 1
                 s.ret += float(reward)
                 s.length += 1
@@ -315,8 +347,8 @@ def evaluate_policy(
                         progress(finished)
                     start(s)
     finally:
-        for slot in slots:
-            slot.env.close()
+        # Back to the pool even after an error: the next use starts every episode with a seeded reset.
+        _POOL[(env_id, max_episode_steps)].extend(slot.env for slot in slots)
 
     has_success = not np.all(np.isnan(successes))
     # An env that reports success on some final steps but not others did not succeed on the others.
