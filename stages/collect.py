@@ -65,7 +65,6 @@ class CollectStage(Stage):
         for split, path in files.items():
             outputs[split] = run.staging / path.name
             shutil.move(path, outputs[split])
-        shutil.rmtree(work, ignore_errors=True)  # the shards are merged; nothing left to resume
         summary = {
             "name": spec.name, "env": spec.env_name, "type": spec.dataset_type, "episodes": spec.episodes,
             "val_episodes": spec.val_episodes, "episode_length": spec.episode_length, "steps": total,

@@ -8,9 +8,6 @@ policy made for other data.
 
 from __future__ import annotations
 
-import shutil
-import time
-
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 from vgfcli.ui import summary_table
 
@@ -39,8 +36,7 @@ class PretrainPolicyStage(Stage):
         import torch
 
         from vgfcli.nn.flow import FlowPolicy
-        from vgfcli.tracking import work_dir
-        from vgfcli.training import ACTION_CLIP, Checkpoints, Sampler, fit, load_tensors, resolve_device
+        from vgfcli.training import ACTION_CLIP, Sampler, load_tensors, resolve_device, train_loop
 
         p = cfg.policy
         device = resolve_device(cfg.device)
@@ -83,21 +79,9 @@ class PretrainPolicyStage(Stage):
             noise.set_state(state["noise"])
             return int(state["step"])
 
-        last: dict = {}
-
-        def log(metrics: dict, step: int) -> None:
-            last.update(metrics)
-            run.log_metrics(metrics, step)
-
-        work = work_dir(self.name, run.cache_key)
-        start = time.perf_counter()
-        with ui.progress("pretrain-policy", p.steps, unit="updates") as bar:
-            resumed = fit(steps=p.steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
-                          checkpoints=Checkpoints(work), checkpoint_every=p.checkpoint_every, log_every=p.log_every,
-                          log=log, bar=bar, every={p.val_every: val_fn})
-        if resumed:
-            ui.note(f"resumed from step {resumed}")
-        seconds = time.perf_counter() - start
+        loop = train_loop(run, ui, "pretrain-policy", steps=p.steps, step_fn=step_fn, state_fn=state_fn,
+                          load_fn=load_fn, checkpoint_every=p.checkpoint_every, log_every=p.log_every,
+                          every={p.val_every: val_fn})
         out = run.staging / "policy.pt"
         torch.save({
             "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
@@ -107,12 +91,12 @@ class PretrainPolicyStage(Stage):
         }, out)
         summary = {
             "env_id": data.attrs.get("env_id"), "transitions": data.size, "steps": p.steps,
-            "loss": round(last.get("loss", float("nan")), 5), "val_loss": round(last.get("val_loss", float("nan")), 5),
-            "resumed_from_step": resumed, "seconds": round(seconds, 1),
-            "updates_per_s": round((p.steps - resumed) / max(seconds, 1e-9), 1), "device": str(device),
+            "loss": round(loop.last.get("loss", float("nan")), 5),
+            "val_loss": round(loop.last.get("val_loss", float("nan")), 5), "resumed_from_step": loop.resumed_from,
+            "seconds": round(loop.seconds, 1), "updates_per_s": loop.updates_per_s(p.steps), "device": str(device),
         }
-        shutil.rmtree(work, ignore_errors=True)
-        return StageResult(outputs={"policy": out}, metrics={"resumed_from_step": float(resumed)}, summary=summary)
+        return StageResult(outputs={"policy": out}, metrics={"resumed_from_step": float(loop.resumed_from)},
+                           summary=summary)
 
     def render(self, outcome: Outcome):
         return summary_table(f"pretrain-policy: {outcome.summary.get('env_id')}", outcome.summary)

@@ -9,8 +9,6 @@ decides.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import time
 
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
@@ -37,8 +35,7 @@ class TrainCriticStage(Stage):
         import torch
 
         from stages.pretrain_policy import load_policy
-        from vgfcli.tracking import work_dir
-        from vgfcli.training import Checkpoints, Sampler, fit, load_tensors, resolve_device
+        from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop
 
         c = cfg.critic
         device = resolve_device(cfg.device)
@@ -62,21 +59,9 @@ class TrainCriticStage(Stage):
             sampler.generator.set_state(state["sampler"])
             return int(state["step"])
 
-        last: dict = {}
-
-        def log(metrics: dict, step: int) -> None:
-            last.update(metrics)
-            run.log_metrics(metrics, step)
-
-        work = work_dir(self.name, run.cache_key)
-        start = time.perf_counter()
-        with ui.progress(f"train-critic ({cfg.method.name})", c.steps, unit="updates") as bar:
-            resumed = fit(steps=c.steps, step_fn=lambda step: agent.update(sampler.sample()), state_fn=state_fn,
-                          load_fn=load_fn, checkpoints=Checkpoints(work), checkpoint_every=c.checkpoint_every,
-                          log_every=c.log_every, log=log, bar=bar)
-        if resumed:
-            ui.note(f"resumed from step {resumed}")
-        seconds = time.perf_counter() - start
+        loop = train_loop(run, ui, f"train-critic ({cfg.method.name})", steps=c.steps,
+                          step_fn=lambda step: agent.update(sampler.sample()), state_fn=state_fn, load_fn=load_fn,
+                          checkpoint_every=c.checkpoint_every, log_every=c.log_every)
         out = run.staging / "critic.pt"
         torch.save({
             "method": cfg.method.name, "config": dataclasses.asdict(method_cfg), "agent": agent.state_dict(),
@@ -84,15 +69,15 @@ class TrainCriticStage(Stage):
             "policy_digest": inputs.digests["policy"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
         }, out)
-        shutil.rmtree(work, ignore_errors=True)
         summary = {
             "method": cfg.method.name, "env_id": data.attrs.get("env_id"), "steps": c.steps,
-            **{k: round(v, 5) for k, v in last.items() if k != "updates_per_s"},
-            "resumed_from_step": resumed, "seconds": round(seconds, 1),
-            "updates_per_s": round((c.steps - resumed) / max(seconds, 1e-9), 2), "device": str(device),
+            **{k: round(v, 5) for k, v in loop.last.items() if k != "updates_per_s"},
+            "resumed_from_step": loop.resumed_from, "seconds": round(loop.seconds, 1),
+            "updates_per_s": loop.updates_per_s(c.steps), "device": str(device),
             **{k: float(v) for k, v in prepared.items()},
         }
-        return StageResult(outputs={"critic": out}, metrics={"resumed_from_step": float(resumed)}, summary=summary)
+        return StageResult(outputs={"critic": out}, metrics={"resumed_from_step": float(loop.resumed_from)},
+                           summary=summary)
 
     def render(self, outcome: Outcome):
         return summary_table(f"train-critic: {outcome.summary.get('method')} on {outcome.summary.get('env_id')}",

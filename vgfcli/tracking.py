@@ -218,7 +218,7 @@ class Store:
         base.update({"vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
         self._close_abandoned(stage, cache_key)
         run = self.client().create_run(self.experiment_id(), tags={**base, **tags})
-        return StageRun(self, run.info.run_id, run.info.artifact_uri, cache_key)
+        return StageRun(self, run.info.run_id, run.info.artifact_uri, stage, cache_key)
 
     def _close_abandoned(self, stage: str, cache_key: str) -> None:
         """Mark KILLED the RUNNING runs of this key whose process on this host is gone (kill -9, power loss)."""
@@ -232,8 +232,9 @@ class Store:
 class StageRun:
     """An open stage run: batched metric logging, outputs staged locally and moved in at the end."""
 
-    def __init__(self, store: Store, run_id: str, artifact_uri: str, cache_key: str):
-        self.store, self.run_id, self.artifact_uri, self.cache_key = store, run_id, artifact_uri, cache_key
+    def __init__(self, store: Store, run_id: str, artifact_uri: str, stage: str, cache_key: str):
+        self.store, self.run_id, self.artifact_uri = store, run_id, artifact_uri
+        self.stage, self.cache_key = stage, cache_key
         self.staging = vgf_home() / "staging" / run_id
         self.staging.mkdir(parents=True, exist_ok=True)
         self._metrics: list = []
@@ -297,6 +298,8 @@ class StageRun:
         self.flush()
         self.client.set_terminated(self.run_id, status)
         shutil.rmtree(self.staging, ignore_errors=True)
+        if status == FINISHED:  # partial work kept for resuming is no longer needed
+            shutil.rmtree(work_dir(self.stage, self.cache_key), ignore_errors=True)
 
     def discard(self) -> None:
         """A run that failed on the user's input: it never happened as far as listings and caches go."""

@@ -112,6 +112,38 @@ class Checkpoints:
         os.replace(tmp, self.path)
 
 
+@dataclass
+class LoopReport:
+    resumed_from: int  # the step the run resumed from (0 for a fresh start)
+    seconds: float
+    last: dict  # the last logged value of every metric
+
+    def updates_per_s(self, steps: int) -> float:
+        return round((steps - self.resumed_from) / max(self.seconds, 1e-9), 2)
+
+
+def train_loop(run, ui, label: str, *, steps: int, step_fn, state_fn, load_fn, checkpoint_every: int,
+               log_every: int, every: dict | None = None) -> LoopReport:
+    """``fit`` inside a stage run: checkpoints in the run's work folder (which the runner removes once
+    the run has finished), metrics to MLflow, a progress bar, and a note when it resumed."""
+    from vgfcli.tracking import work_dir
+
+    last: dict = {}
+
+    def log(metrics: dict, step: int) -> None:
+        last.update(metrics)
+        run.log_metrics(metrics, step)
+
+    start = time.perf_counter()
+    with ui.progress(label, steps, unit="updates") as bar:
+        resumed = fit(steps=steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
+                      checkpoints=Checkpoints(work_dir(run.stage, run.cache_key)), checkpoint_every=checkpoint_every,
+                      log_every=log_every, log=log, bar=bar, every=every)
+    if resumed:
+        ui.note(f"resumed from step {resumed}")
+    return LoopReport(resumed, time.perf_counter() - start, last)
+
+
 def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], dict],
         load_fn: Callable[[dict], int], checkpoints: Checkpoints, checkpoint_every: int, log_every: int,
         log: Callable[[dict, int], None], bar, every: dict[int, Callable[[int], dict]] | None = None) -> int:
