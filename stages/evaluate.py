@@ -149,6 +149,8 @@ def plot_scores(results: list[dict], path, title: str, metric: str) -> None:
     ax.set_xlabel("test-time budget L (transport steps)")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_xticks(budgets)
+    if metric == "success":
+        ax.set_ylim(-0.02, 1.02)  # rates: keep the scale honest when all scores are close
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
