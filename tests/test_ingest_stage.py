@@ -39,6 +39,7 @@ def test_ogbench_ingest_cache_hit_and_force(tmp_path):
     second = ingest_json(f"dataset.path={npz}")
     assert second["cache_hit"] and second["run_id"] == first["run_id"]
     assert second["outputs"] == first["outputs"]
+    assert second["metrics"] == first["metrics"] and second["summary"] == first["summary"]
     forced = ingest_json(f"dataset.path={npz}", "--force")
     assert not forced["cache_hit"] and forced["run_id"] != first["run_id"]
     assert forced["cache_key"] == first["cache_key"]

@@ -48,6 +48,7 @@ def test_pipeline_runs_every_stage_then_is_all_cache_hits():
     again = vgf_json("pipeline", *SMOKE)
     assert all(s["cache_hit"] for s in again["stages"].values())
     assert again["run_id"] == out["run_id"]
+    assert again["metrics"] == out["metrics"] and again["results"] == out["results"]
 
     # Single stages find the same runs from the same config; a new budget list is a new evaluation.
     assert vgf_json("train-critic", *SMOKE)["run_id"] == out["stages"]["critic"]["run_id"]

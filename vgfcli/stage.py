@@ -19,7 +19,7 @@ from typing import Any
 from vgfcli import config as config_mod
 from vgfcli.cache import cache_key, file_sha256, path_digest
 from vgfcli.errors import VgfError
-from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, Store, StageRun, vgf_home
+from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, Store, StageRun, tracking_uri, vgf_home
 from vgfcli.ui import UI
 
 
@@ -152,7 +152,7 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
     except BaseException:
         run.finish("FAILED")
         raise
-    return Outcome(stage.name, run.run_id, False, key, final, result.metrics, result.summary, upstream_ids,
+    return Outcome(stage.name, run.run_id, False, key, final, run.latest_metrics, result.summary, upstream_ids,
                    result.warnings)
 
 
@@ -170,4 +170,4 @@ def report(stage: Stage, outcome: Outcome, ui: UI) -> None:
     for name, path in outcome.outputs.items():
         ui.note(f"{name}: {path}")
     if not outcome.cache_hit:
-        ui.note(f"run {outcome.run_id} (key {outcome.cache_key[:12]}) in {Store('').uri}")
+        ui.note(f"run {outcome.run_id} (key {outcome.cache_key[:12]}) in {tracking_uri()}")

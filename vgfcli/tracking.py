@@ -239,6 +239,7 @@ class StageRun:
         self.staging.mkdir(parents=True, exist_ok=True)
         self._metrics: list = []
         self._last_flush = time.monotonic()
+        self.latest_metrics: dict[str, float] = {}  # what a cache hit reads back from the store
 
     @property
     def client(self):
@@ -262,6 +263,7 @@ class StageRun:
 
         now = int(time.time() * 1000)
         self._metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.latest_metrics.update({k: float(v) for k, v in metrics.items()})
         if flush or len(self._metrics) >= 900 or time.monotonic() - self._last_flush > 10:
             self.flush()
 
