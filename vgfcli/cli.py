@@ -142,8 +142,12 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
              budget: Optional[str] = typer.Option(None, "--budget", help="Test-time budgets L, comma-separated."),
              force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,
              show_cfg: bool = CFG) -> None:
-    """collect (or a given dataset) -> ingest -> pretrain-policy -> train-critic -> evaluate, each from cache
-    when unchanged. Example: [bold]vgf pipeline task=cube-single-play-singletask-task2-v0 method=vgf preset=quick[/]."""
+    """The whole chain: collect -> ingest -> pretrain-policy -> train-critic -> evaluate, each from cache.
+
+    A stage whose config and inputs are unchanged is reused; [bold]data.source=file data.path=...[/] starts
+    from a given dataset instead of collecting. Example:
+    [bold]vgf pipeline task=cube-single-play-singletask-task2-v0 method=vgf preset=quick seed=0[/].
+    """
     from vgfcli.config import compose, to_yaml
     from vgfcli.stage import execute, load_stage, report
     from vgfcli.ui import UI
