@@ -10,8 +10,19 @@ import numpy as np
 import pytest
 
 from tests.datafiles import OGBENCH_ENVS, make_d4rl_hdf5, make_minari_dir, make_ogbench_npz
-from vgfcli.data import (Dataset, action_bounds, ensure_ogbench_file, load, parse_ogbench_name, read_d4rl_hdf5,
-                         read_minari, read_ogbench_npz, save, summarize, validate)
+from vgfcli.data import (
+    Dataset,
+    action_bounds,
+    ensure_ogbench_file,
+    load,
+    parse_ogbench_name,
+    read_d4rl_hdf5,
+    read_minari,
+    read_ogbench_npz,
+    save,
+    summarize,
+    validate,
+)
 from vgfcli.data.ogbench_npz import _singletask_env
 from vgfcli.errors import VgfError
 

@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from vgfcli.nn.networks import EnsembleCritic
-from vgfcli.nn.particles import (median_bandwidth, pairwise_sqdist, svgd_direction, transport,
-                                 value_grad)
-
+from vgfcli.nn.particles import median_bandwidth, pairwise_sqdist, svgd_direction, transport, value_grad
 
 # Two members, each a concave quadratic: Q_m(s, a) = -w_m / 2 * ||a - c_m||^2 (s ignored).
 W = np.array([1.0, 3.0])

@@ -7,11 +7,9 @@ from torch import nn
 
 from vgfcli.methods import load
 from vgfcli.methods.base import config_from, scalars, to_batch
-from vgfcli.methods.vgf import (ParticleBank, VGFAgent, VGFConfig, build_bank, refresh_bank,
-                                td_target)
+from vgfcli.methods.vgf import ParticleBank, VGFAgent, VGFConfig, build_bank, refresh_bank, td_target
 from vgfcli.nn.flow import FlowPolicy
 from vgfcli.nn.networks import MLP, EnsembleCritic
-
 
 OBS, ACT = 4, 2
 TINY = dict(critic_hidden=(32, 32), actor_hidden=(32, 32))

@@ -19,9 +19,8 @@ from typing import Any
 from vgfcli import config as config_mod
 from vgfcli.cache import cache_key, file_sha256, path_digest
 from vgfcli.errors import VgfError
-from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, Store, StageRun, tracking_uri, vgf_home
+from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, StageRun, Store, tracking_uri, vgf_home
 from vgfcli.ui import UI
-
 
 # Stage name -> module holding ``STAGE``; imported only when needed (start-up stays fast).
 STAGE_MODULES = {

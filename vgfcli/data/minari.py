@@ -14,8 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vgfcli.data.canonical import (Dataset, check_binary, check_columns, check_finite, open_hdf5, read_hdf5_array,
-                                   validate)
+from vgfcli.data.canonical import (
+    Dataset,
+    check_binary,
+    check_columns,
+    check_finite,
+    open_hdf5,
+    read_hdf5_array,
+    validate,
+)
 from vgfcli.errors import VgfError
 
 _STEP_NDIM = {"actions": 2, "rewards": 1, "terminations": 1, "truncations": 1}
