@@ -34,3 +34,6 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_ingest.py
 	$(VENV)/bin/python bench/bench_collect.py
+	$(VENV)/bin/python bench/bench_vgf_update.py --preset paper --bank both
+	$(VENV)/bin/python bench/bench_stages.py --preset paper
+	$(VENV)/bin/python bench/bench_stages.py --preset quick
