@@ -160,7 +160,7 @@ def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], di
     start = load_fn(state) if state is not None else 0
     bar.advance(start)
     sums: dict[str, torch.Tensor] = {}
-    count, started, t0 = 0, start, time.perf_counter()
+    count, t_log = 0, time.perf_counter()
     for step in range(start, steps):
         info = step_fn(step)
         for key, value in info.items():
@@ -169,7 +169,9 @@ def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], di
         done = step + 1
         if done % log_every == 0 or done == steps:
             metrics = {k: v / count for k, v in scalars(sums).items()}
-            metrics["updates_per_s"] = (done - started) / max(time.perf_counter() - t0, 1e-9)
+            now = time.perf_counter()
+            metrics["updates_per_s"] = count / max(now - t_log, 1e-9)  # over this log interval
+            t_log = now
             log(metrics, done)
             bar.advance(count)
             sums, count = {}, 0
