@@ -169,6 +169,8 @@ def test_runs_lists_stage_runs(tmp_path):
     assert [(r["run_id"], r["stage"], r["status"]) for r in listed] == [(out["run_id"], "ingest", "FINISHED")]
     table = vgf("runs")
     assert table.exit_code == 0 and out["run_id"][:8] in table.stdout
+    assert json.loads(vgf("runs", "--stage", "collect", "--json").stdout)["runs"] == []
+    assert len(json.loads(vgf("runs", "--status", "finished", "--json").stdout)["runs"]) == 1
 
 
 def test_cfg_prints_resolved_config_and_help_lists_commands():
@@ -176,5 +178,6 @@ def test_cfg_prints_resolved_config_and_help_lists_commands():
     assert result.exit_code == 0 and "kind: d4rl" in result.stdout and "path: /x.hdf5" in result.stdout
     assert all_runs() == []
     help_text = vgf("--help").stdout
-    for command in ("collect", "ingest", "runs"):
+    for command in ("collect", "ingest", "pretrain-policy", "train-critic", "evaluate", "pipeline", "runs"):
         assert command in help_text
+    assert vgf("--version").stdout.startswith("vgf ")
