@@ -23,8 +23,8 @@ class EvaluateStage(Stage):
             raise VgfError("evaluate.budgets is empty: give at least one budget (--budget 0,1,2,3)")
         if min(cfg.evaluate.budgets) < 0:
             raise VgfError(f"budgets must be >= 0, got {list(cfg.evaluate.budgets)}")
-        return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy"),
-                                "critic": upstream.record("critic")})
+        # The critic's digest already covers the dataset and the policy it was trained from.
+        return Inputs(upstream={"policy": upstream.record("policy"), "critic": upstream.record("critic")})
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict

@@ -117,9 +117,7 @@ def _collected_inputs(source, experiment: str) -> Inputs:
                            f"'{experiment}'; run `vgf collect name=...` first")
         record = runs[0]
     else:
-        record = store.get(source.collect_run)
-        if record.stage != "collect" or record.status != "FINISHED":
-            raise VgfError(f"run {record.run_id} is a {record.status} {record.stage} run, not a finished collect run")
+        record = store.get_finished(source.collect_run, "collect", "dataset.collect_run")
     paths = record.output_paths()
     if paths is None:
         raise VgfError(f"collect run {record.run_id}: its output files are missing or damaged; rerun vgf collect "

@@ -35,6 +35,8 @@ def test_collect_cache_ignores_workers_and_feeds_ingest():
     assert ingested["metrics"]["transitions"] == 2 * 29  # the last state of each episode has no successor
     val = vgf_json("ingest", "dataset.collect_run=latest", "dataset.split=val")
     assert val["metrics"]["episodes"] == 1
+    wrong = runner.invoke(app, ["ingest", f"dataset.collect_run={val['run_id']}"])
+    assert wrong.exit_code == 2 and "not a finished collect run" in wrong.stderr
 
 
 def test_uncollectable_and_bad_values_are_user_errors():

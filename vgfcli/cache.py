@@ -31,36 +31,39 @@ def path_digest(path: Path, memo_file: Path | None = None) -> str:
     path = Path(path).expanduser()
     if not path.exists():
         raise VgfError(f"{path}: no such file or directory")
+    memo = _load_memo(memo_file)
+    before = dict(memo)
     if path.is_file():
-        return _memo_digest(path.resolve(), memo_file)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    if not files:
-        raise VgfError(f"{path}: directory is empty")
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(_memo_digest(file.resolve(), memo_file).encode())
-    return digest.hexdigest()
+        value = _memo_digest(path.resolve(), memo)
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        if not files:
+            raise VgfError(f"{path}: directory is empty")
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+            digest.update(_memo_digest(file.resolve(), memo).encode())
+        value = digest.hexdigest()
+    if memo_file is not None and memo != before:  # one read and at most one write per call
+        write_json_atomic(memo_file, memo)
+    return value
 
 
-def _memo_digest(path: Path, memo_file: Path | None) -> str:
+def _memo_digest(path: Path, memo: dict) -> str:
+    """sha256 of one file, from ``memo`` while its size, mtime and inode are unchanged (else updated)."""
     try:
         stat = path.stat()
     except OSError as exc:
         raise VgfError(f"{path}: cannot read ({exc.strerror})") from None
     stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-    memo = _load_memo(memo_file)
     entry = memo.get(str(path))
     if entry and entry[:3] == stamp:
         return entry[3]
     try:
-        value = file_sha256(path)
+        memo[str(path)] = [*stamp, file_sha256(path)]
     except OSError as exc:
         raise VgfError(f"{path}: cannot read ({exc.strerror})") from None
-    if memo_file is not None:
-        memo[str(path)] = [*stamp, value]
-        write_json_atomic(memo_file, memo)
-    return value
+    return memo[str(path)][3]
 
 
 def _load_memo(memo_file: Path | None) -> dict:

@@ -158,7 +158,7 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
         typer.echo(to_yaml(cfg), nl=False)
         return
     ui = UI(json_mode=json_out)
-    upstream = Upstream(cfg, ui, make=True, force=frozenset(PRODUCERS.values()) | {"evaluate"} if force else frozenset())
+    upstream = Upstream(cfg, ui, make=True, force=frozenset(PRODUCERS.values()) if force else frozenset())
     stage = load_stage("evaluate")
     outcome = execute(stage, cfg, ui, force=force, upstream=upstream)
     stages = [(name, o) for name, o in upstream.outcomes.items()] + [("evaluate", outcome)]

@@ -129,8 +129,8 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
                            record.upstream, json.loads(record.tags.get("vgf.warnings", "[]")))
 
     if lookup_only:
-        raise VgfError(f"no finished {stage.name} run for this config (key {key[:12]}); run `vgf {stage.name} ...` "
-                       "with the same overrides, or `vgf pipeline ...`, first")
+        raise VgfError(f"no finished {stage.name} run for this config (key {key[:12]}); `vgf pipeline` with the same "
+                       "overrides makes it (or pin one with upstream.<name>=RUN_ID)")
     run = store.start_run(stage.name, key, {TAG_UPSTREAM: json.dumps(upstream_ids)})
     try:
         run.log_params(config_mod.flatten(config_mod.to_dict(cfg)))

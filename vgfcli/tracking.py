@@ -144,6 +144,15 @@ class Store:
                 return record
         raise VgfError(f"no run '{run_id}' in experiment '{self.experiment}' of {self.uri}")
 
+    def get_finished(self, run_id: str, stage: str, what: str) -> RunRecord:
+        """The run ``run_id`` (a prefix will do), which must be a finished ``stage`` run; ``what`` names the
+        setting that gave the id, for the error."""
+        record = self.get(run_id)
+        if record.stage != stage or record.status != FINISHED:
+            raise VgfError(f"{what}={run_id}: run {record.run_id} is a {record.status} {record.stage} run, not a "
+                           f"finished {stage} run")
+        return record
+
     def _find_sqlite(self, db, stage, cache_key, status, limit) -> list[RunRecord]:
         where, args = ["e.name = ?", "r.lifecycle_stage = 'active'"], [self.experiment]
         if status:

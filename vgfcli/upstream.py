@@ -34,11 +34,7 @@ class Upstream:
         pinned = self.cfg.upstream.get(name) if name in self.cfg.upstream else None
         store = Store(self.cfg.tracking.experiment)
         if pinned:
-            record = store.get(pinned)
-            if record.stage != PRODUCERS[name] or record.status != "FINISHED":
-                raise VgfError(f"upstream.{name}={pinned}: run {record.run_id} is a {record.status} {record.stage} "
-                               f"run, not a finished {PRODUCERS[name]} run")
-            return record
+            return store.get_finished(pinned, PRODUCERS[name], f"upstream.{name}")
         stage_cfg = self.stage_config(name)
         if stage_cfg is None:
             return None
