@@ -1,9 +1,11 @@
-"""`vgf evaluate --budget 0,1,2,3`: the policy in the real environment, one score per test-time budget.
+"""`vgf evaluate`: the policy in the real environment, one score per test-time setting.
 
-Each budget L runs ``evaluate.episodes`` episodes with N reference particles moved L steps along the
-critic's value gradient and the best particle executed. A reference row (L = 0, N = 1: the cloned
-behaviour policy alone) always comes first, so the table shows what the value gradient adds. Scores
-are OGBench success rates, or D4RL-normalised returns where reference returns are known.
+The method decides the rows (``Agent.eval_settings``): VGF one per test-time budget L (N reference
+particles moved L steps along the value gradient, the best executed), QGF one per guidance weight w,
+FQL and QAM their policy (best-of-N by Q with ``--particles N``). A reference row (the cloned
+behaviour policy alone: one flow sample, no critic) always comes first, so the table shows what the
+value gradient adds. Scores are OGBench success rates, or D4RL-normalised returns where reference
+returns are known. Action chunks (H > 1) run open loop.
 """
 
 from __future__ import annotations
@@ -15,51 +17,55 @@ from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 class EvaluateStage(Stage):
     name = "evaluate"
     config_name = "train"
-    code_version = 1
+    code_version = 2
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
-        if not cfg.evaluate.budgets:
-            raise VgfError("evaluate.budgets is empty: give at least one budget (--budget 0,1,2,3)")
-        if min(cfg.evaluate.budgets) < 0:
-            raise VgfError(f"budgets must be >= 0, got {list(cfg.evaluate.budgets)}")
-        # The critic's digest already covers the dataset and the policy it was trained from.
-        return Inputs(upstream={"policy": upstream.record("policy"), "critic": upstream.record("critic")})
+        e = cfg.evaluate
+        if e.budgets is not None and any(b < 0 for b in e.budgets):
+            raise VgfError(f"budgets must be >= 0, got {list(e.budgets)}")
+        if e.particles is not None and e.particles < 1:
+            raise VgfError(f"evaluate.particles must be at least 1, got {e.particles}")
+        records = {"policy": upstream.record("policy")}
+        if _method_module(cfg).Agent.trains:
+            # The critic's digest already covers the dataset and the policy it was trained from.
+            records["critic"] = upstream.record("critic")
+        return Inputs(upstream=records)
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
 
-        return {"evaluate": to_dict(cfg.evaluate), "seed": cfg.seed}
+        # A trained method's config is in its critic's digest; one with nothing to train is keyed here.
+        method = {"name": cfg.method.name} if "critic" in inputs.upstream else to_dict(cfg.method)
+        return {"evaluate": to_dict(cfg.evaluate), "method": method, "seed": cfg.seed}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
 
-        from stages.pretrain_policy import load_policy
-        from stages.train_critic import check_compatible
-        from vgfcli import methods
+        from vgfcli.methods.base import EvalSetting
         from vgfcli.rollout import evaluate_policy
         from vgfcli.training import resolve_device
 
         e = cfg.evaluate
         device = resolve_device(cfg.device)
-        run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
-        flow, saved_policy = load_policy(inputs.upstream["policy"].output_paths()["policy"], device)
-        critic_path = inputs.upstream["critic"].output_paths()["critic"]
-        saved = torch.load(critic_path, map_location="cpu", weights_only=False)
-        check_compatible(saved, saved_policy["obs_dim"], saved_policy["act_dim"], saved_policy["dataset_digest"],
-                         str(critic_path))
-        module = methods.load(saved["method"])
-        agent = module.Agent.create(saved["config"], saved["obs_dim"], saved["act_dim"], device, reference=flow)
-        agent.load_state_dict(saved["agent"])
+        preset = cfg.choices.get("preset")
+        run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name, "vgf.task": cfg.task,
+                      "vgf.preset": str(preset), "vgf.seed": str(cfg.seed)})
+        agent, saved = load_agent(cfg, inputs, device)
         env_id = evaluation_env(cfg, saved["dataset_attrs"])
-        particles = agent.cfg.num_particles
-        rows = [("reference", 0, 1)] + [(f"L={b}", int(b), particles) for b in e.budgets]
+        settings = agent.eval_settings(e)
+        sweep_keys = sorted({k for st in settings for k in st.sweep})
+        reference = EvalSetting("reference", "reference", 1, {}, {k: 0 for k in sweep_keys})
+        generator = torch.Generator(device=device).manual_seed(cfg.seed + 7_000_003)
         results = []
-        with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:
-            for label, budget, n in rows:
-                def policy(obs, budget=budget, n=n):
+        with ui.progress("evaluate", e.episodes * (1 + len(settings)), unit="episodes") as bar:
+            for setting in [reference, *settings]:
+                def policy(obs, setting=setting):
                     with torch.inference_mode():
-                        return agent.act(torch.as_tensor(obs, device=device), steps=budget, num_particles=n).cpu().numpy()
+                        obs = torch.as_tensor(obs, device=device)
+                        if setting is reference:
+                            return agent.act_reference(obs, generator).cpu().numpy()
+                        return agent.act(obs, **setting.options).cpu().numpy()
 
                 done = 0
 
@@ -69,17 +75,19 @@ class EvaluateStage(Stage):
                     done = finished
 
                 result = evaluate_policy(env_id, policy, episodes=e.episodes, num_envs=e.num_envs, seed=cfg.seed,
-                                         max_episode_steps=e.max_episode_steps, progress=progress)
-                results.append(score_row(label, budget, n, result, saved["dataset_attrs"], env_id))
+                                         max_episode_steps=e.max_episode_steps, action_repeat_chunk=agent.chunk,
+                                         progress=progress)
+                results.append(score_row(setting, result, saved["dataset_attrs"], env_id))
         metric_name = results[0]["metric"]
         metrics = {f"{r['metric']}/{r['key']}": r["score"] for r in results}
         metrics |= {f"return_mean/{r['key']}": r["return_mean"] for r in results}
-        best = max(results[1:], key=lambda r: r["score"])
+        best = max(results[1:] or results, key=lambda r: r["score"])
         metrics |= {"best_score": best["score"], "reference_score": results[0]["score"]}
         plot = run.staging / "score_vs_budget.png"
-        plot_scores(results, plot, f"{cfg.method.name} on {env_id}", metric_name)
+        plot_scores(results, sweep_keys, plot, f"{cfg.method.name} on {env_id} (H = {agent.chunk})", metric_name)
         summary = {"env_id": env_id, "method": cfg.method.name, "metric": metric_name, "results": results,
-                   "best_budget": best["budget"]}
+                   "best": best["label"], "chunk": agent.chunk, "sweep": sweep_keys, "task": cfg.task,
+                   "seed": cfg.seed, "preset": preset}
         return StageResult(outputs={"plot": plot}, metrics=metrics, summary=summary)
 
     def render(self, outcome: Outcome):
@@ -87,26 +95,61 @@ class EvaluateStage(Stage):
 
         s = outcome.summary
         table = Table(title=f"evaluate: {s['method']} on {s['env_id']} ({s['metric']})", title_justify="left")
-        for column in ("policy", "budget", "particles", "episodes", s["metric"], "return mean"):
+        sweep = s.get("sweep", [])
+        for column in ("policy", *sweep, "particles", "episodes", s["metric"], "return mean"):
             table.add_column(column, justify="right")
-        best = max(r["score"] for r in s["results"][1:])
+        best = max((r["score"] for r in s["results"][1:]), default=None)
         for r in s["results"]:
             score = f"{r['score']:.3f}" if r["metric"] == "success" else f"{r['score']:.1f}"
             if r["label"] != "reference" and r["score"] == best:
                 score = f"[bold green]{score}[/]"
-            table.add_row(r["label"], str(r["budget"]), str(r["particles"]), str(r["episodes"]), score,
-                          f"{r['return_mean']:.2f}")
+            table.add_row(r["label"], *(f"{r['sweep'].get(k, '-')}" for k in sweep), str(r["particles"]),
+                          str(r["episodes"]), score, f"{r['return_mean']:.2f}")
         return table
 
     def to_json(self, outcome: Outcome) -> dict:
         out = outcome.to_json()
         out["results"] = [
-            {"budget": r["budget"], "particles": r["particles"], "episodes": r["episodes"], r["metric"]: r["score"],
-             "return_mean": r["return_mean"], "reference": r["label"] == "reference"}
+            {**r["sweep"], "particles": r["particles"], "episodes": r["episodes"], r["metric"]: r["score"],
+             "return_mean": r["return_mean"], "reference": r["label"] == "reference", "label": r["label"]}
             for r in outcome.summary["results"]
         ]
         out["plot"] = str(outcome.outputs["plot"])
         return out
+
+
+def _method_module(cfg):
+    from vgfcli import methods
+
+    try:
+        return methods.load(cfg.method.name)
+    except ValueError as exc:
+        raise VgfError(f"method: {exc}") from None
+
+
+def load_agent(cfg, inputs: Inputs, device):
+    """The agent to evaluate and the facts saved with what it was built from: the trained critic run's
+    agent, or (for a method with nothing to train) the method built around the reference policy."""
+    import torch
+
+    from stages.pretrain_policy import load_policy
+    from stages.train_critic import build_method_config, check_compatible
+    from vgfcli import methods
+
+    flow, saved_policy = load_policy(inputs.upstream["policy"].output_paths()["policy"], device)
+    if "critic" not in inputs.upstream:
+        module, method_cfg = build_method_config(cfg, saved_policy)
+        agent = module.Agent.create(method_cfg, saved_policy["obs_dim"], saved_policy["act_dim"], device,
+                                    reference=flow, chunk=saved_policy["chunk"])
+        return agent, saved_policy
+    critic_path = inputs.upstream["critic"].output_paths()["critic"]
+    saved = torch.load(critic_path, map_location="cpu", weights_only=False)
+    check_compatible(saved, saved_policy["obs_dim"], saved_policy["act_dim"], saved_policy["dataset_digest"],
+                     str(critic_path))
+    agent = methods.load(saved["method"]).Agent.create(saved["config"], saved["obs_dim"], saved["act_dim"], device,
+                                                       reference=flow, chunk=saved.get("chunk", 1))
+    agent.load_state_dict(saved["agent"])
+    return agent, saved
 
 
 def evaluation_env(cfg, dataset_attrs: dict) -> str:
@@ -122,12 +165,11 @@ def evaluation_env(cfg, dataset_attrs: dict) -> str:
     return env_id
 
 
-def score_row(label: str, budget: int, particles: int, result, dataset_attrs: dict, env_id: str) -> dict:
+def score_row(setting, result, dataset_attrs: dict, env_id: str) -> dict:
     from vgfcli.scores import normalized_score
 
-    key = "reference" if label == "reference" else f"budget_{budget}"  # MLflow metric names take no '='
-    row = {"label": label, "key": key, "budget": budget, "particles": particles, "episodes": result.episodes,
-           "return_mean": float(result.return_mean)}
+    row = {"label": setting.label, "key": setting.key, "sweep": dict(setting.sweep), "particles": setting.particles,
+           "episodes": result.episodes, "return_mean": float(result.return_mean)}
     if result.success_rate is not None:
         return row | {"metric": "success", "score": float(result.success_rate)}
     normalized = normalized_score(str(dataset_attrs.get("env_id", env_id)), result.returns)
@@ -136,23 +178,33 @@ def score_row(label: str, budget: int, particles: int, result, dataset_attrs: di
     return row | {"metric": "return", "score": float(result.return_mean)}
 
 
-def plot_scores(results: list[dict], path, title: str, metric: str) -> None:
+SWEEP_AXES = {"budget": "test-time budget L (transport steps)", "guidance": "guidance weight w"}
+
+
+def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, metric: str) -> None:
+    """Score against the swept knob (one line), the reference as a dashed line; bars when nothing is swept."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budgets = [r["budget"] for r in results[1:]]
+    rows = results[1:]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.plot(budgets, [r["score"] for r in results[1:]], marker="o", label=f"N = {results[1]['particles']} particles")
-    ax.axhline(results[0]["score"], color="grey", linestyle="--", label="reference policy (N = 1, L = 0)")
-    ax.set_xlabel("test-time budget L (transport steps)")
+    if len(sweep_keys) == 1 and rows:
+        key = sweep_keys[0]
+        xs = [r["sweep"][key] for r in rows]
+        ax.plot(xs, [r["score"] for r in rows], marker="o", label=f"N = {rows[0]['particles']} particles")
+        ax.set_xlabel(SWEEP_AXES.get(key, key))
+        ax.set_xticks(xs)
+        ax.axhline(results[0]["score"], color="grey", linestyle="--", label="reference policy (N = 1)")
+        ax.legend(fontsize=8)
+    else:
+        ax.bar([r["label"] for r in results], [r["score"] for r in results],
+               color=["grey"] + ["tab:blue"] * len(rows))
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_xticks(budgets)
     if metric == "success":
         ax.set_ylim(-0.02, 1.02)  # rates: keep the scale honest when all scores are close
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -2,8 +2,9 @@
 
 The reference policy is the distribution every method moves actions away from, so it is trained
 once, frozen, and shared: train-critic and evaluate read ``policy.pt``, which carries the dims, the
-Euler step count and the digest of the dataset it was cloned from, so a later stage can refuse a
-policy made for other data.
+action chunk H, the Euler step count and the digest of the dataset it was cloned from, so a later
+stage can refuse a policy made for other data. With ``chunk`` = H > 1 the flow models H consecutive
+actions of one trajectory, flattened.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ VAL_ROWS = 4096  # validation loss on at most this many rows, with fixed noise, 
 class PretrainPolicyStage(Stage):
     name = "pretrain-policy"
     config_name = "train"
-    code_version = 1
+    code_version = 2
     main_metrics = ("loss", "val_loss")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
@@ -30,11 +31,12 @@ class PretrainPolicyStage(Stage):
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
 
-        return {"policy": to_dict(cfg.policy), "seed": cfg.seed}
+        return {"policy": to_dict(cfg.policy), "chunk": cfg.chunk, "seed": cfg.seed}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
 
+        from vgfcli.errors import VgfError
         from vgfcli.nn.flow import FlowPolicy
         from vgfcli.training import ACTION_CLIP, Sampler, load_tensors, resolve_device, train_loop
 
@@ -48,9 +50,15 @@ class PretrainPolicyStage(Stage):
         if "val_dataset" in inputs.upstream:
             val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device)
             val.actions.clamp_(-ACTION_CLIP, ACTION_CLIP)
-        flow = FlowPolicy(data.obs_dim, data.act_dim, tuple(p.hidden)).to(device)
+        if cfg.chunk < 1:
+            raise VgfError(f"chunk must be at least 1, got {cfg.chunk}")
+        act_dim = data.act_dim * cfg.chunk
+        flow = FlowPolicy(data.obs_dim, act_dim, tuple(p.hidden)).to(device)
         optimizer = torch.optim.Adam(flow.parameters(), lr=p.lr)
-        sampler = Sampler(data, p.batch_size, cfg.seed)
+        sampler = Sampler(data, p.batch_size, cfg.seed, chunk=cfg.chunk)
+        val_sampler = Sampler(val, p.batch_size, cfg.seed, chunk=cfg.chunk)
+        val_rows = torch.arange(val.size) if val_sampler.starts is None else val_sampler.starts
+        val_batch = val_sampler.batch_at(val_rows[:VAL_ROWS])
         noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
         def step_fn(step: int) -> dict:
@@ -62,10 +70,9 @@ class PretrainPolicyStage(Stage):
             return {"loss": loss.detach()}
 
         def val_fn(step: int) -> dict:
-            rows = slice(0, min(VAL_ROWS, val.size))
             fixed = torch.Generator(device=device).manual_seed(12345)
             with torch.no_grad():
-                loss = flow.loss(val.observations[rows], val.actions[rows], fixed)
+                loss = flow.loss(val_batch["observations"], val_batch["actions"], fixed)
             return {"val_loss": float(loss)}
 
         def state_fn() -> dict:
@@ -85,12 +92,12 @@ class PretrainPolicyStage(Stage):
         out = run.staging / "policy.pt"
         torch.save({
             "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
-            "act_dim": data.act_dim, "hidden": list(p.hidden), "flow_steps": p.flow_steps,
+            "act_dim": act_dim, "chunk": cfg.chunk, "hidden": list(p.hidden), "flow_steps": p.flow_steps,
             "dataset_digest": inputs.digests["dataset"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
         }, out)
         summary = {
-            "env_id": data.attrs.get("env_id"), "transitions": data.size, "steps": p.steps,
+            "env_id": data.attrs.get("env_id"), "transitions": data.size, "chunk": cfg.chunk, "steps": p.steps,
             "loss": round(loop.last.get("loss", float("nan")), 5),
             "val_loss": round(loop.last.get("val_loss", float("nan")), 5), "resumed_from_step": loop.resumed_from,
             "seconds": round(loop.seconds, 1), "updates_per_s": loop.updates_per_s(p.steps), "device": str(device),
@@ -109,6 +116,7 @@ def load_policy(path, device):
     from vgfcli.nn.flow import FlowPolicy
 
     saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved.setdefault("chunk", 1)
     flow = FlowPolicy(saved["obs_dim"], saved["act_dim"], tuple(saved["hidden"]))
     flow.load_state_dict(saved["flow"])
     return flow.to(device).eval().requires_grad_(False), saved

@@ -1,9 +1,11 @@
-"""`vgf train-critic`: the method's TD critic, trained against the frozen reference policy.
+"""`vgf train-critic`: the method's TD critic (and whatever else it learns), trained against the
+frozen reference policy.
 
 The stage is method-agnostic: it loads the reference flow from the upstream pretrain-policy run,
 builds ``vgfcli.methods.<method.name>``'s agent, lets it precompute what it can (``prepare``: VGF's
 particle bank), and runs ``update`` in the shared resumable loop. What an update does, the method
-decides.
+decides: VGF and QGF train critics, FQL and QAM a critic and a policy. The action chunk H comes from
+the policy, so batches are H-step sequences whenever the reference models H actions.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from vgfcli.ui import summary_table
 class TrainCriticStage(Stage):
     name = "train-critic"
     config_name = "train"
-    code_version = 1
+    code_version = 2
     main_metrics = ("critic_loss", "q_mean")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
         # A bad method value is a config error: say so before any run or upstream lookup.
-        build_method_config(cfg, {"hidden": cfg.policy.hidden, "flow_steps": cfg.policy.flow_steps})
+        module, _ = build_method_config(cfg, {"hidden": cfg.policy.hidden, "flow_steps": cfg.policy.flow_steps})
+        if not module.Agent.trains:
+            raise VgfError(f"method {cfg.method.name} has nothing to train after pretrain-policy: run vgf evaluate "
+                           f"method={cfg.method.name}")
         return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy")})
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
@@ -44,12 +49,14 @@ class TrainCriticStage(Stage):
         data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
         policy_path = inputs.upstream["policy"].output_paths()["policy"]
         flow, saved = load_policy(policy_path, device)
-        check_compatible(saved, data.obs_dim, data.act_dim, inputs.digests["dataset"], str(policy_path))
+        chunk = int(saved["chunk"])
+        check_compatible(saved, data.obs_dim, data.act_dim * chunk, inputs.digests["dataset"], str(policy_path))
         module, method_cfg = build_method_config(cfg, saved)
-        agent = module.Agent.create(method_cfg, data.obs_dim, data.act_dim, device, reference=flow)
+        agent = module.Agent.create(method_cfg, data.obs_dim, data.act_dim * chunk, device, reference=flow,
+                                    chunk=chunk)
         with ui.status("preparing the method (e.g. the particle bank)"):
             prepared = agent.prepare(data.next_observations)
-        sampler = Sampler(data, c.batch_size, cfg.seed)
+        sampler = Sampler(data, c.batch_size, cfg.seed, chunk=chunk, discount=method_cfg.discount)
 
         def state_fn() -> dict:
             return {"agent": agent.state_dict(), "sampler": sampler.generator.get_state()}
@@ -65,12 +72,13 @@ class TrainCriticStage(Stage):
         out = run.staging / "critic.pt"
         torch.save({
             "method": cfg.method.name, "config": dataclasses.asdict(method_cfg), "agent": agent.state_dict(),
-            "obs_dim": data.obs_dim, "act_dim": data.act_dim, "dataset_digest": inputs.digests["dataset"],
+            "obs_dim": data.obs_dim, "act_dim": data.act_dim * chunk, "chunk": chunk,
+            "dataset_digest": inputs.digests["dataset"],
             "policy_digest": inputs.digests["policy"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
         }, out)
         summary = {
-            "method": cfg.method.name, "env_id": data.attrs.get("env_id"), "steps": c.steps,
+            "method": cfg.method.name, "env_id": data.attrs.get("env_id"), "chunk": chunk, "steps": c.steps,
             **{k: round(v, 5) for k, v in loop.last.items() if k != "updates_per_s"},
             "resumed_from_step": loop.resumed_from, "seconds": round(loop.seconds, 1),
             "updates_per_s": loop.updates_per_s(c.steps), "device": str(device),
@@ -85,18 +93,21 @@ class TrainCriticStage(Stage):
 
 
 def build_method_config(cfg, saved_policy: dict):
-    """The method's module and its Config from the ``method`` section; the reference flow's shape
-    and step count come from the policy itself, the seed from the top level."""
+    """The method's module and its Config from the ``method`` section. Knobs every method shares come
+    from the shared sections, where the Config has them: the reference flow's widths and Euler steps
+    from the policy itself, the critic's widths from ``critic.hidden``, the seed from the top level."""
     from vgfcli import methods
     from vgfcli.config import to_dict
     from vgfcli.methods.base import config_from
 
     values = to_dict(cfg.method)
     name = values.pop("name")
+    shared = {"actor_hidden": tuple(saved_policy["hidden"]), "flow_steps": int(saved_policy["flow_steps"]),
+              "critic_hidden": tuple(cfg.critic.hidden), "seed": int(cfg.seed)}
     try:
         module = methods.load(name)
-        return module, config_from(module.Config, values, actor_hidden=tuple(saved_policy["hidden"]),
-                                   flow_steps=int(saved_policy["flow_steps"]), seed=int(cfg.seed))
+        fields = {f.name for f in dataclasses.fields(module.Config)}
+        return module, config_from(module.Config, values, **{k: v for k, v in shared.items() if k in fields})
     except ValueError as exc:
         raise VgfError(f"method: {exc}") from None
 

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
+from vgfcli import methods
 from vgfcli.cli import app
 from vgfcli.config import config_dir
-from vgfcli.methods.vgf import VGFConfig
 
 runner = CliRunner()
 SMOKE = ["preset=smoke"]
@@ -26,12 +27,13 @@ def vgf_json(*args):
     return json.loads(result.stdout)
 
 
-def test_method_yaml_lists_every_config_field_with_its_default():
-    values = yaml.safe_load((config_dir() / "method" / "vgf.yaml").read_text())
-    assert values.pop("name") == "vgf"
-    defaults = dataclasses.asdict(VGFConfig())
-    from_policy = {"actor_hidden", "flow_steps", "seed"}  # set from the policy section / top-level seed
-    assert set(values) == set(defaults) - from_policy
+@pytest.mark.parametrize("method", sorted(p.stem for p in (config_dir() / "method").glob("*.yaml")))
+def test_method_yaml_lists_every_config_field_with_its_default(method):
+    values = yaml.safe_load((config_dir() / "method" / f"{method}.yaml").read_text())
+    assert values.pop("name") == method
+    defaults = dataclasses.asdict(methods.load(method).Config())
+    shared = {"actor_hidden", "flow_steps", "critic_hidden", "seed"}  # set from policy / critic / top level
+    assert set(values) == set(defaults) - shared
     for key, value in values.items():
         assert (tuple(value) if isinstance(value, list) else value) == defaults[key], key
 

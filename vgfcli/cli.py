@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -37,6 +38,9 @@ OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (e.g. dataset=
 FORCE = typer.Option(False, "--force", help="Recompute even when a finished run with the same inputs exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (run id, cache hit, outputs, metrics) on stdout.")
 CFG = typer.Option(False, "--cfg", help="Print the resolved config and exit.")
+BUDGET = typer.Option(None, "--budget", help="vgf: test-time budgets L, comma-separated (default: evaluate.budgets).")
+GUIDANCE = typer.Option(None, "--guidance", help="qgf: guidance weights w, comma-separated (default: evaluate.guidance).")
+PARTICLES = typer.Option(None, "--particles", help="Best-of-N by Q: candidates per state (default: the method's).")
 
 
 def _user_errors(func):
@@ -129,17 +133,18 @@ def train_critic(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE
 @app.command()
 @_user_errors
 def evaluate(overrides: Optional[List[str]] = OVERRIDES,
-             budget: Optional[str] = typer.Option(None, "--budget", help="Test-time budgets L, comma-separated "
-                                                  "(default: evaluate.budgets), e.g. 0,1,2,3."),
+             budget: Optional[str] = BUDGET, guidance: Optional[str] = GUIDANCE, particles: Optional[int] = PARTICLES,
              force: bool = FORCE, json_out: bool = JSON, show_cfg: bool = CFG) -> None:
-    """Roll out the policy in the real environment at each test-time budget; table, metrics and a plot."""
-    _run_stage("evaluate", [*(overrides or []), *_budget_override(budget)], force, json_out, show_cfg)
+    """Roll out the policy in the real environment, one row per budget (vgf) or guidance weight (qgf) after
+    the reference policy's row; table, metrics and a plot."""
+    _run_stage("evaluate", [*(overrides or []), *_sweep_overrides(budget, guidance, particles)], force, json_out,
+               show_cfg)
 
 
 @app.command()
 @_user_errors
 def pipeline(overrides: Optional[List[str]] = OVERRIDES,
-             budget: Optional[str] = typer.Option(None, "--budget", help="Test-time budgets L, comma-separated."),
+             budget: Optional[str] = BUDGET, guidance: Optional[str] = GUIDANCE, particles: Optional[int] = PARTICLES,
              force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,
              show_cfg: bool = CFG) -> None:
     """The whole chain: collect -> ingest -> pretrain-policy -> train-critic -> evaluate, each from cache.
@@ -153,7 +158,7 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     from vgfcli.ui import UI
     from vgfcli.upstream import PRODUCERS, Upstream
 
-    cfg = compose("train", [*(overrides or []), *_budget_override(budget)])
+    cfg = compose("train", [*(overrides or []), *_sweep_overrides(budget, guidance, particles)])
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
         return
@@ -181,14 +186,27 @@ def _stages_table(stages):
     return table
 
 
-def _budget_override(budget: str | None) -> list[str]:
-    if budget is None:
-        return []
+def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | None) -> list[str]:
+    out = []
+    if budget is not None:
+        out.append(f"evaluate.budgets=[{','.join(map(str, _numbers(budget, int, '--budget', '0,1,2,3')))}]")
+    if guidance is not None:
+        out.append(f"evaluate.guidance=[{','.join(map(str, _numbers(guidance, float, '--guidance', '0.01,0.04')))}]")
+    if particles is not None:
+        if particles < 1:
+            raise VgfError(f"--particles must be at least 1, got {particles}")
+        out.append(f"evaluate.particles={particles}")
+    return out
+
+
+def _numbers(text: str, kind, flag: str, example: str) -> list:
     try:
-        values = [int(b) for b in budget.split(",") if b.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise VgfError(f"--budget takes comma-separated integers, e.g. 0,1,2,3; got '{budget}'") from None
-    return [f"evaluate.budgets=[{','.join(map(str, values))}]"]
+        values = []
+    if not values:
+        raise VgfError(f"{flag} takes comma-separated {kind.__name__}s, e.g. {example}; got '{text}'")
+    return values
 
 
 @app.command()
@@ -222,6 +240,32 @@ def runs(
         colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(r.status, "red")
         table.add_row(r.stage, r.run_id[:8], r.cache_key[:8], f"[{colour}]{r.status}[/]", _age(r.start_time), metrics)
     ui.show(table)
+
+
+@app.command()
+@_user_errors
+def report(
+    task: Optional[List[str]] = typer.Option(None, "--task", help="Only this task (repeat for more)."),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="Only this method (repeat for more)."),
+    preset: Optional[List[str]] = typer.Option(None, "--preset", help="Only this preset (repeat for more)."),
+    out: Path = typer.Option(Path("vgf-report"), "--out", help="Folder for report.md, report.csv and report.png."),
+    experiment: str = typer.Option("vgf", help="MLflow experiment."),
+    json_out: bool = JSON,
+) -> None:
+    """Finished evaluate runs as a paper table: rows = task, columns = method (per budget or guidance where
+    swept), cells = mean ± std over seeds with the seed count; also Markdown, CSV and a bar chart."""
+    from vgfcli import report as reporting
+    from vgfcli.ui import UI
+
+    ui = UI(json_mode=json_out)
+    result = reporting.collect(experiment, tuple(task or ()), tuple(method or ()), tuple(preset or ()))
+    paths = reporting.write_outputs(result, out)
+    if json_out:
+        ui.emit_json({"metric": result.metric, "runs": result.runs, "rows": result.rows(),
+                      "files": {k: str(v) for k, v in paths.items()}})
+        return
+    ui.show(reporting.rich_table(result))
+    ui.note("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _main_metrics(stage: str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ def compose(config_name: str, overrides: list[str] | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from vgfcli import schema
@@ -34,12 +34,22 @@ def compose(config_name: str, overrides: list[str] | None = None):
     for item in overrides:
         if "=" not in item:
             raise VgfError(f"bad override '{item}': expected key=value (e.g. dataset.path=FILE)")
+        if item.startswith("choices."):
+            raise VgfError(f"bad override '{item}': choices are recorded by vgf; pick a group option instead "
+                           "(e.g. preset=quick)")
         if item.startswith(("+", "~")):
             # vgf configs are closed: every key exists in a schema, so adding or deleting one is a typo.
             raise VgfError(f"bad override '{item}': adding or removing config keys is not supported")
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+        with open_dict(cfg):
+            del cfg["hydra"]
+        if "choices" in cfg:
+            # Which option of each config group made this config (method, preset, ...): recorded
+            # with every run so `vgf report` and the MLflow UI can group runs by them.
+            cfg.choices = choices
     except MissingConfigException as exc:
         raise VgfError(_missing_option_message(str(exc))) from None
     except OverrideParseException as exc:

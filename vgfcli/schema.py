@@ -7,7 +7,7 @@ YAML or by the user. Each field says what it means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -109,6 +109,7 @@ class PolicyConfig:
 class CriticLoopConfig:
     """The loop of train-critic around the method's ``update`` (the method's own knobs are in method/)."""
 
+    hidden: list[int] = MISSING  # widths of each critic member (every method with a critic)
     batch_size: int = MISSING
     steps: int = MISSING
     log_every: int = MISSING
@@ -119,7 +120,9 @@ class CriticLoopConfig:
 class EvaluateConfig:
     episodes: int = MISSING  # episodes per budget
     num_envs: int = MISSING  # envs stepped in lockstep, one batched policy call per step
-    budgets: list[int] = MISSING  # test-time transport steps to compare (vgf evaluate --budget)
+    budgets: list[int] = MISSING  # VGF: test-time transport steps to compare (vgf evaluate --budget)
+    guidance: list[float] = MISSING  # QGF: guidance weights w to compare (vgf evaluate --guidance)
+    particles: Optional[int] = None  # best-of-N by Q (--particles N); None = the method's default
     max_episode_steps: Optional[int] = None  # None = the env's own limit
 
 
@@ -139,6 +142,7 @@ class TrainConfig:
     task: str = MISSING
     seed: int = MISSING
     device: str = MISSING
+    chunk: int = MISSING  # H: actions per policy output (flattened); executed open loop
     data: DataConfig = MISSING
     policy: PolicyConfig = MISSING
     critic: CriticLoopConfig = MISSING
@@ -148,6 +152,8 @@ class TrainConfig:
     method: Any = MISSING
     upstream: UpstreamRuns = MISSING
     tracking: TrackingConfig = MISSING
+    # Filled by vgf, not by users: the option of each config group this config was composed from.
+    choices: dict[str, Optional[str]] = field(default_factory=dict)
 
 
 _registered = False

@@ -46,6 +46,7 @@ class TensorData:
     rewards: torch.Tensor
     next_observations: torch.Tensor
     masks: torch.Tensor
+    terminals: torch.Tensor  # 1.0 on the last row of each trajectory
     attrs: dict
 
     @property
@@ -70,23 +71,67 @@ def load_tensors(path: Path, device: torch.device) -> TensorData:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)
 
     return TensorData(t(ds.observations), t(ds.actions), t(ds.rewards), t(ds.next_observations), t(ds.masks),
-                      dict(ds.attrs))
+                      t(ds.terminals), dict(ds.attrs))
+
+
+def chunk_starts(terminals: np.ndarray | torch.Tensor, chunk: int) -> torch.Tensor:
+    """Rows i whose next ``chunk`` rows i .. i+chunk-1 lie in one trajectory (``terminals`` marks each
+    trajectory's last row; a final row without one ends a trajectory too)."""
+    term = np.asarray(terminals.cpu() if isinstance(terminals, torch.Tensor) else terminals) > 0
+    n = term.shape[0]
+    ends = np.flatnonzero(term)
+    if n and (not ends.size or ends[-1] != n - 1):
+        ends = np.append(ends, n - 1)
+    rows = np.arange(n)
+    last_row = ends[np.searchsorted(ends, rows)] if n else rows  # the trajectory's last row, per row
+    return torch.as_tensor(np.flatnonzero(last_row - rows + 1 >= chunk), dtype=torch.int64)
 
 
 class Sampler:
-    """Uniform minibatches (with replacement, as the reference code) from one seeded generator."""
+    """Uniform minibatches (with replacement, as the reference code) from one seeded generator.
 
-    def __init__(self, data: TensorData, batch_size: int, seed: int):
-        self.data, self.batch_size = data, batch_size
+    With ``chunk`` = H > 1 a sample is an H-step sequence that never crosses a trajectory boundary:
+    ``actions`` are the H actions flattened ``[B, H * act_dim]``, ``rewards`` the discounted sum
+    sum_k discount^k r_{i+k} up to and including the first step that stops bootstrapping (mask 0),
+    ``masks`` 1 only if no step of the sequence stops bootstrapping, ``next_observations`` the state
+    after the H-th step, and ``indices`` that step's dataset row (whose ``next_observations`` these are;
+    for H = 1, the sampled row itself).
+    """
+
+    def __init__(self, data: TensorData, batch_size: int, seed: int, chunk: int = 1, discount: float = 1.0):
+        self.data, self.batch_size, self.chunk, self.discount = data, batch_size, int(chunk), float(discount)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.starts = chunk_starts(data.terminals, self.chunk) if self.chunk > 1 else None
+        if self.starts is not None and self.starts.numel() == 0:
+            raise VgfError(f"no trajectory in the dataset has {self.chunk} steps: use a smaller chunk")
 
     def sample(self) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, self.data.size, (self.batch_size,), generator=self.generator)
+        if self.starts is None:
+            idx = torch.randint(0, self.data.size, (self.batch_size,), generator=self.generator)
+        else:
+            idx = self.starts[torch.randint(0, self.starts.numel(), (self.batch_size,), generator=self.generator)]
+        return self.batch_at(idx)
+
+    def batch_at(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch starting at dataset rows ``idx`` (valid chunk starts when ``chunk`` > 1)."""
         d, dev = self.data, self.data.observations.device
-        idx_dev = idx.to(dev, non_blocking=True)
+        idx = idx.to(dev, non_blocking=True)
+        if self.chunk == 1:
+            return {
+                "observations": d.observations[idx], "actions": d.actions[idx], "rewards": d.rewards[idx],
+                "next_observations": d.next_observations[idx], "masks": d.masks[idx], "indices": idx,
+            }
+        h = self.chunk
+        rows = idx.unsqueeze(1) + torch.arange(h, device=dev)                       # [B, H]
+        masks = d.masks[rows]
+        # alive[:, k]: no earlier step of the sequence stopped bootstrapping, so reward k counts.
+        alive = torch.cat([torch.ones_like(masks[:, :1]), masks[:, :-1].cumprod(1)], dim=1)
+        powers = self.discount ** torch.arange(h, device=dev, dtype=masks.dtype)
+        last = rows[:, -1]
         return {
-            "observations": d.observations[idx_dev], "actions": d.actions[idx_dev], "rewards": d.rewards[idx_dev],
-            "next_observations": d.next_observations[idx_dev], "masks": d.masks[idx_dev], "indices": idx_dev,
+            "observations": d.observations[idx], "actions": d.actions[rows].reshape(idx.shape[0], -1),
+            "rewards": (d.rewards[rows] * alive * powers).sum(1), "masks": masks.prod(1),
+            "next_observations": d.next_observations[last], "indices": last,
         }
 
 

@@ -3,10 +3,20 @@
 One file per method, FQL style. A method module defines a config dataclass (every hyperparameter with
 its meaning, where it is defined) and an ``Agent`` subclass:
 
-    agent = Agent.create(cfg, obs_dim, act_dim, device)   # cfg: the dataclass, a mapping, or None
+    agent = Agent.create(cfg, obs_dim, act_dim, device, reference=flow, chunk=H)
     loss, info = agent.losses(batch)                       # differentiable total loss, no step
     info = agent.update(batch)                             # one gradient step (+ target update)
     actions = agent.act(obs)                               # [B, act_dim] (or [act_dim] for one obs)
+    rows = agent.eval_settings(evaluate_cfg)               # what `vgf evaluate` runs, one row each
+
+``reference`` is the frozen flow-matching behaviour policy from ``vgf pretrain-policy`` (every method
+has one: VGF transports its samples, QGF guides it, QAM and FQL regularise toward it, BC is it).
+
+Action chunks: with ``chunk`` = H > 1 the agent acts on H consecutive actions flattened, so
+``act_dim`` is H x the environment's action dimension; a batch's ``rewards`` are then the discounted
+sums over the H steps, ``masks`` say whether to bootstrap after them and ``next_observations`` are
+the states H steps on (``vgfcli.training.Sampler``), so TD targets use ``bootstrap_discount`` =
+discount ** H instead of the discount.
 
 A batch is a mapping of tensors on the agent's device (``to_batch`` converts numpy arrays):
 
@@ -105,16 +115,75 @@ def scalars(info: Mapping[str, Tensor | float]) -> dict[str, float]:
     return dict(zip(keys, values.tolist()))
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSetting:
+    """One row of ``vgf evaluate``: how the agent acts in it and what the row is called."""
+
+    label: str  # table label: "L=2", "w=0.04", "fql", ...
+    key: str  # MLflow-safe metric suffix: "budget_2", "guidance_0.04", "policy", ...
+    particles: int  # candidates per state (1 = no selection by Q)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # keyword arguments of act()
+    sweep: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the swept knob, e.g. {"budget": 2}
+
+
+def frozen_call(module: torch.nn.Module, *inputs: Tensor) -> Tensor:
+    """``module(*inputs)`` with its weights held constant: gradients reach the inputs only (an actor's
+    Q term must not train the critic)."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, params, inputs)
+
+
+def best_by_q(critic, obs: Tensor, candidates: Tensor, q_agg: str) -> Tensor:
+    """``[B, act]``: per state, the candidate of ``candidates`` ``[B, N, act]`` with the largest Q
+    (members aggregated by ``q_agg``: min | mean): best-of-N action selection."""
+    from vgfcli.nn.particles import aggregate_members
+
+    with torch.no_grad():
+        q = aggregate_members(critic(obs.unsqueeze(1), candidates), q_agg)  # [B, N]
+    return candidates[torch.arange(q.shape[0], device=q.device), q.argmax(dim=1)]
+
+
 class Agent(ABC):
     """Base class of the methods; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
+    # False for a method with nothing to learn after pretraining (BC): the pipeline then skips
+    # train-critic and evaluate acts from the reference policy alone.
+    trains: ClassVar[bool] = True
 
-    def __init__(self, cfg, obs_dim: int, act_dim: int, device: torch.device):
+    def __init__(self, cfg, obs_dim: int, act_dim: int, device: torch.device, chunk: int = 1):
         self.cfg = cfg
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.device = torch.device(device)
+        self.chunk = int(chunk)
+        if self.chunk < 1 or self.act_dim % self.chunk:
+            raise ValueError(f"chunk must be >= 1 and divide act_dim {self.act_dim}, got {chunk}")
         self.step = 0
+
+    @property
+    def bootstrap_discount(self) -> float:
+        """The factor of the bootstrapped value in a TD target: discount ** chunk."""
+        return float(self.cfg.discount) ** self.chunk
+
+    def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
+        """The rows ``vgf evaluate`` runs after its reference row (the reference flow, N = 1).
+        ``evaluate_cfg`` is the ``evaluate`` config section; a method reads the knobs it sweeps
+        (``budgets`` for VGF, ``guidance`` for QGF) and ``particles`` (best-of-N by Q, null = the
+        method's default). Default: one row, the method's own policy."""
+        n = evaluate_cfg.get("particles") or 1
+        return [EvalSetting(self.name, "policy", int(n), {"num_particles": int(n)})]
+
+    @torch.no_grad()
+    def act_reference(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One sample of the reference flow per state: the behaviour-cloned policy alone."""
+        from vgfcli.nn.flow import euler_sample
+
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        single = obs.dim() == 1
+        obs = obs.unsqueeze(0) if single else obs
+        noise = torch.randn((obs.shape[0], self.act_dim), generator=generator, device=self.device)
+        actions = euler_sample(self.reference, obs, noise, self.cfg.flow_steps)
+        return actions[0] if single else actions
 
     @classmethod
     @abstractmethod

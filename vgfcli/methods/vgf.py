@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, Info, config_from
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, config_from
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import EnsembleCritic
 from vgfcli.nn.particles import aggregate_members, transport
@@ -285,8 +285,8 @@ class VGFAgent(Agent):
     name = "vgf"
 
     def __init__(self, cfg: VGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
-                 bank: ParticleBank | None = None):
-        super().__init__(cfg, obs_dim, act_dim, device)
+                 bank: ParticleBank | None = None, chunk: int = 1):
+        super().__init__(cfg, obs_dim, act_dim, device, chunk)
         _validate(cfg)
         if cfg.amp == "bf16" and self.device.type == "cpu" and not _cpu_has_bf16():
             warnings.warn("amp=bf16 on a CPU without native bf16 matmul (no AVX512-BF16/AMX): "
@@ -317,19 +317,20 @@ class VGFAgent(Agent):
 
     @classmethod
     def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *,
-               reference: FlowPolicy | None = None, bank: ParticleBank | None = None,
+               reference: FlowPolicy | None = None, bank: ParticleBank | None = None, chunk: int = 1,
                **overrides) -> "VGFAgent":
         """Build a VGF agent.
 
         ``cfg``: a ``VGFConfig``, a mapping of its fields, or None (defaults); ``overrides`` are
         applied on top. ``reference``: the pretrained reference flow (frozen here). If None, an
         untrained ``FlowPolicy`` is built: load its weights with ``agent.reference.load_state_dict``.
-        ``bank``: optional ``ParticleBank`` for the next states of the training dataset.
+        ``bank``: optional ``ParticleBank`` for the next states of the training dataset. ``chunk``:
+        actions are H-step chunks flattened (``act_dim`` = H x the env's), see ``methods.base``.
         """
         cfg = config_from(VGFConfig, cfg, **overrides)
         if reference is None:
             reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
-        return cls(cfg, obs_dim, act_dim, device, reference, bank)
+        return cls(cfg, obs_dim, act_dim, device, reference, bank, chunk)
 
     # --- pieces -----------------------------------------------------------------------------------
 
@@ -368,7 +369,7 @@ class VGFAgent(Agent):
         start = self.reference_samples(next_obs, cfg.num_particles, batch.get("indices"))
         moved = self.transport(next_obs, start, cfg.train_steps)
         next_qs = self._forward_fn("target", self.target_critic)(next_obs.unsqueeze(1), moved)
-        y = td_target(next_qs, batch["rewards"], batch["masks"], cfg.discount, cfg.q_agg,
+        y = td_target(next_qs, batch["rewards"], batch["masks"], self.bootstrap_discount, cfg.q_agg,
                       cfg.particle_agg)
         info = {"target_mean": y.mean(), "next_q_mean": next_qs.mean(),
                 "particle_shift": (moved - start).abs().mean()}
@@ -435,6 +436,14 @@ class VGFAgent(Agent):
                 raise ValueError(f"unknown particle selection '{select}'")
             actions = particles[torch.arange(q.shape[0], device=q.device), best]
         return actions[0] if single else actions
+
+    def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
+        """One row per test-time budget L in ``evaluate.budgets`` with N particles (``evaluate.particles``,
+        null = ``num_particles``): L = 0 is best-of-N under the learned Q."""
+        n = int(evaluate_cfg.get("particles") or self.cfg.num_particles)
+        budgets = evaluate_cfg.get("budgets") or [self.cfg.test_steps]
+        return [EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": int(b), "num_particles": n}, {"budget": int(b)})
+                for b in budgets]
 
     def set_bank(self, bank: ParticleBank | None) -> None:
         self.bank = bank

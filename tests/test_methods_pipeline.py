@@ -1,0 +1,79 @@
+"""Every method through `vgf pipeline` at the smoke preset, action chunks, and `vgf report`."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vgfcli.cli import app
+
+runner = CliRunner()
+SMOKE = ["preset=smoke"]
+TRAINED = {"collect", "dataset", "val_dataset", "policy", "critic", "evaluate"}
+
+
+def vgf_json(*args):
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("method, extra, stages, columns", [
+    ("fql", [], TRAINED, [("reference", 1), ("policy", 1)]),
+    ("fql", ["--particles", "3"], TRAINED, [("reference", 1), ("policy", 3)]),
+    ("qgf", ["--guidance", "0.01,0.1"], TRAINED, [("reference", 1), ("w=0.01", 1), ("w=0.1", 1)]),
+    ("qam", [], TRAINED, [("reference", 1), ("policy", 1)]),
+    ("bc", [], TRAINED - {"critic"}, [("reference", 1)]),
+])
+def test_pipeline_of_each_method(method, extra, stages, columns):
+    out = vgf_json("pipeline", *SMOKE, f"method={method}", *extra)
+    assert set(out["stages"]) == stages
+    rows = out["results"]
+    labels = [("reference" if r["reference"] else r["label"], r["particles"]) for r in rows]
+    assert labels == [(c if c != "policy" else method, n) for c, n in columns]
+    assert all(0.0 <= r["success"] <= 1.0 and r["episodes"] == 2 for r in rows)
+    if method == "qgf":
+        assert [r.get("guidance") for r in rows] == [0, 0.01, 0.1]
+    again = vgf_json("pipeline", *SMOKE, f"method={method}", *extra)
+    assert all(s["cache_hit"] for s in again["stages"].values())
+
+
+def test_method_with_nothing_to_train_refuses_train_critic():
+    result = runner.invoke(app, ["train-critic", *SMOKE, "method=bc"])
+    assert result.exit_code == 2 and "nothing to train" in result.stderr
+
+
+def test_action_chunks_run_through_every_stage():
+    out = vgf_json("pipeline", *SMOKE, "chunk=2", "evaluate.budgets=[1]")
+    policy = vgf_json("pretrain-policy", *SMOKE, "chunk=2")
+    assert policy["cache_hit"] and policy["summary"]["chunk"] == 2
+    critic = vgf_json("train-critic", *SMOKE, "chunk=2")
+    assert critic["summary"]["chunk"] == 2
+    assert out["summary"]["chunk"] == 2 and len(out["results"]) == 2
+    # a chunked policy is another policy: the unchunked config does not find it
+    result = runner.invoke(app, ["train-critic", *SMOKE, "chunk=1"])
+    assert result.exit_code == 2 and "no finished pretrain-policy run" in result.stderr
+
+
+def test_report_aggregates_seeds_and_methods(tmp_path):
+    for seed in (0, 1):
+        vgf_json("pipeline", *SMOKE, f"seed={seed}", "evaluate.budgets=[0,1]")
+    vgf_json("pipeline", *SMOKE, "method=bc")
+    out = vgf_json("report", "--out", str(tmp_path / "rep"))
+    assert out["metric"] == "success" and out["runs"] == 3
+    cells = {(r["task"], r["column"]): r for r in out["rows"]}
+    task = "cube-single-play-singletask-task2-v0"
+    assert set(cells) == {(task, "reference"), (task, "vgf L=0"), (task, "vgf L=1"), (task, "bc")}
+    assert cells[(task, "vgf L=1")]["seeds"] == 2 and cells[(task, "bc")]["seeds"] == 1
+    by_seed = cells[(task, "vgf L=1")]["by_seed"]
+    mean = sum(by_seed.values()) / 2
+    assert cells[(task, "vgf L=1")]["mean"] == pytest.approx(mean)
+    assert cells[(task, "vgf L=1")]["std"] == pytest.approx(abs(by_seed["0"] - by_seed["1"]) / 2)
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| task | reference |" in text and "(n=2)" in text
+    assert (tmp_path / "rep" / "report.csv").read_text().startswith("task,column,metric,mean,std,seeds")
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 1000
+    only_bc = vgf_json("report", "--method", "bc", "--out", str(tmp_path / "bc"))
+    assert {r["column"] for r in only_bc["rows"]} == {"reference", "bc"}
+    missing = runner.invoke(app, ["report", "--task", "nope", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no finished evaluate runs" in missing.stderr

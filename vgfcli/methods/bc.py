@@ -1,0 +1,85 @@
+"""BC: the reference flow alone, evaluated as a policy (the baseline every method starts from).
+
+Behaviour cloning by flow matching is what ``vgf pretrain-policy`` trains, so BC has nothing left to
+learn: ``trains`` is False, the pipeline skips train-critic, and acting is one K-step Euler sample of
+the frozen flow per state. There is no critic, so there is no best-of-N selection either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, config_from
+from vgfcli.nn.flow import FlowPolicy, flow_matching_loss
+
+
+@dataclass
+class BCConfig:
+    """BC has no hyperparameters of its own: the flow's come from the pretrained policy."""
+
+    actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    # Euler steps K when sampling the flow.
+    flow_steps: int = 10
+    discount: float = 0.99  # unused (no TD learning); kept so every method has one
+    seed: int = 0
+
+
+Config = BCConfig
+
+
+class BCAgent(Agent):
+    name = "bc"
+    trains = False
+
+    def __init__(self, cfg: BCConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
+        super().__init__(cfg, obs_dim, act_dim, device, chunk)
+        if cfg.flow_steps < 1:
+            raise ValueError("flow_steps must be >= 1")
+        self.reference = reference.to(self.device).eval().requires_grad_(False)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.act_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
+
+    @classmethod
+    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,
+               chunk: int = 1, **overrides) -> "BCAgent":
+        cfg = config_from(BCConfig, cfg, **overrides)
+        if reference is None:
+            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden)
+        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
+
+    def losses(self, batch: Batch) -> tuple[Tensor, Info]:
+        """The flow-matching loss of the (frozen) reference on ``batch``: what BC minimised."""
+        with torch.no_grad():
+            loss = flow_matching_loss(self.reference, batch["observations"], batch["actions"], self.generator)
+        return loss, {"flow_loss": loss}
+
+    def update(self, batch: Batch) -> Info:
+        raise RuntimeError("bc has nothing to train after vgf pretrain-policy (BCAgent.trains is False)")
+
+    def act(self, obs: Tensor, *, num_particles: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        if num_particles not in (None, 1):
+            raise ValueError("bc has no critic: best-of-N selection (particles > 1) needs a method with one")
+        return self.act_reference(obs, generator or self.act_generator)
+
+    def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
+        return []  # the reference row IS the BC policy
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.cfg), "reference": self.reference.state_dict(), "step": self.step,
+                "generator": self.generator.get_state(), "act_generator": self.act_generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reference.load_state_dict(state["reference"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.act_generator.set_state(state["act_generator"])
+
+
+Agent = BCAgent
+create = BCAgent.create

@@ -1,0 +1,187 @@
+"""FQL: Flow Q-Learning (Park, Li, Levine, 2025; reference code github seohongpark/fql, agents/fql.py).
+
+A one-step policy ``mu(s, z)`` (noise z ~ N(0, I) in, action out) is trained to maximise Q while
+staying close to the reference flow by DISTILLATION: for the same noise z, mu(s, z) regresses onto the
+flow's K-step Euler output. The actor loss is
+
+    alpha * || mu(s, z) - ODE_flow(s, z) ||^2  -  Q(s, clip(mu(s, z)))      (Q: mean over members)
+
+and the critic's TD target takes next actions from mu. The reference code trains the flow with the
+same loss sum; its flow-matching term involves neither mu nor Q, so pretraining the flow first and
+freezing it (what ``vgf pretrain-policy`` does) optimises the same objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vgfcli.methods.base import Agent, Batch, Info, best_by_q, config_from, frozen_call
+from vgfcli.nn.flow import FlowPolicy, euler_sample
+from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.particles import aggregate_members
+
+
+@dataclass
+class FQLConfig:
+    """FQL hyperparameters; defaults are the reference code's ``agents/fql.py:get_config``."""
+
+    # Hidden widths of each critic member and of the one-step policy.
+    critic_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    onestep_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    # Critic ensemble size (the code uses 2).
+    num_critics: int = 2
+    # Activation of critic and one-step policy (flax's default in the code: gelu).
+    activation: str = "gelu"
+    # LayerNorm in the critic ("post": Dense -> act -> LN, the code's order) and in the one-step policy.
+    critic_norm: str | None = "post"
+    actor_norm: str | None = None
+    # Adam learning rate of every network (one optimiser in the code).
+    lr: float = 3e-4
+    discount: float = 0.99
+    # Polyak rate of the target critic, blended AFTER the optimiser step (the code's order).
+    tau: float = 0.005
+    # Member aggregation of the target Q: mean | min.
+    q_agg: str = "mean"
+    # Distillation weight; must be tuned per task (the paper: cube 300, puzzle 1000, antmaze 10).
+    alpha: float = 10.0
+    # Divide the Q term by stopgrad(mean |Q|) (off in the code's default config).
+    normalize_q_loss: bool = False
+
+    # Reference flow (frozen; filled from the pretrained policy by the stage).
+    actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    flow_steps: int = 10
+    seed: int = 0
+
+
+Config = FQLConfig
+
+
+def _validate(cfg: FQLConfig) -> None:
+    checks = [
+        (cfg.q_agg in ("min", "mean"), f"q_agg must be min or mean, not {cfg.q_agg!r}"),
+        (cfg.alpha >= 0, "alpha must be >= 0"),
+        (cfg.num_critics >= 1, "num_critics must be >= 1"),
+        (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def distillation_target(flow, obs: Tensor, noise: Tensor, steps: int) -> Tensor:
+    """What mu(s, z) regresses onto: the frozen flow's K-step Euler integration of the SAME noise."""
+    with torch.no_grad():
+        return euler_sample(flow, obs, noise, steps)
+
+
+class FQLAgent(Agent):
+    """Critic ensemble + one-step policy distilled from the frozen reference flow."""
+
+    name = "fql"
+
+    def __init__(self, cfg: FQLConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
+        super().__init__(cfg, obs_dim, act_dim, device, chunk)
+        _validate(cfg)
+        dev = self.device
+        torch.manual_seed(cfg.seed)  # network initialisation follows the seed
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
+                                     cfg.critic_norm).to(dev)
+        self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
+                                            cfg.critic_norm).to(dev)
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.target_critic.requires_grad_(False)
+        self.onestep = MLP((obs_dim, act_dim), cfg.onestep_hidden, act_dim, cfg.activation, cfg.actor_norm).to(dev)
+        self.optimizer = torch.optim.Adam([*self.critic.parameters(), *self.onestep.parameters()], lr=cfg.lr)
+        self.reference = reference.to(dev).eval().requires_grad_(False)
+        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
+
+    @classmethod
+    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,
+               chunk: int = 1, **overrides) -> "FQLAgent":
+        cfg = config_from(FQLConfig, cfg, **overrides)
+        if reference is None:
+            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden)
+        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
+
+    def policy(self, obs: Tensor, noise: Tensor) -> Tensor:
+        """mu(s, z), unclipped (the distillation loss sees it raw, as in the code)."""
+        return self.onestep(obs, noise)
+
+    def _noise(self, lead: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        return torch.randn((*lead, self.act_dim), generator=generator, device=self.device)
+
+    # --- contract ---------------------------------------------------------------------------------
+
+    def losses(self, batch: Batch) -> tuple[Tensor, Info]:
+        cfg = self.cfg
+        obs, next_obs = batch["observations"], batch["next_observations"]
+        b = obs.shape[0]
+        with torch.no_grad():
+            next_actions = self.policy(next_obs, self._noise((b,), self.generator)).clamp(-1, 1)
+            next_q = aggregate_members(self.target_critic(next_obs, next_actions), cfg.q_agg)
+            y = batch["rewards"] + self.bootstrap_discount * batch["masks"] * next_q
+        qs = self.critic(obs, batch["actions"])
+        critic_loss = (qs - y).square().mean()
+
+        noise = self._noise((b,), self.generator)
+        target = distillation_target(self.reference, obs, noise, cfg.flow_steps)
+        actions = self.policy(obs, noise)
+        distill_loss = (actions - target).square().mean()
+        # Only the actor moves through this term: the critic's weights take no gradient from it.
+        q = frozen_call(self.critic, obs, actions.clamp(-1, 1)).mean(0)
+        q_loss = -q.mean()
+        if cfg.normalize_q_loss:
+            q_loss = q_loss / q.detach().abs().mean().clamp_min(1e-6)
+        actor_loss = cfg.alpha * distill_loss + q_loss
+        info = {"critic_loss": critic_loss.detach(), "q_mean": qs.detach().mean(), "target_mean": y.mean(),
+                "actor_loss": actor_loss.detach(), "distill_loss": distill_loss.detach(),
+                "q_loss": q_loss.detach(), "policy_q": q.detach().mean()}
+        return critic_loss + actor_loss, info
+
+    def update(self, batch: Batch) -> Info:
+        loss, info = self.losses(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.target_critic.polyak_(self.critic, self.cfg.tau)
+        self.step += 1
+        return info
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, *, num_particles: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """mu(s, z) for fresh noise, clipped; with ``num_particles`` N > 1 the best of N by online Q."""
+        generator = generator or self.act_generator
+        n = num_particles or 1
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        single = obs.dim() == 1
+        obs = obs.unsqueeze(0) if single else obs
+        cand = self.policy(obs.unsqueeze(1), self._noise((obs.shape[0], n), generator)).clamp(-1, 1)
+        actions = cand[:, 0] if n == 1 else best_by_q(self.critic, obs, cand, self.cfg.q_agg)
+        return actions[0] if single else actions
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.cfg), "critic": self.critic.state_dict(),
+                "target_critic": self.target_critic.state_dict(), "onestep": self.onestep.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "reference": self.reference.state_dict(),
+                "step": self.step, "generator": self.generator.get_state(),
+                "act_generator": self.act_generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name in ("critic", "target_critic", "onestep", "optimizer", "reference"):
+            getattr(self, name).load_state_dict(state[name])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.act_generator.set_state(state["act_generator"])
+
+
+Agent = FQLAgent
+create = FQLAgent.create
+
+__all__ = ["FQLConfig", "Config", "FQLAgent", "Agent", "create", "distillation_target"]

@@ -1,0 +1,398 @@
+"""QGF: Q-Guided Flow (Zhou et al., "Test-Time Gradient Guidance of Flow Policies in RL"; reference code
+github zhouzypaul/qgf, agents/qgf.py).
+
+All policy improvement happens at test time. Training never samples the policy: the FROZEN reference
+flow (behaviour cloning, ``vgf pretrain-policy``) is left as it is and an IQL critic is fit on the data:
+
+    V(s)    <- expectile regression (expectile 0.9) toward agg_members Q_target(s, a)  at dataset actions
+    Q_i(s,a) <- r + discount^H * mask * V(s')                                           (twin Q, H = chunk)
+
+Acting guides the reference's Euler integration with the critic's action gradient. For k = 0..K-1,
+t = k / K:
+
+    v      = v_ref(s, a, t)
+    a1_hat = clip(a + (1 - t) * stopgrad(v))         one Euler step to t = 1: a clean-action estimate
+    g      = grad_a agg_members Q_target(s, a1_hat)  evaluated at the estimate, applied at a
+    a     <- a + (v + w * g) / K
+
+then clip to the action box. ``w = 0`` is the plain reference policy. Variants (``guidance_point``):
+"clean" (the above, the code's default), "jacobian" (the exact gradient of Q(a1_hat(a)) with respect to
+a, through the velocity; the code's ``apply_jacobian``) and "noisy" (the gradient at a itself, the QFQL
+baseline). Best-of-N: N guided samples per state, the one with the largest Q is executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, config_from
+from vgfcli.nn.flow import FlowPolicy, VelocityFn
+from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.particles import aggregate_members
+
+
+@dataclass
+class QGFConfig:
+    """QGF hyperparameters. Defaults: the reference code's ``agents/qgf.py:get_config`` (its OGBench
+    manipulation scripts widen the networks to 1024, use batch 1024, discount 0.999 and chunks of 5:
+    those belong to presets)."""
+
+    # --- critic: twin Q and the value network V ---------------------------------------------------
+    # Hidden widths of each Q member AND of V (the code builds both from `value_network_kwargs`).
+    critic_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    # Number of Q members (`num_qs`).
+    num_critics: int = 2
+    # Hidden activation of Q, V (and of a reference flow built by `create`): relu | gelu | swish.
+    # The code's default is flax's gelu (tanh approximation).
+    activation: str = "gelu"
+    # LayerNorm in Q and V: "pre" (Dense -> LN -> act on every hidden layer, the code's MLP with
+    # layer_norm=True), "post" (FQL's order) or None.
+    critic_norm: str | None = "pre"
+    # Adam learning rate of the Q ensemble (`critic_lr`).
+    critic_lr: float = 3e-4
+    # Adam learning rate of V (`value_lr`; the code keeps a separate optimiser per network).
+    value_lr: float = 3e-4
+    # Discount factor; TD targets use discount ** chunk.
+    discount: float = 0.99
+    # Polyak rate of the target Q ensemble.
+    tau: float = 0.005
+    # Expectile of the V regression: residuals Q - V > 0 weigh `expectile`, the others 1 - expectile.
+    expectile: float = 0.9
+    # Member aggregation of Q in V's regression target (`q_aggregation`): min | mean.
+    q_agg: str = "min"
+    # Which Q ensemble V regresses toward: "target" (the code) | "online".
+    value_critic: str = "target"
+    # Reduction of the squared TD errors over Q members: "mean" (the code: jnp.mean over members and
+    # batch) | "sum" (sum over members, mean over batch). Adam makes the two steps nearly identical.
+    critic_loss_members: str = "mean"
+    # True: the target blends the critic's parameters from BEFORE this update's step (the code's
+    # `target_update(self.critic, ...)` reads the old state); False: after it (FQL's order).
+    polyak_before_step: bool = True
+    # Global-norm gradient clipping per optimiser; None = none (the code clips nothing).
+    max_grad_norm: float | None = None
+
+    # --- reference flow (frozen) ------------------------------------------------------------------
+    # Hidden widths of a reference flow built by `create` when none is given (load its weights then).
+    actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    # Euler steps K of (guided) sampling (`denoise_steps`).
+    flow_steps: int = 10
+
+    # --- guidance (acting) ------------------------------------------------------------------------
+    # Guidance weight w, constant over the K steps. The code's default (`sample_actions`'s
+    # guidance_weight and main.py's online_explorative_guidance_weight) is 1.0; its OGBench
+    # manipulation scripts sweep 0.004 ... 0.12 (evaluate.guidance).
+    guidance: float = 1.0
+    # Where the Q gradient is taken: "clean" (at a1_hat = clip(a + (1 - t) stopgrad(v)), the code's
+    # `one_euler_step_approx` without Jacobian) | "jacobian" (gradient of Q(a1_hat(a)) w.r.t. a through
+    # v, the code's `apply_jacobian`) | "noisy" (at a itself, the code's `noisy`).
+    guidance_point: str = "clean"
+    # Which Q ensemble guides the samples and ranks best-of-N candidates: "target" (the code) | "online".
+    guide_critic: str = "target"
+    # Member aggregation of that Q (the code uses `q_aggregation` for it too): min | mean.
+    guide_q_agg: str = "min"
+    # Guided samples per state when acting; the one with the largest Q is executed (`bfn_values`).
+    num_particles: int = 1
+
+    # Seed of the agent's random streams (training draws nothing; acting has its own stream).
+    seed: int = 0
+
+
+Config = QGFConfig
+
+_AGG = ("min", "mean")
+_CRITICS = ("target", "online")
+GUIDANCE_POINTS = ("clean", "jacobian", "noisy")
+
+
+def _validate(cfg: QGFConfig) -> None:
+    checks = [
+        (cfg.q_agg in _AGG, f"q_agg must be min or mean, not {cfg.q_agg!r}"),
+        (cfg.guide_q_agg in _AGG, f"guide_q_agg must be min or mean, not {cfg.guide_q_agg!r}"),
+        (cfg.value_critic in _CRITICS, f"value_critic must be target or online, not {cfg.value_critic!r}"),
+        (cfg.guide_critic in _CRITICS, f"guide_critic must be target or online, not {cfg.guide_critic!r}"),
+        (cfg.guidance_point in GUIDANCE_POINTS,
+         f"guidance_point must be clean, jacobian or noisy, not {cfg.guidance_point!r}"),
+        (cfg.critic_loss_members in ("mean", "sum"),
+         f"critic_loss_members must be mean or sum, not {cfg.critic_loss_members!r}"),
+        (0.0 < cfg.expectile < 1.0, f"expectile must lie in (0, 1), got {cfg.expectile}"),
+        (0.0 < cfg.discount <= 1.0, f"discount must lie in (0, 1], got {cfg.discount}"),
+        (0.0 <= cfg.tau <= 1.0, f"tau must lie in [0, 1], got {cfg.tau}"),
+        (math.isfinite(cfg.guidance) and cfg.guidance >= 0, f"guidance must be >= 0, got {cfg.guidance}"),
+        (cfg.max_grad_norm is None or cfg.max_grad_norm > 0, "max_grad_norm must be None or > 0"),
+        (cfg.num_critics >= 1, "num_critics must be >= 1"),
+        (cfg.num_particles >= 1, "num_particles must be >= 1"),
+        (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
+        (cfg.critic_lr > 0 and cfg.value_lr > 0, "critic_lr and value_lr must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """Elementwise asymmetric square: ``expectile * diff^2`` where diff > 0, else ``(1 - expectile) * diff^2``."""
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return weight * diff.square()
+
+
+def q_target(next_v: Tensor, rewards: Tensor, masks: Tensor, discount: float) -> Tensor:
+    """IQL's TD target ``r + discount * mask * V(s')`` (``discount`` = the bootstrap discount)."""
+    return rewards + discount * masks * next_v
+
+
+# ---------------------------------------------------------------------------------------------------
+# Guided sampling
+
+QFn = Callable[[Tensor, Tensor], Tensor]  # (obs, actions [..., d]) -> aggregated Q [...]
+
+
+def guidance_grad(velocity_fn: VelocityFn, q_fn: QFn, obs: Tensor, x: Tensor, t: Tensor,
+                  point: str = "clean", clip: float | None = 1.0) -> tuple[Tensor, Tensor]:
+    """The reference velocity ``v(s, x, t)`` and the guidance gradient at ``x`` (both detached).
+
+    Gradients are taken with respect to the actions alone (``torch.autograd.grad``): no network
+    parameter gets a ``.grad``.
+    """
+    def box(a):
+        return a.clamp(-clip, clip) if clip is not None else a
+
+    with torch.enable_grad():
+        if point == "jacobian":
+            # d Q(a1_hat(x)) / dx = J^T grad Q(a1_hat): J = I + (1 - t) dv/dx, zero on clipped coordinates.
+            xg = x.detach().requires_grad_(True)
+            v = velocity_fn(obs, xg, t)
+            (g,) = torch.autograd.grad(q_fn(obs, box(xg + (1.0 - t) * v)).sum(), xg)
+            return v.detach(), g
+        with torch.no_grad():
+            v = velocity_fn(obs, x, t)
+        if point == "clean":
+            at = box(x + (1.0 - t) * v)
+        elif point == "noisy":
+            at = x
+        else:
+            raise ValueError(f"unknown guidance point '{point}' (expected clean, jacobian or noisy)")
+        at = at.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(q_fn(obs, at).sum(), at)
+    return v, g
+
+
+def guided_sample(velocity_fn: VelocityFn, q_fn: QFn, obs: Tensor, noise: Tensor, steps: int,
+                  weight: float, point: str = "clean", clip: float | None = 1.0) -> Tensor:
+    """K Euler steps of ``v + weight * grad Q`` from ``noise``, then clip to ``[-clip, clip]``.
+
+    ``obs`` broadcasts against ``noise`` as in ``euler_sample`` (``[B, 1, D]`` with ``[B, N, d]``);
+    ``q_fn(obs, actions)`` returns one (member-aggregated) Q per action. ``weight = 0`` runs exactly
+    ``euler_sample``'s arithmetic (same times, same update), so it reproduces it bit for bit.
+    """
+    if steps < 1:
+        raise ValueError("guided_sample needs steps >= 1")
+    x = noise
+    dt = 1.0 / steps
+    t_shape = (*noise.shape[:-1], 1)
+    for k in range(steps):
+        # k * dt, not k / steps: the times euler_sample uses, to the bit.
+        t = torch.full(t_shape, k * dt, device=noise.device, dtype=noise.dtype)
+        if weight == 0:
+            with torch.no_grad():
+                x = x + velocity_fn(obs, x, t) * dt
+            continue
+        v, g = guidance_grad(velocity_fn, q_fn, obs, x, t, point, clip)
+        x = x + (v + weight * g) * dt
+    return x.clamp(-clip, clip) if clip is not None else x
+
+
+# ---------------------------------------------------------------------------------------------------
+# Agent
+
+
+class QGFAgent(Agent):
+    """IQL critic (twin Q, target Q, V) + frozen reference flow guided by grad Q when acting."""
+
+    name = "qgf"
+
+    def __init__(self, cfg: QGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
+                 chunk: int = 1):
+        super().__init__(cfg, obs_dim, act_dim, device, chunk)
+        _validate(cfg)
+        dev = self.device
+
+        def ensemble():
+            return EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
+                                  cfg.critic_norm).to(dev)
+
+        self.critic = ensemble()
+        self.target_critic = ensemble()
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.target_critic.requires_grad_(False)
+        self.value = MLP(obs_dim, cfg.critic_hidden, 1, cfg.activation, cfg.critic_norm).to(dev)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr)
+        self.reference = reference.to(dev).eval().requires_grad_(False)
+        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
+
+    @classmethod
+    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *,
+               reference: FlowPolicy | None = None, chunk: int = 1, **overrides) -> "QGFAgent":
+        """Build a QGF agent.
+
+        ``cfg``: a ``QGFConfig``, a mapping of its fields, or None (defaults); ``overrides`` are
+        applied on top. ``reference``: the pretrained reference flow (frozen here). If None, an
+        untrained ``FlowPolicy`` is built: load its weights with ``agent.reference.load_state_dict``.
+        ``chunk``: actions per decision (``act_dim`` is chunk x the environment's action dimension).
+        """
+        cfg = config_from(QGFConfig, cfg, **overrides)
+        if reference is None:
+            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
+        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
+
+    # --- pieces -----------------------------------------------------------------------------------
+
+    def _q_fn(self, which: str, agg: str) -> QFn:
+        critic = self.target_critic if which == "target" else self.critic
+        return lambda obs, actions: aggregate_members(critic(obs, actions), agg)
+
+    def v(self, obs: Tensor) -> Tensor:
+        """V(s) ``[*lead]``."""
+        return self.value(obs).squeeze(-1)
+
+    @torch.no_grad()
+    def target(self, batch: Batch) -> tuple[Tensor, Info]:
+        """TD target ``[B]`` of the Q members: ``r + discount^chunk * mask * V(s')``."""
+        next_v = self.v(batch["next_observations"])
+        y = q_target(next_v, batch["rewards"], batch["masks"], self.bootstrap_discount)
+        return y, {"target_mean": y.mean(), "next_v_mean": next_v.mean()}
+
+    # --- contract ---------------------------------------------------------------------------------
+
+    def losses(self, batch: Batch) -> tuple[Tensor, Info]:
+        """Q loss + V loss. Both read the state before this update (old V in the TD target, the
+        target Q in V's), as the code's three losses do; they touch disjoint parameters."""
+        cfg = self.cfg
+        obs, actions = batch["observations"], batch["actions"]
+        y, info = self.target(batch)
+        qs = self.critic(obs, actions)                                        # [M, B]
+        sq = (qs - y).square()
+        critic_loss = (sq.mean(0) if cfg.critic_loss_members == "mean" else sq.sum(0)).mean()
+
+        with torch.no_grad():
+            q_for_v = self.target_critic(obs, actions) if cfg.value_critic == "target" else qs.detach()
+            q_for_v = aggregate_members(q_for_v, cfg.q_agg)
+        v = self.v(obs)
+        adv = q_for_v - v
+        value_loss = expectile_loss(adv, cfg.expectile).mean()
+
+        info = {"critic_loss": critic_loss.detach(), "value_loss": value_loss.detach(),
+                "q_mean": qs.detach().mean(), "v_mean": v.detach().mean(), "adv_mean": adv.detach().mean(),
+                "q_std_members": qs.detach().std(0).mean() if qs.shape[0] > 1 else qs.new_zeros(()),
+                **info}
+        return critic_loss + value_loss, info
+
+    def update(self, batch: Batch) -> Info:
+        cfg = self.cfg
+        loss, info = self.losses(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            info["critic_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.critic.parameters(),
+                                                                      cfg.max_grad_norm).detach()
+            info["value_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.value.parameters(),
+                                                                     cfg.max_grad_norm).detach()
+        if cfg.polyak_before_step:
+            self.target_critic.polyak_(self.critic, cfg.tau)
+        self.critic_optimizer.step()
+        self.value_optimizer.step()
+        if not cfg.polyak_before_step:
+            self.target_critic.polyak_(self.critic, cfg.tau)
+        self.step += 1
+        return info
+
+    def act(self, obs: Tensor, *, guidance: float | None = None, num_particles: int | None = None,
+            generator: torch.Generator | None = None, guidance_point: str | None = None) -> Tensor:
+        """Actions ``[B, act_dim]`` for ``obs`` ``[B, obs_dim]`` (or ``[act_dim]`` for ``[obs_dim]``).
+
+        ``guidance`` (w), ``num_particles`` (best-of-N) and ``guidance_point`` default to the config.
+        May run under ``torch.no_grad`` or ``torch.inference_mode``: the guidance re-enables the
+        gradients it needs (with respect to the actions only). With N = 1 the noise is drawn exactly
+        as ``act_reference`` draws it, so ``guidance=0`` reproduces the reference policy.
+        """
+        cfg = self.cfg
+        w = float(cfg.guidance if guidance is None else guidance)
+        n = int(cfg.num_particles if num_particles is None else num_particles)
+        point = cfg.guidance_point if guidance_point is None else guidance_point
+        if n < 1 or point not in GUIDANCE_POINTS or not math.isfinite(w):
+            raise ValueError(f"bad act options: num_particles={n}, guidance={w}, guidance_point={point!r}")
+        generator = generator or self.act_generator
+        q_fn = self._q_fn(cfg.guide_critic, cfg.guide_q_agg)
+        with torch.inference_mode(False):
+            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            # Tensors made under inference_mode cannot enter autograd: use a normal copy.
+            obs = obs.clone() if obs.is_inference() else obs
+            single = obs.dim() == 1
+            obs = obs.unsqueeze(0) if single else obs
+            if n == 1:
+                cond = obs
+                noise = torch.randn((obs.shape[0], self.act_dim), generator=generator, device=self.device)
+            else:
+                cond = obs.unsqueeze(1)                                       # [B, 1, D] vs [B, N, d]
+                noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=self.device)
+            actions = guided_sample(self.reference, q_fn, cond, noise, cfg.flow_steps, w, point)
+            if n > 1:
+                with torch.no_grad():
+                    best = q_fn(cond, actions).argmax(dim=1)                  # [B]
+                actions = actions[torch.arange(actions.shape[0], device=actions.device), best]
+        return actions[0] if single else actions
+
+    def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
+        """One row per guidance weight of ``evaluate.guidance`` (none: the config's weight alone),
+        each with ``evaluate.particles`` candidates per state (null: the config's num_particles, 1 by
+        default, as the code's ``bfn_values``)."""
+        weights = evaluate_cfg.get("guidance") or [self.cfg.guidance]
+        n = int(evaluate_cfg.get("particles") or self.cfg.num_particles)
+        rows = []
+        for w in weights:
+            w = float(w)
+            rows.append(EvalSetting(f"w={w:g}", f"guidance_{w:g}", n, {"guidance": w, "num_particles": n},
+                                    {"guidance": w}))
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "value": self.value.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "reference": self.reference.state_dict(),
+            "step": self.step,
+            "act_generator": self.act_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.value.load_state_dict(state["value"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.reference.load_state_dict(state["reference"])
+        self.step = int(state["step"])
+        self.act_generator.set_state(state["act_generator"])
+
+
+Agent = QGFAgent
+create = QGFAgent.create
+
+__all__ = ["QGFConfig", "Config", "QGFAgent", "Agent", "create", "guided_sample", "guidance_grad",
+           "expectile_loss", "q_target", "GUIDANCE_POINTS"]
