@@ -82,20 +82,23 @@ def test_policy_for_other_data_is_refused():
     assert result.exit_code == 2 and "dims" in result.stderr
 
 
-def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(vgf_home):
-    vgf_json("pipeline", *SMOKE, "evaluate.budgets=[0]")
-    args = [*SMOKE, "policy.steps=400", "policy.checkpoint_every=50", "policy.log_every=50"]
+def _kill_after_first_checkpoint(stage, args, vgf_home):
     # One thread, as this test process has: float sums then match to the bit across the two processes.
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vgfcli", "pretrain-policy", *args, "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "vgfcli", stage, *args, "--json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list(vgf_home.glob("work/pretrain-policy-*/last.pt")):
+    while time.time() < deadline and proc.poll() is None and not list(vgf_home.glob(f"work/{stage}-*/last.pt")):
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    checkpoint = list(vgf_home.glob("work/pretrain-policy-*/last.pt"))
-    assert checkpoint, "no checkpoint was written before the kill"
+    assert list(vgf_home.glob(f"work/{stage}-*/last.pt")), "no checkpoint was written before the kill"
+
+
+def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(vgf_home):
+    vgf_json("pipeline", *SMOKE, "evaluate.budgets=[0]")
+    args = [*SMOKE, "policy.steps=400", "policy.checkpoint_every=50", "policy.log_every=50"]
+    _kill_after_first_checkpoint("pretrain-policy", args, vgf_home)
     resumed = vgf_json("pretrain-policy", *args)
     assert resumed["summary"]["resumed_from_step"] >= 50
     fresh = vgf_json("pretrain-policy", *args, "--force")
@@ -103,3 +106,18 @@ def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(vgf_home):
     a = torch.load(resumed["outputs"]["policy"], weights_only=False)["flow"]
     b = torch.load(fresh["outputs"]["policy"], weights_only=False)["flow"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["vgf", "qam"])
+def test_killed_train_critic_resumes_and_matches_an_uninterrupted_run(vgf_home, method):
+    vgf_json("pipeline", *SMOKE, "evaluate.budgets=[0]", f"method={method}")
+    args = [*SMOKE, f"method={method}", "critic.steps=300", "critic.checkpoint_every=40", "critic.log_every=20"]
+    _kill_after_first_checkpoint("train-critic", args, vgf_home)
+    resumed = vgf_json("train-critic", *args)
+    assert resumed["summary"]["resumed_from_step"] >= 40
+    fresh = vgf_json("train-critic", *args, "--force")
+    assert fresh["summary"]["resumed_from_step"] == 0
+    a = torch.load(resumed["outputs"]["critic"], weights_only=False)["agent"]
+    b = torch.load(fresh["outputs"]["critic"], weights_only=False)["agent"]
+    for part in ("critic", "target_critic"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
