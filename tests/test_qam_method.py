@@ -9,6 +9,7 @@ import torch
 import yaml
 from torch import nn
 
+from tests import batches
 from vgfcli.config import config_dir
 from vgfcli.methods import load
 from vgfcli.methods.base import scalars
@@ -33,12 +34,7 @@ def tiny_agent(act_dim=ACT, **overrides) -> QAMAgent:
 
 
 def random_batch(n=8, seed=0, act_dim=ACT):
-    g = torch.Generator().manual_seed(seed)
-    return dict(observations=torch.randn(n, OBS, generator=g),
-                actions=torch.rand(n, act_dim, generator=g) * 2 - 1,
-                rewards=torch.randn(n, generator=g),
-                masks=(torch.rand(n, generator=g) > 0.3).float(),
-                next_observations=torch.randn(n, OBS, generator=g))
+    return batches.random_batch(OBS, act_dim, n, seed)
 
 
 class ConstantCritic(nn.Module):

@@ -10,6 +10,7 @@ import torch
 import yaml
 from torch import nn
 
+from tests import batches
 from vgfcli.methods import load
 from vgfcli.methods.base import config_from, scalars, to_batch
 from vgfcli.methods.qgf import QGFAgent, QGFConfig, expectile_loss, guidance_grad, guided_sample, q_target
@@ -25,12 +26,7 @@ def tiny_agent(**overrides) -> QGFAgent:
 
 
 def random_batch(n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(observations=torch.randn(n, OBS, generator=g),
-                actions=torch.rand(n, ACT, generator=g) * 2 - 1,
-                rewards=torch.randn(n, generator=g),
-                masks=(torch.rand(n, generator=g) > 0.3).float(),
-                next_observations=torch.randn(n, OBS, generator=g))
+    return batches.random_batch(OBS, ACT, n, seed)
 
 
 class FakeCritic(nn.Module):

@@ -207,10 +207,23 @@ class Agent(ABC):
         precompute what the method can (VGF's particle bank). Default: nothing."""
         return {}
 
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: networks, optimisers, step, RNG state."""
+    # What a checkpoint holds, by attribute name: networks and optimisers (anything with
+    # state_dict / load_state_dict; an attribute that is None is skipped) and torch.Generators.
+    checkpoint_parts: ClassVar[tuple[str, ...]] = ()
+    checkpoint_generators: ClassVar[tuple[str, ...]] = ("generator", "act_generator")
 
-    @abstractmethod
+    def _parts(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self.checkpoint_parts if getattr(self, n, None) is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: config, networks, optimisers, step, random streams."""
+        return {"config": dataclasses.asdict(self.cfg), **{n: p.state_dict() for n, p in self._parts().items()},
+                "step": self.step, **{g: getattr(self, g).get_state() for g in self.checkpoint_generators}}
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+        for name, part in self._parts().items():
+            part.load_state_dict(state[name])
+        self.step = int(state["step"])
+        for name in self.checkpoint_generators:
+            getattr(self, name).set_state(state[name])

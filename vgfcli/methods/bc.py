@@ -7,10 +7,7 @@ the frozen flow per state. There is no critic, so there is no best-of-N selectio
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +33,7 @@ Config = BCConfig
 class BCAgent(Agent):
     name = "bc"
     trains = False
+    checkpoint_parts = ("reference",)
 
     def __init__(self, cfg: BCConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
         super().__init__(cfg, obs_dim, act_dim, device, chunk)
@@ -70,15 +68,7 @@ class BCAgent(Agent):
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         return []  # the reference row IS the BC policy
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"config": dataclasses.asdict(self.cfg), "reference": self.reference.state_dict(), "step": self.step,
-                "generator": self.generator.get_state(), "act_generator": self.act_generator.get_state()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.reference.load_state_dict(state["reference"])
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
-        self.act_generator.set_state(state["act_generator"])
 
 
 Agent = BCAgent

@@ -13,10 +13,7 @@ freezing it (what ``vgf pretrain-policy`` does) optimises the same objective.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -84,6 +81,7 @@ class FQLAgent(Agent):
     """Critic ensemble + one-step policy distilled from the frozen reference flow."""
 
     name = "fql"
+    checkpoint_parts = ("critic", "target_critic", "onestep", "optimizer", "reference")
 
     def __init__(self, cfg: FQLConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
         super().__init__(cfg, obs_dim, act_dim, device, chunk)
@@ -166,19 +164,7 @@ class FQLAgent(Agent):
         actions = cand[:, 0] if n == 1 else best_by_q(self.critic, obs, cand, self.cfg.q_agg)
         return actions[0] if single else actions
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"config": dataclasses.asdict(self.cfg), "critic": self.critic.state_dict(),
-                "target_critic": self.target_critic.state_dict(), "onestep": self.onestep.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "reference": self.reference.state_dict(),
-                "step": self.step, "generator": self.generator.get_state(),
-                "act_generator": self.act_generator.get_state()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for name in ("critic", "target_critic", "onestep", "optimizer", "reference"):
-            getattr(self, name).load_state_dict(state[name])
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
-        self.act_generator.set_state(state["act_generator"])
 
 
 Agent = FQLAgent

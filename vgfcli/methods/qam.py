@@ -32,7 +32,6 @@ Variants (the code's QAM_FQL / QAM_EDIT runs, ``variant``):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -266,6 +265,8 @@ class QAMAgent(Agent):
     """Critic ensemble + policy flow fine-tuned by adjoint matching against the frozen reference."""
 
     name = "qam"
+    # The variants' networks are None when unused, and then left out.
+    checkpoint_parts = ("critic", "target_critic", "policy", "onestep", "edit", "optimizer", "reference")
 
     def __init__(self, cfg: QAMConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
                  chunk: int = 1):
@@ -459,31 +460,17 @@ class QAMAgent(Agent):
         label = self.name if self.cfg.variant == "base" else f"{self.name}-{self.cfg.variant}"
         return [EvalSetting(label, "policy", n, {"num_particles": n})]
 
-    def _modules(self) -> dict[str, Any]:
-        mods = {"critic": self.critic, "target_critic": self.target_critic, "policy": self.policy,
-                "optimizer": self.optimizer, "reference": self.reference}
-        if self.onestep is not None:
-            mods["onestep"] = self.onestep
-        if self.edit is not None:
-            mods["edit"] = self.edit
-        return mods
-
     def state_dict(self) -> dict[str, Any]:
-        state = {name: m.state_dict() for name, m in self._modules().items()}
+        state = super().state_dict()
         if self.log_alpha is not None:
             state["log_alpha"] = self.log_alpha.detach().clone()
-        return {"config": dataclasses.asdict(self.cfg), **state, "step": self.step,
-                "generator": self.generator.get_state(), "act_generator": self.act_generator.get_state()}
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for name, m in self._modules().items():
-            m.load_state_dict(state[name])
+        super().load_state_dict(state)
         if self.log_alpha is not None:
             with torch.no_grad():
                 self.log_alpha.copy_(state["log_alpha"])
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
-        self.act_generator.set_state(state["act_generator"])
 
 
 Agent = QAMAgent

@@ -23,11 +23,9 @@ baseline). Best-of-N: N guided samples per state, the one with the largest Q is 
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -220,6 +218,8 @@ class QGFAgent(Agent):
     """IQL critic (twin Q, target Q, V) + frozen reference flow guided by grad Q when acting."""
 
     name = "qgf"
+    checkpoint_parts = ("critic", "target_critic", "value", "critic_optimizer", "value_optimizer", "reference")
+    checkpoint_generators = ("act_generator",)
 
     def __init__(self, cfg: QGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
                  chunk: int = 1):
@@ -367,28 +367,7 @@ class QGFAgent(Agent):
                                     {"guidance": w}))
         return rows
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "config": dataclasses.asdict(self.cfg),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "value": self.value.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-            "reference": self.reference.state_dict(),
-            "step": self.step,
-            "act_generator": self.act_generator.get_state(),
-        }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.value.load_state_dict(state["value"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
-        self.reference.load_state_dict(state["reference"])
-        self.step = int(state["step"])
-        self.act_generator.set_state(state["act_generator"])
 
 
 Agent = QGFAgent

@@ -20,9 +20,7 @@ Q (``test_steps = 0`` is best-of-N; N = 1 with 0 steps is the plain reference po
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,6 +281,7 @@ class VGFAgent(Agent):
     """Critic ensemble + frozen reference flow + particle transport. See the module docstring."""
 
     name = "vgf"
+    checkpoint_parts = ("critic", "target_critic", "optimizer", "reference")
 
     def __init__(self, cfg: VGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
                  bank: ParticleBank | None = None, chunk: int = 1):
@@ -458,26 +457,7 @@ class VGFAgent(Agent):
                                steps=self.cfg.flow_steps, generator=generator, amp=self.cfg.amp)
         return {"bank_states": torch.tensor(float(self.bank.num_states))}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "config": dataclasses.asdict(self.cfg),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "reference": self.reference.state_dict(),
-            "step": self.step,
-            "generator": self.generator.get_state(),
-            "act_generator": self.act_generator.get_state(),
-        }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.reference.load_state_dict(state["reference"])
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
-        self.act_generator.set_state(state["act_generator"])
 
 
 Agent = VGFAgent
