@@ -12,10 +12,7 @@ Dims default to cube-single's (obs 28, action 5). Appends one JSON line per meth
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import add_common_args, append, apply_threads, machine  # noqa: E402
 from vgfcli import methods  # noqa: E402
 from vgfcli.nn.flow import FlowPolicy  # noqa: E402
 
@@ -79,28 +77,22 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--methods", default="vgf,qgf,qam,fql")
     parser.add_argument("--steps", type=int, default=10, help="timed updates per method (median reported)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--obs-dim", type=int, default=28)
-    parser.add_argument("--act-dim", type=int, default=5)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results.jsonl")))
+    add_common_args(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = torch.device(args.device)
     preset = PRESETS[args.preset]
     for name in args.methods.split(","):
+        if not methods.load(name).Agent.trains:
+            print(f"{name}: nothing to train, skipped")
+            continue
         row = bench_method(name, preset, args.obs_dim, args.act_dim, args.steps, device)
-        record = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "bench": "method_update", "preset": args.preset, "device": str(device),
-                  "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                  "cpu": platform.processor() or platform.machine(),
-                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-                  "loadavg_1m": os.getloadavg()[0], "torch": torch.__version__, "obs_dim": args.obs_dim,
+        record = {**machine(), "bench": "method_update", "preset": args.preset, "device": str(device),
+                  "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "obs_dim": args.obs_dim,
                   "act_dim": args.act_dim, "hidden": list(preset["hidden"]), "batch": preset["batch"], **row}
         print(json.dumps(record), flush=True)
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append(args.out, record)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,17 @@ N, K). The critic update has its own script, bench_vgf_update.py.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from vgfcli.methods.vgf import VGFAgent
-from vgfcli.nn.flow import FlowPolicy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import add_common_args, append, apply_threads, machine  # noqa: E402
+from vgfcli.methods.vgf import VGFAgent  # noqa: E402
+from vgfcli.nn.flow import FlowPolicy  # noqa: E402
 
 PRESETS = {  # widths of the flow and the critic, batch, particles N, Euler steps K
     "paper": dict(hidden=(512,) * 4, batch=256, particles=10, flow_steps=10),
@@ -68,16 +68,12 @@ def bench_act(p: dict, obs_dim: int, act_dim: int, states: int, budgets: list[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--steps", type=int, default=50, help="timed pretrain updates")
     parser.add_argument("--states", type=int, default=10, help="states per act call (the lockstep envs)")
     parser.add_argument("--repeats", type=int, default=10, help="timed act calls per budget")
-    parser.add_argument("--obs-dim", type=int, default=28)
-    parser.add_argument("--act-dim", type=int, default=5)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results.jsonl")))
+    add_common_args(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.manual_seed(0)
     p = PRESETS[args.preset]
     pretrain = bench_pretrain(p, args.obs_dim, args.act_dim, args.steps)
@@ -86,14 +82,8 @@ def main() -> None:
     for label, row in act.items():
         print(f"  act {label:>9}: {row['ms_per_call']:8.2f} ms per call of {args.states} states, "
               f"{row['actions_per_s']:,.1f} actions/s")
-    record = {
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "bench": "stages",
-        "preset": args.preset, "threads": torch.get_num_threads(), "pretrain_updates_per_s": round(pretrain, 1),
-        "act": act, "states": args.states, "load_avg": round(os.getloadavg()[0], 2), "cpu": platform.processor(),
-        "torch": torch.__version__,
-    }
-    with open(args.out, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append(args.out, {**machine(), "bench": "stages", "preset": args.preset,
+                      "pretrain_updates_per_s": round(pretrain, 1), "act": act, "states": args.states})
 
 
 if __name__ == "__main__":

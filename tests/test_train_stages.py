@@ -95,29 +95,22 @@ def _kill_after_first_checkpoint(stage, args, vgf_home):
     assert list(vgf_home.glob(f"work/{stage}-*/last.pt")), "no checkpoint was written before the kill"
 
 
-def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(vgf_home):
-    vgf_json("pipeline", *SMOKE, "evaluate.budgets=[0]")
-    args = [*SMOKE, "policy.steps=400", "policy.checkpoint_every=50", "policy.log_every=50"]
-    _kill_after_first_checkpoint("pretrain-policy", args, vgf_home)
-    resumed = vgf_json("pretrain-policy", *args)
-    assert resumed["summary"]["resumed_from_step"] >= 50
-    fresh = vgf_json("pretrain-policy", *args, "--force")
-    assert fresh["summary"]["resumed_from_step"] == 0
-    a = torch.load(resumed["outputs"]["policy"], weights_only=False)["flow"]
-    b = torch.load(fresh["outputs"]["policy"], weights_only=False)["flow"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.parametrize("method", ["vgf", "qam"])
-def test_killed_train_critic_resumes_and_matches_an_uninterrupted_run(vgf_home, method):
+@pytest.mark.parametrize("stage, method, output, parts", [
+    ("pretrain-policy", "vgf", "policy", ("flow",)),
+    ("train-critic", "vgf", "critic", ("critic", "target_critic")),
+    ("train-critic", "qam", "critic", ("critic", "target_critic", "policy")),
+])
+def test_killed_stage_resumes_and_matches_an_uninterrupted_run(vgf_home, stage, method, output, parts):
     vgf_json("pipeline", *SMOKE, "evaluate.budgets=[0]", f"method={method}")
-    args = [*SMOKE, f"method={method}", "critic.steps=300", "critic.checkpoint_every=40", "critic.log_every=20"]
-    _kill_after_first_checkpoint("train-critic", args, vgf_home)
-    resumed = vgf_json("train-critic", *args)
+    loop = "policy" if stage == "pretrain-policy" else "critic"
+    args = [*SMOKE, f"method={method}", f"{loop}.steps=300", f"{loop}.checkpoint_every=40", f"{loop}.log_every=20"]
+    _kill_after_first_checkpoint(stage, args, vgf_home)
+    resumed = vgf_json(stage, *args)
     assert resumed["summary"]["resumed_from_step"] >= 40
-    fresh = vgf_json("train-critic", *args, "--force")
+    fresh = vgf_json(stage, *args, "--force")
     assert fresh["summary"]["resumed_from_step"] == 0
-    a = torch.load(resumed["outputs"]["critic"], weights_only=False)["agent"]
-    b = torch.load(fresh["outputs"]["critic"], weights_only=False)["agent"]
-    for part in ("critic", "target_critic"):
+    a = torch.load(resumed["outputs"][output], weights_only=False)
+    b = torch.load(fresh["outputs"][output], weights_only=False)
+    a, b = (a, b) if stage == "pretrain-policy" else (a["agent"], b["agent"])
+    for part in parts:
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part

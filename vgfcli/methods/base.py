@@ -160,6 +160,17 @@ class Agent(ABC):
             raise ValueError(f"chunk must be >= 1 and divide act_dim {self.act_dim}, got {chunk}")
         self.step = 0
 
+    def step_and_blend(self, *optimizers, before_step: bool) -> None:
+        """The optimisers' steps and the Polyak update of ``target_critic`` toward ``critic``
+        (``cfg.tau``), blending the critic's weights from before this step (``before_step``; the VGF,
+        QGF and QAM reference code) or after it (FQL's order)."""
+        if before_step:
+            self.target_critic.polyak_(self.critic, self.cfg.tau)
+        for optimizer in optimizers:
+            optimizer.step()
+        if not before_step:
+            self.target_critic.polyak_(self.critic, self.cfg.tau)
+
     @property
     def bootstrap_discount(self) -> float:
         """The factor of the bootstrapped value in a TD target: discount ** chunk."""

@@ -147,8 +147,7 @@ class FQLAgent(Agent):
         loss, info = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        self.target_critic.polyak_(self.critic, self.cfg.tau)
+        self.step_and_blend(self.optimizer, before_step=False)
         self.step += 1
         return info
 

@@ -433,12 +433,7 @@ class QAMAgent(Agent):
         loss.backward()
         if self.cfg.grad_clip is not None:
             info["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trained, self.cfg.grad_clip).detach()
-        if self.cfg.polyak_before_step:
-            self.target_critic.polyak_(self.critic, self.cfg.tau)
-            self.optimizer.step()
-        else:
-            self.optimizer.step()
-            self.target_critic.polyak_(self.critic, self.cfg.tau)
+        self.step_and_blend(self.optimizer, before_step=self.cfg.polyak_before_step)
         self.step += 1
         return info
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, config_from
-from vgfcli.nn.flow import FlowPolicy, VelocityFn
+from vgfcli.nn.flow import FlowPolicy, VelocityFn, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic
 from vgfcli.nn.particles import aggregate_members
 
@@ -190,24 +190,19 @@ def guided_sample(velocity_fn: VelocityFn, q_fn: QFn, obs: Tensor, noise: Tensor
     """K Euler steps of ``v + weight * grad Q`` from ``noise``, then clip to ``[-clip, clip]``.
 
     ``obs`` broadcasts against ``noise`` as in ``euler_sample`` (``[B, 1, D]`` with ``[B, N, d]``);
-    ``q_fn(obs, actions)`` returns one (member-aggregated) Q per action. ``weight = 0`` runs exactly
-    ``euler_sample``'s arithmetic (same times, same update), so it reproduces it bit for bit.
+    ``q_fn(obs, actions)`` returns one (member-aggregated) Q per action. ``weight = 0`` IS
+    ``euler_sample`` of the reference, bit for bit.
     """
-    if steps < 1:
-        raise ValueError("guided_sample needs steps >= 1")
-    x = noise
-    dt = 1.0 / steps
-    t_shape = (*noise.shape[:-1], 1)
-    for k in range(steps):
-        # k * dt, not k / steps: the times euler_sample uses, to the bit.
-        t = torch.full(t_shape, k * dt, device=noise.device, dtype=noise.dtype)
-        if weight == 0:
-            with torch.no_grad():
-                x = x + velocity_fn(obs, x, t) * dt
-            continue
+    if weight == 0:
+        with torch.no_grad():
+            return euler_sample(velocity_fn, obs, noise, steps, clip)
+
+    def guided_velocity(obs: Tensor, x: Tensor, t: Tensor) -> Tensor:
         v, g = guidance_grad(velocity_fn, q_fn, obs, x, t, point, clip)
-        x = x + (v + weight * g) * dt
-    return x.clamp(-clip, clip) if clip is not None else x
+        return v + weight * g
+
+    # euler_sample's own loop (same times and update), with the guided velocity field.
+    return euler_sample(guided_velocity, obs, noise, steps, clip)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,12 +304,7 @@ class QGFAgent(Agent):
                                                                       cfg.max_grad_norm).detach()
             info["value_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.value.parameters(),
                                                                      cfg.max_grad_norm).detach()
-        if cfg.polyak_before_step:
-            self.target_critic.polyak_(self.critic, cfg.tau)
-        self.critic_optimizer.step()
-        self.value_optimizer.step()
-        if not cfg.polyak_before_step:
-            self.target_critic.polyak_(self.critic, cfg.tau)
+        self.step_and_blend(self.critic_optimizer, self.value_optimizer, before_step=cfg.polyak_before_step)
         self.step += 1
         return info
 

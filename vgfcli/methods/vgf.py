@@ -392,12 +392,7 @@ class VGFAgent(Agent):
         loss, info = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.polyak_before_step:
-            self.target_critic.polyak_(self.critic, self.cfg.tau)
-            self.optimizer.step()
-        else:
-            self.optimizer.step()
-            self.target_critic.polyak_(self.critic, self.cfg.tau)
+        self.step_and_blend(self.optimizer, before_step=self.cfg.polyak_before_step)
         self.step += 1
         return info
 
