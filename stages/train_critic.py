@@ -40,13 +40,14 @@ class TrainCriticStage(Stage):
         import torch
 
         from stages.pretrain_policy import load_policy
-        from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop
+        from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop, transform_rewards
 
         c = cfg.critic
         device = resolve_device(cfg.device)
         run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
         torch.manual_seed(cfg.seed)
         data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
+        rewards = transform_rewards(data, c.reward_transform)
         policy_path = inputs.upstream["policy"].output_paths()["policy"]
         flow, saved = load_policy(policy_path, device)
         chunk = int(saved["chunk"])
@@ -82,7 +83,7 @@ class TrainCriticStage(Stage):
             **{k: round(v, 5) for k, v in loop.last.items() if k != "updates_per_s"},
             "resumed_from_step": loop.resumed_from, "seconds": round(loop.seconds, 1),
             "updates_per_s": loop.updates_per_s(c.steps), "device": str(device),
-            **{k: float(v) for k, v in prepared.items()},
+            **{k: float(v) for k, v in prepared.items()}, **rewards,
         }
         return StageResult(outputs={"critic": out}, metrics={"resumed_from_step": float(loop.resumed_from)},
                            summary=summary)

@@ -75,3 +75,16 @@ def test_chunk_one_is_the_plain_uniform_sampler():
 def test_a_chunk_longer_than_every_trajectory_is_a_clear_error():
     with pytest.raises(VgfError, match="no trajectory in the dataset has 7 steps"):
         Sampler(make_data([4, 2, 5]), batch_size=4, seed=0, chunk=7)
+
+
+def test_reward_transforms_by_hand():
+    from vgfcli.training import transform_rewards
+
+    data = make_data([4, 2, 5])  # rewards i + 1: returns 10, 11, 45 -> spread 35
+    assert transform_rewards(data, "return_range") == {"reward_scale": pytest.approx(1000 / 35)}
+    assert data.rewards[0].item() == pytest.approx(1000 / 35)
+    data = make_data([4, 2])
+    transform_rewards(data, "minus_one")
+    assert data.rewards.tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(VgfError, match="reward_transform"):
+        transform_rewards(make_data([3]), "scale")

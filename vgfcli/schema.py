@@ -110,6 +110,9 @@ class CriticLoopConfig:
     """The loop of train-critic around the method's ``update`` (the method's own knobs are in method/)."""
 
     hidden: list[int] = MISSING  # widths of each critic member (every method with a critic)
+    # Reward transform before TD learning: none | return_range (r * 1000 / (max - min trajectory
+    # return): the VGF/FQL/IQL D4RL locomotion scaling) | minus_one (r - 1: their antmaze shift).
+    reward_transform: str = "none"
     batch_size: int = MISSING
     steps: int = MISSING
     log_every: int = MISSING

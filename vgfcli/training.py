@@ -74,6 +74,32 @@ def load_tensors(path: Path, device: torch.device) -> TensorData:
                       t(ds.terminals), dict(ds.attrs))
 
 
+REWARD_TRANSFORMS = ("none", "return_range", "minus_one")
+
+
+def transform_rewards(data: TensorData, how: str) -> dict:
+    """Rescale ``data.rewards`` in place as the reference code does for D4RL: ``return_range``
+    multiplies by 1000 / (max - min undiscounted trajectory return) (locomotion), ``minus_one``
+    subtracts 1 (antmaze). Returns what was done, for the run's summary."""
+    if how not in REWARD_TRANSFORMS:
+        raise VgfError(f"critic.reward_transform must be one of {', '.join(REWARD_TRANSFORMS)}, got '{how}'")
+    if how == "minus_one":
+        data.rewards.sub_(1.0)
+        return {"reward_shift": -1.0}
+    if how == "return_range":
+        ends = torch.nonzero(data.terminals > 0).squeeze(1).cpu()
+        if ends.numel() == 0 or int(ends[-1]) != data.size - 1:
+            ends = torch.cat([ends, torch.tensor([data.size - 1])])
+        sums = torch.cumsum(data.rewards.double().cpu(), 0)[ends]
+        returns = torch.diff(sums, prepend=sums.new_zeros(1))
+        spread = float(returns.max() - returns.min())
+        if spread <= 0:
+            raise VgfError("critic.reward_transform=return_range: every trajectory has the same return")
+        data.rewards.mul_(1000.0 / spread)
+        return {"reward_scale": 1000.0 / spread}
+    return {}
+
+
 def chunk_starts(terminals: np.ndarray | torch.Tensor, chunk: int) -> torch.Tensor:
     """Rows i whose next ``chunk`` rows i .. i+chunk-1 lie in one trajectory (``terminals`` marks each
     trajectory's last row; a final row without one ends a trajectory too)."""
