@@ -110,7 +110,7 @@ def rich_table(report: Report):
 
     fmt = ".3f" if report.metric == "success" else ".1f"
     table = Table(title=f"{report.metric}: mean ± std over seeds ({report.runs} evaluate runs)", title_justify="left")
-    table.add_column("task")
+    table.add_column("task", overflow="fold")
     for column in report.columns:
         table.add_column(column, justify="right")
     for task in report.tasks:
