@@ -37,3 +37,5 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_vgf_update.py --preset paper --bank both
 	$(VENV)/bin/python bench/bench_stages.py --preset paper
 	$(VENV)/bin/python bench/bench_stages.py --preset quick
+	$(VENV)/bin/python bench/bench_methods.py --preset quick
+	$(VENV)/bin/python bench/bench_methods.py --preset paper --steps 3
