@@ -53,7 +53,13 @@ class PretrainPolicyStage(Stage):
         if cfg.chunk < 1:
             raise VgfError(f"chunk must be at least 1, got {cfg.chunk}")
         act_dim = data.act_dim * cfg.chunk
-        flow = FlowPolicy(data.obs_dim, act_dim, tuple(p.hidden)).to(device)
+        if p.time_sampling not in ("uniform", "grid"):
+            raise VgfError(f"policy.time_sampling must be uniform or grid, got '{p.time_sampling}'")
+        try:
+            flow = FlowPolicy(data.obs_dim, act_dim, tuple(p.hidden), time_embedding=p.time_embedding).to(device)
+        except ValueError as exc:
+            raise VgfError(f"policy.{exc}") from None
+        t_grid = p.flow_steps if p.time_sampling == "grid" else None
         optimizer = torch.optim.Adam(flow.parameters(), lr=p.lr)
         sampler = Sampler(data, p.batch_size, cfg.seed, chunk=cfg.chunk)
         val_sampler = Sampler(val, p.batch_size, cfg.seed, chunk=cfg.chunk)
@@ -63,7 +69,7 @@ class PretrainPolicyStage(Stage):
 
         def step_fn(step: int) -> dict:
             batch = sampler.sample()
-            loss = flow.loss(batch["observations"], batch["actions"], noise)
+            loss = flow.loss(batch["observations"], batch["actions"], noise, t_grid)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -72,7 +78,7 @@ class PretrainPolicyStage(Stage):
         def val_fn(step: int) -> dict:
             fixed = torch.Generator(device=device).manual_seed(12345)
             with torch.no_grad():
-                loss = flow.loss(val_batch["observations"], val_batch["actions"], fixed)
+                loss = flow.loss(val_batch["observations"], val_batch["actions"], fixed, t_grid)
             return {"val_loss": float(loss)}
 
         def state_fn() -> dict:
@@ -93,6 +99,7 @@ class PretrainPolicyStage(Stage):
         torch.save({
             "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
             "act_dim": act_dim, "chunk": cfg.chunk, "hidden": list(p.hidden), "flow_steps": p.flow_steps,
+            "time_embedding": p.time_embedding,
             "dataset_digest": inputs.digests["dataset"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
         }, out)
@@ -117,7 +124,8 @@ def load_policy(path, device):
 
     saved = torch.load(path, map_location="cpu", weights_only=False)
     saved.setdefault("chunk", 1)
-    flow = FlowPolicy(saved["obs_dim"], saved["act_dim"], tuple(saved["hidden"]))
+    flow = FlowPolicy(saved["obs_dim"], saved["act_dim"], tuple(saved["hidden"]),
+                      time_embedding=saved.get("time_embedding", "raw"))
     flow.load_state_dict(saved["flow"])
     return flow.to(device).eval().requires_grad_(False), saved
 

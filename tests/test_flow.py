@@ -123,3 +123,29 @@ def test_flow_policy_learns_a_bimodal_1d_distribution():
     near_modes = ((samples - 0.6).abs() < 0.25) | ((samples + 0.6).abs() < 0.25)
     assert near_modes.float().mean() > 0.8
     assert 0.3 < (samples > 0).float().mean() < 0.7   # both modes kept
+
+
+def test_sinusoidal_time_embedding_by_hand():
+    from vgfcli.nn.flow import sinusoidal_embedding
+
+    t = torch.tensor([[0.0], [0.25]])
+    emb = sinusoidal_embedding(t, size=4, max_period=100.0)
+    # half = 2: frequencies 1 and 100^(-1/2) = 0.1; arguments t * 100 * f
+    args = torch.tensor([[0.0, 0.0], [25.0, 2.5]])
+    assert torch.allclose(emb, torch.cat([args.cos(), args.sin()], dim=1))
+    flow = FlowPolicy(3, 2, (8,), time_embedding="sinusoidal")
+    assert flow(torch.zeros(5, 3), torch.zeros(5, 2), torch.zeros(5, 1)).shape == (5, 2)
+    assert math.isfinite(flow.loss(torch.zeros(5, 3), torch.zeros(5, 2)).item())
+
+
+def test_grid_time_sampling_draws_euler_grid_points():
+    seen = []
+
+    def velocity(obs, x, t):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    flow_matching_loss(velocity, torch.zeros(400, 1), torch.zeros(400, 2), torch.Generator().manual_seed(0), t_grid=4)
+    t = seen[0].squeeze(1)
+    assert set((t * 4).round().tolist()) == {0.0, 1.0, 2.0, 3.0, 4.0}
+    assert torch.allclose(t * 4, (t * 4).round())

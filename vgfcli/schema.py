@@ -100,6 +100,8 @@ class PolicyConfig:
     batch_size: int = MISSING
     steps: int = MISSING  # gradient steps
     flow_steps: int = MISSING  # K Euler steps when sampling
+    time_sampling: str = "uniform"  # t in the flow-matching loss: uniform (U[0,1]) | grid ({0, 1/K, ..., 1}, QGF's code)
+    time_embedding: str = "raw"  # how v(s, x, t) sees t: raw | sinusoidal (16 wide, QGF's code)
     log_every: int = MISSING  # steps between logged training losses
     val_every: int = MISSING  # steps between validation losses (on the -val split when there is one)
     checkpoint_every: int = MISSING  # steps between resumable checkpoints
