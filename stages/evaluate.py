@@ -21,13 +21,12 @@ class EvaluateStage(Stage):
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
-        e = cfg.evaluate
-        if e.budgets is not None and any(b < 0 for b in e.budgets):
-            raise VgfError(f"budgets must be >= 0, got {list(e.budgets)}")
-        if e.particles is not None and e.particles < 1:
-            raise VgfError(f"evaluate.particles must be at least 1, got {e.particles}")
+        from stages.train_critic import checked_method
+
+        if cfg.evaluate.particles is not None and cfg.evaluate.particles < 1:
+            raise VgfError(f"evaluate.particles must be at least 1, got {cfg.evaluate.particles}")
         records = {"policy": upstream.record("policy")}
-        if _method_module(cfg).Agent.trains:
+        if checked_method(cfg).Agent.trains:
             # The critic's digest already covers the dataset and the policy it was trained from.
             records["critic"] = upstream.record("critic")
         return Inputs(upstream=records)
@@ -53,7 +52,10 @@ class EvaluateStage(Stage):
                       "vgf.preset": str(preset), "vgf.seed": str(cfg.seed)})
         agent, saved = load_agent(cfg, inputs, device)
         env_id = evaluation_env(cfg, saved["dataset_attrs"])
-        settings = agent.eval_settings(e)
+        try:
+            settings = agent.eval_settings(e)
+        except ValueError as exc:  # a sweep value the method refuses (a negative budget, say)
+            raise VgfError(f"evaluate: {exc}") from None
         sweep_keys = sorted({k for st in settings for k in st.sweep})
         reference = EvalSetting("reference", "reference", 1, {}, {k: 0 for k in sweep_keys})
         generator = torch.Generator(device=device).manual_seed(cfg.seed + 7_000_003)
@@ -116,15 +118,6 @@ class EvaluateStage(Stage):
         ]
         out["plot"] = str(outcome.outputs["plot"])
         return out
-
-
-def _method_module(cfg):
-    from vgfcli import methods
-
-    try:
-        return methods.load(cfg.method.name)
-    except ValueError as exc:
-        raise VgfError(f"method: {exc}") from None
 
 
 def load_agent(cfg, inputs: Inputs, device):

@@ -25,7 +25,7 @@ class TrainCriticStage(Stage):
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
         # A bad method value is a config error: say so before any run or upstream lookup.
-        module, _ = build_method_config(cfg, {"hidden": cfg.policy.hidden, "flow_steps": cfg.policy.flow_steps})
+        module = checked_method(cfg)
         if not module.Agent.trains:
             raise VgfError(f"method {cfg.method.name} has nothing to train after pretrain-policy: run vgf evaluate "
                            f"method={cfg.method.name}")
@@ -91,6 +91,12 @@ class TrainCriticStage(Stage):
     def render(self, outcome: Outcome):
         return summary_table(f"train-critic: {outcome.summary.get('method')} on {outcome.summary.get('env_id')}",
                              outcome.summary)
+
+
+def checked_method(cfg):
+    """The method's module, once its ``method`` section has been checked against its Config (a bad
+    value is a config error before any run or upstream lookup)."""
+    return build_method_config(cfg, {"hidden": cfg.policy.hidden, "flow_steps": cfg.policy.flow_steps})[0]
 
 
 def build_method_config(cfg, saved_policy: dict):

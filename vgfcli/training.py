@@ -87,11 +87,9 @@ def transform_rewards(data: TensorData, how: str) -> dict:
         data.rewards.sub_(1.0)
         return {"reward_shift": -1.0}
     if how == "return_range":
-        ends = torch.nonzero(data.terminals > 0).squeeze(1).cpu()
-        if ends.numel() == 0 or int(ends[-1]) != data.size - 1:
-            ends = torch.cat([ends, torch.tensor([data.size - 1])])
-        sums = torch.cumsum(data.rewards.double().cpu(), 0)[ends]
-        returns = torch.diff(sums, prepend=sums.new_zeros(1))
+        from vgfcli.data.canonical import episode_returns
+
+        returns = episode_returns(data.rewards.cpu().numpy(), data.terminals.cpu().numpy())
         spread = float(returns.max() - returns.min())
         if spread <= 0:
             raise VgfError("critic.reward_transform=return_range: every trajectory has the same return")
@@ -103,14 +101,13 @@ def transform_rewards(data: TensorData, how: str) -> dict:
 def chunk_starts(terminals: np.ndarray | torch.Tensor, chunk: int) -> torch.Tensor:
     """Rows i whose next ``chunk`` rows i .. i+chunk-1 lie in one trajectory (``terminals`` marks each
     trajectory's last row; a final row without one ends a trajectory too)."""
-    term = np.asarray(terminals.cpu() if isinstance(terminals, torch.Tensor) else terminals) > 0
-    n = term.shape[0]
-    ends = np.flatnonzero(term)
-    if n and (not ends.size or ends[-1] != n - 1):
-        ends = np.append(ends, n - 1)
-    rows = np.arange(n)
-    last_row = ends[np.searchsorted(ends, rows)] if n else rows  # the trajectory's last row, per row
-    return torch.as_tensor(np.flatnonzero(last_row - rows + 1 >= chunk), dtype=torch.int64)
+    from vgfcli.data.canonical import episode_starts
+
+    term = np.asarray(terminals.cpu() if isinstance(terminals, torch.Tensor) else terminals)
+    starts = episode_starts(term)
+    lengths = np.diff(np.append(starts, len(term)))
+    rows_left = np.repeat(starts + lengths, lengths) - np.arange(len(term))  # rows to the trajectory's end
+    return torch.as_tensor(np.flatnonzero(rows_left >= chunk), dtype=torch.int64)
 
 
 class Sampler:
@@ -199,20 +196,14 @@ def train_loop(run, ui, label: str, *, steps: int, step_fn, state_fn, load_fn, c
     the run has finished), metrics to MLflow, a progress bar, and a note when it resumed."""
     from vgfcli.tracking import work_dir
 
-    last: dict = {}
-
-    def log(metrics: dict, step: int) -> None:
-        last.update(metrics)
-        run.log_metrics(metrics, step)
-
     start = time.perf_counter()
     with ui.progress(label, steps, unit="updates") as bar:
         resumed = fit(steps=steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
                       checkpoints=Checkpoints(work_dir(run.stage, run.cache_key)), checkpoint_every=checkpoint_every,
-                      log_every=log_every, log=log, bar=bar, every=every)
+                      log_every=log_every, log=run.log_metrics, bar=bar, every=every)
     if resumed:
         ui.note(f"resumed from step {resumed}")
-    return LoopReport(resumed, time.perf_counter() - start, last)
+    return LoopReport(resumed, time.perf_counter() - start, dict(run.latest_metrics))
 
 
 def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], dict],

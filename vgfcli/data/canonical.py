@@ -62,8 +62,7 @@ class Dataset:
 
     def episode_starts(self) -> np.ndarray:
         """Index of the first transition of each episode."""
-        ends = np.flatnonzero(self.terminals)
-        return np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        return episode_starts(self.terminals)
 
     def episode_lengths(self) -> np.ndarray:
         """Number of transitions in each episode."""
@@ -71,7 +70,19 @@ class Dataset:
 
     def episode_returns(self) -> np.ndarray:
         """Undiscounted return of each episode (float64: float32 sums drift over long episodes)."""
-        return np.add.reduceat(self.rewards.astype(np.float64), self.episode_starts())
+        return episode_returns(self.rewards, self.terminals)
+
+
+def episode_starts(terminals: np.ndarray) -> np.ndarray:
+    """First row of each trajectory, ``terminals`` marking each one's last row (a final row without
+    the mark still ends one)."""
+    starts = np.concatenate([[0], np.flatnonzero(np.asarray(terminals) > 0) + 1])
+    return starts[starts < len(terminals)].astype(np.int64)
+
+
+def episode_returns(rewards: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+    """Undiscounted return of each trajectory, summed in float64."""
+    return np.add.reduceat(np.asarray(rewards, dtype=np.float64), episode_starts(terminals))
 
 
 # --- checks shared by the readers -------------------------------------------------------------------

@@ -436,6 +436,8 @@ class VGFAgent(Agent):
         null = ``num_particles``): L = 0 is best-of-N under the learned Q."""
         n = int(evaluate_cfg.get("particles") or self.cfg.num_particles)
         budgets = evaluate_cfg.get("budgets") or [self.cfg.test_steps]
+        if any(int(b) < 0 for b in budgets):
+            raise ValueError(f"budgets must be >= 0, got {list(budgets)}")
         return [EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": int(b), "num_particles": n}, {"budget": int(b)})
                 for b in budgets]
 
