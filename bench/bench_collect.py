@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import append  # noqa: E402
 from vgfcli.collect import CollectSpec, collect, resolve_spec  # noqa: E402
 
 
@@ -106,13 +106,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record) + "\n").encode()
-    fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # one append write: safe to share
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append(args.out, record)
 
 
 if __name__ == "__main__":

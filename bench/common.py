@@ -37,6 +37,11 @@ def machine() -> dict:
             "loadavg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__}
 
 
-def append(path: str, record: dict) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def append(path, record: dict) -> None:
+    """One JSON line appended in a single O_APPEND write, so concurrent scripts never interleave."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)

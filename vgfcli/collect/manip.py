@@ -15,6 +15,7 @@ import numpy as np
 
 from vgfcli.collect.npzio import episode_arrays
 from vgfcli.collect.seeding import EpisodeSeeds
+from vgfcli.errors import VgfError
 
 _MAX_ATTEMPTS = 100  # scene episodes that leave the cube in an ambiguous place are redrawn
 
@@ -107,7 +108,7 @@ class ManipCollector:
             if not self.rs.env_name.startswith("scene") or _scene_is_healthy(data["qpos"]):
                 stats["retries"] = attempt
                 return data, stats
-        raise RuntimeError(f"{self.rs.name}: no healthy scene episode in {_MAX_ATTEMPTS} attempts")
+        raise VgfError(f"{self.rs.name}: no healthy scene episode in {_MAX_ATTEMPTS} attempts")
 
     def _run(self, seeds: EpisodeSeeds):
         rs, env, rng = self.rs, self.env, seeds.rng

@@ -330,8 +330,10 @@ def collect(
 
         for split in pending:
             parts = [shard_dir / s.filename for s in shards if s.split == split]
-            npzio.merge_npz(finals[split], parts, keys)
+            # Stats first: a merged file is what marks a split complete, so its stats must already exist
+            # when a kill lands between the two writes.
             _record_stats(out_dir, split, parts)
+            npzio.merge_npz(finals[split], parts, keys)
         if not keep_shards:
             for path in shard_dir.glob("*.npz"):
                 path.unlink()
