@@ -135,9 +135,11 @@ def frozen_call(module: torch.nn.Module, *inputs: Tensor) -> Tensor:
 
 def best_by_q(critic, obs: Tensor, candidates: Tensor, q_agg: str) -> Tensor:
     """``[B, act]``: per state, the candidate of ``candidates`` ``[B, N, act]`` with the largest Q
-    (members aggregated by ``q_agg``: min | mean): best-of-N action selection."""
+    (members aggregated by ``q_agg``: min | mean): best-of-N action selection. N = 1 needs no critic."""
     from vgfcli.nn.particles import aggregate_members
 
+    if candidates.shape[1] == 1:
+        return candidates[:, 0]
     with torch.no_grad():
         q = aggregate_members(critic(obs.unsqueeze(1), candidates), q_agg)  # [B, N]
     return candidates[torch.arange(q.shape[0], device=q.device), q.argmax(dim=1)]
@@ -187,13 +189,10 @@ class Agent(ABC):
     @torch.no_grad()
     def act_reference(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One sample of the reference flow per state: the behaviour-cloned policy alone."""
-        from vgfcli.nn.flow import euler_sample
-
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         single = obs.dim() == 1
-        obs = obs.unsqueeze(0) if single else obs
-        noise = torch.randn((obs.shape[0], self.act_dim), generator=generator, device=self.device)
-        actions = euler_sample(self.reference, obs, noise, self.cfg.flow_steps)
+        actions = self.reference.sample(obs.unsqueeze(0) if single else obs, steps=self.cfg.flow_steps,
+                                        generator=generator)
         return actions[0] if single else actions
 
     @classmethod

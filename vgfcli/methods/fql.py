@@ -87,7 +87,6 @@ class FQLAgent(Agent):
         super().__init__(cfg, obs_dim, act_dim, device, chunk)
         _validate(cfg)
         dev = self.device
-        torch.manual_seed(cfg.seed)  # network initialisation follows the seed
         self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
                                      cfg.critic_norm).to(dev)
         self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
@@ -160,7 +159,7 @@ class FQLAgent(Agent):
         single = obs.dim() == 1
         obs = obs.unsqueeze(0) if single else obs
         cand = self.policy(obs.unsqueeze(1), self._noise((obs.shape[0], n), generator)).clamp(-1, 1)
-        actions = cand[:, 0] if n == 1 else best_by_q(self.critic, obs, cand, self.cfg.q_agg)
+        actions = best_by_q(self.critic, obs, cand, self.cfg.q_agg)
         return actions[0] if single else actions
 
 

@@ -339,7 +339,7 @@ class QAMAgent(Agent):
 
     def _select(self, obs: Tensor, n: int, generator: torch.Generator) -> Tensor:
         cand = self.candidates(obs, n, generator)
-        return cand[:, 0] if n == 1 else best_by_q(self.critic, obs, cand, "mean")
+        return best_by_q(self.critic, obs, cand, "mean")
 
     # --- losses -----------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, config_from
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from
 from vgfcli.nn.flow import FlowPolicy, VelocityFn, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic
 from vgfcli.nn.particles import aggregate_members
@@ -253,8 +253,11 @@ class QGFAgent(Agent):
 
     # --- pieces -----------------------------------------------------------------------------------
 
+    def _critic(self, which: str):
+        return self.target_critic if which == "target" else self.critic
+
     def _q_fn(self, which: str, agg: str) -> QFn:
-        critic = self.target_critic if which == "target" else self.critic
+        critic = self._critic(which)
         return lambda obs, actions: aggregate_members(critic(obs, actions), agg)
 
     def v(self, obs: Tensor) -> Tensor:
@@ -339,9 +342,7 @@ class QGFAgent(Agent):
                 noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=self.device)
             actions = guided_sample(self.reference, q_fn, cond, noise, cfg.flow_steps, w, point)
             if n > 1:
-                with torch.no_grad():
-                    best = q_fn(cond, actions).argmax(dim=1)                  # [B]
-                actions = actions[torch.arange(actions.shape[0], device=actions.device), best]
+                actions = best_by_q(self._critic(cfg.guide_critic), obs, actions, cfg.guide_q_agg)
         return actions[0] if single else actions
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:

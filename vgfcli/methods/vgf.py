@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, config_from
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import EnsembleCritic
 from vgfcli.nn.particles import aggregate_members, transport
@@ -414,14 +414,12 @@ class VGFAgent(Agent):
         obs = obs.unsqueeze(0) if single else obs
         particles = self.reference_samples(obs, n, generator=generator)
         particles = self.transport(obs, particles, steps)
-        if n == 1:
-            actions = particles[:, 0]
+        if n == 1 or select == "max":
+            actions = best_by_q(self.critic, obs, particles, cfg.q_agg)
         else:
             with torch.no_grad():
                 q = aggregate_members(self.critic(obs.unsqueeze(1), particles), cfg.q_agg)  # [B, N]
-            if select == "max":
-                best = q.argmax(dim=1)
-            elif select == "softmax":
+            if select == "softmax":
                 logits = (q - q.max(dim=1, keepdim=True).values) / cfg.softmax_temp
                 best = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
             elif select == "random":
@@ -450,8 +448,10 @@ class VGFAgent(Agent):
             return {}
         # Its own seeded stream: a resumed run rebuilds exactly the bank it started with.
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2_000_003)
+        # On the agent's device, where batch indices live: drawing from it needs no host round trip.
         self.bank = build_bank(self.reference, next_observations, self.cfg.bank_size,
-                               steps=self.cfg.flow_steps, generator=generator, amp=self.cfg.amp)
+                               steps=self.cfg.flow_steps, generator=generator, amp=self.cfg.amp,
+                               storage_device=self.device)
         return {"bank_states": torch.tensor(float(self.bank.num_states))}
 
 
