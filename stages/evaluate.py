@@ -42,7 +42,7 @@ class EvaluateStage(Stage):
         import torch
 
         from vgfcli.methods.base import EvalSetting
-        from vgfcli.rollout import evaluate_policy
+        from vgfcli.rollout import evaluate_policy, release_envs
         from vgfcli.training import resolve_device
 
         e = cfg.evaluate
@@ -80,6 +80,7 @@ class EvaluateStage(Stage):
                                          max_episode_steps=e.max_episode_steps, action_repeat_chunk=agent.chunk,
                                          progress=progress)
                 results.append(score_row(setting, result, saved["dataset_attrs"], env_id))
+        release_envs()  # the pooled env copies served every row of this evaluation
         metric_name = results[0]["metric"]
         metrics = {f"{r['metric']}/{r['key']}": r["score"] for r in results}
         metrics |= {f"return_mean/{r['key']}": r["return_mean"] for r in results}

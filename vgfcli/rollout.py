@@ -18,7 +18,7 @@ Success follows OGBench's own evaluation (and FQL's, which reuses it): an episod
 ``terminated or truncated`` and its success is ``info['success']`` of the last step. Single-task OGBench envs
 are registered with ``success_timing='pre'`` and ``terminate_at_goal=True``: a step whose *starting* state is at
 the goal reports success and terminates, and a TimeLimit truncates at the family's ``max_episode_steps``
-(see ``OGBENCH_MAX_EPISODE_STEPS``). Their reward is 0 on success steps and -1 otherwise.
+(read from the registry). Their reward is 0 on success steps and -1 otherwise.
 """
 
 from __future__ import annotations
@@ -31,28 +31,6 @@ from typing import Any, Callable
 import numpy as np
 
 from vgfcli.errors import VgfError
-
-# Time limits OGBench registers for its single-task envs (ogbench 1.2.2, ``ogbench/*/__init__.py``), by family.
-# Informational: ``make_env`` reads the limit from the registry; this table is for docs and sanity checks.
-OGBENCH_MAX_EPISODE_STEPS = {
-    "pointmaze": 1000,  # medium/large/giant/teleport
-    "antmaze": 1000,  # medium/large/giant/teleport
-    "humanoidmaze-medium": 2000,
-    "humanoidmaze-large": 2000,
-    "humanoidmaze-teleport": 2000,
-    "humanoidmaze-giant": 4000,
-    "antsoccer": 1000,
-    "cube-single": 200,
-    "cube-double": 500,
-    "cube-triple": 1000,
-    "cube-quadruple": 1000,
-    "cube-octuple": 1500,
-    "scene": 750,
-    "puzzle-3x3": 500,
-    "puzzle-4x4": 500,
-    "puzzle-4x5": 1000,
-    "puzzle-4x6": 1000,
-}
 
 # D4RL's Ant datasets were recorded with gym's Ant-v3 under mujoco>=2: 111-dim observations whose 84 contact-force
 # entries are always zero. Gymnasium's Ant-v4 with use_contact_forces=True reproduces exactly that layout (Ant-v5
