@@ -47,7 +47,7 @@ def test_direction_matches_hand_computation_for_two_particles():
     score, q = value_grad(quadratic_q, None, x, "mean")
     expected_score = -np.mean([W[m] * (A0 - C[m]) for m in range(2)], axis=0)
     np.testing.assert_allclose(score[0].numpy(), expected_score, rtol=1e-12)
-    phi = svgd_direction(x, score, alpha)
+    phi = svgd_direction(x, score, alpha, bandwidth_grad=False)  # hand_phi: textbook SVGD, h constant
     np.testing.assert_allclose(phi[0].numpy(), hand_phi(A0, alpha), rtol=1e-10)
 
 
@@ -64,18 +64,21 @@ def test_min_aggregation_uses_the_lower_member():
 def test_plain_step_is_a_plus_eps_phi():
     alpha, eps = 0.5, 0.1
     x = torch.tensor(A0[None], dtype=torch.float64)
-    out = transport(quadratic_q, torch.zeros(1, 1), x, 1, alpha=alpha, lr=eps, rule="plain")
+    out = transport(quadratic_q, torch.zeros(1, 1), x, 1, alpha=alpha, lr=eps, rule="plain",
+                    bandwidth_grad=False)
     np.testing.assert_allclose(out[0].numpy(), A0 + eps * hand_phi(A0, alpha), rtol=1e-10)
     # two plain steps: the second phi is taken at the moved particles
     a1 = A0 + eps * hand_phi(A0, alpha)
-    out2 = transport(quadratic_q, torch.zeros(1, 1), x, 2, alpha=alpha, lr=eps, rule="plain")
+    out2 = transport(quadratic_q, torch.zeros(1, 1), x, 2, alpha=alpha, lr=eps, rule="plain",
+                     bandwidth_grad=False)
     np.testing.assert_allclose(out2[0].numpy(), a1 + eps * hand_phi(a1, alpha), rtol=1e-10)
 
 
 def test_adam_first_step_moves_every_coordinate_by_lr_along_phi():
     alpha, lr = 0.5, 0.01
     x = torch.tensor(A0[None], dtype=torch.float64)
-    out = transport(quadratic_q, torch.zeros(1, 1), x, 1, alpha=alpha, lr=lr, rule="adam")
+    out = transport(quadratic_q, torch.zeros(1, 1), x, 1, alpha=alpha, lr=lr, rule="adam",
+                    bandwidth_grad=False)
     phi = hand_phi(A0, alpha)
     # Adam's first step: m_hat = g, v_hat = g^2, so the move is lr * phi / (|phi| + 1e-8)
     np.testing.assert_allclose(out[0].numpy(), A0 + lr * phi / (np.abs(phi) + 1e-8), rtol=1e-10)
@@ -85,7 +88,8 @@ def test_adam_first_step_moves_every_coordinate_by_lr_along_phi():
 def test_adam_two_steps_match_optax_arithmetic():
     alpha, lr, b1, b2, e = 0.5, 0.05, 0.9, 0.999, 1e-8
     x = torch.tensor(A0[None], dtype=torch.float64)
-    out = transport(quadratic_q, torch.zeros(1, 1), x, 2, alpha=alpha, lr=lr, rule="adam", clip=None)
+    out = transport(quadratic_q, torch.zeros(1, 1), x, 2, alpha=alpha, lr=lr, rule="adam", clip=None,
+                    bandwidth_grad=False)
     a, m, v = A0.copy(), np.zeros_like(A0), np.zeros_like(A0)
     for t in (1, 2):
         g = -hand_phi(a, alpha)
@@ -139,7 +143,7 @@ def test_median_bandwidth_and_repulsion_against_autograd():
     k = torch.exp(-gamma * (xr.unsqueeze(2) - x.unsqueeze(1)).square().sum(-1))
     (grad_k,) = torch.autograd.grad(k.sum(), xr)
     zero_score = torch.zeros_like(x)
-    phi = svgd_direction(x, zero_score, alpha=1.0)
+    phi = svgd_direction(x, zero_score, alpha=1.0, bandwidth_grad=False)
     np.testing.assert_allclose(phi.numpy(), (-grad_k / 5).numpy(), rtol=1e-9, atol=1e-12)
 
 
@@ -162,20 +166,20 @@ def test_transport_raises_the_value_of_particles(rule):
     assert quadratic_q(None, out).mean(0).mean() > before
 
 
-def test_bandwidth_gradient_option_adds_the_reference_codes_median_pull():
+def test_bandwidth_gradient_default_adds_the_reference_codes_median_pull():
     # The reference code differentiates h = median(d2) / (2 log(N + 1)) too. For two particles the
-    # N^2 = 4 entries sort as {0, 0, D, D}: the median (0 + D) / 2 takes one diagonal zero (no
-    # gradient) and one of d2_01 / d2_10 (a tie), so exactly one particle, the row r of that entry,
-    # gets an extra pull towards the other: -(1/N) dsumK/dh * dh/dd2 * 2 (a_r - a_c).
+    # N^2 = 4 entries (flat order d2_00, d2_01, d2_10, d2_11) sort STABLY as {0 (00), 0 (11), D (01),
+    # D (10)}: the median (0 + D) / 2 takes the diagonal zero d2_11 (no gradient) and d2_01, the first
+    # of the tied pair, so particle 0 (the row of that entry) alone gets an extra pull towards
+    # particle 1: -(1/N) dsumK/dh * dh/dd2 * 2 (a_0 - a_1).
     x = torch.tensor(A0[None], dtype=torch.float64)
     zero = torch.zeros_like(x)
-    plain = svgd_direction(x, zero, 1.0)[0].numpy()
-    with_h = svgd_direction(x, zero, 1.0, bandwidth_grad=True)[0].numpy()
+    plain = svgd_direction(x, zero, 1.0, bandwidth_grad=False)[0].numpy()
+    with_h = svgd_direction(x, zero, 1.0)[0].numpy()
     extra = with_h - plain
     moved = np.abs(extra).sum(-1) > 1e-12
-    assert moved.sum() == 1
-    r = int(moved.argmax())
-    c = 1 - r
+    assert moved.tolist() == [True, False]
+    r, c = 0, 1
     dist2 = float(np.sum((A0[0] - A0[1]) ** 2))
     h = (dist2 / 2) / (2 * math.log(3))
     denom = 1e-6 + 2 * h

@@ -56,7 +56,7 @@ class VGFConfig:
     # Polyak rate of the target critic.
     tau: float = 0.005
     # True: the target is blended with the critic's parameters from BEFORE this update's optimiser
-    # step (what the reference code does); False: with the updated parameters (FQL's order).
+    # step (what the reference code does, as FQL's and QAM's do); False: with the updated parameters.
     polyak_before_step: bool = True
     # Member aggregation of Q in the TD target and in action selection: min | mean
     # (`train_q_agg`; min for antmaze/D4RL, mean for manipulation and humanoidmaze).
@@ -89,8 +89,9 @@ class VGFConfig:
     # Fixed kernel bandwidth h; None = per-state median heuristic.
     bandwidth: float | None = None
     # Differentiate the median bandwidth inside the repulsive term, as the reference code does (its
-    # h is computed from x inside the function it differentiates). False: h constant (textbook SVGD).
-    bandwidth_grad: bool = False
+    # h is computed from x inside the function it differentiates; the median's tie-break is
+    # jnp.median's stable sort). False: h constant, textbook SVGD (the paper's equation).
+    bandwidth_grad: bool = True
 
     # --- acting -----------------------------------------------------------------------------------
     # Particle selection when acting: max (argmax online Q) | softmax (sample ~ exp(Q / temp)) | random.

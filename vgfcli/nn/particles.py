@@ -6,13 +6,18 @@ For each state s, N particles a_1..a_N (shape ``[B, N, d]`` for a batch) move al
 
 with the RBF kernel ``k(x, y) = exp(-||x - y||^2 / (2 h))`` and the median bandwidth
 ``h = median_{i,j} ||a_i - a_j||^2 / (2 log(N + 1))`` per state (the median over all N^2 entries,
-diagonal zeros included, the middle two averaged, as ``jnp.median``). By default the kernel and the
-bandwidth are constants in the gradient, and the repulsive term has the closed form
+diagonal zeros included, the middle two averaged, as ``jnp.median``).
 
-    sum_j grad_{a_j} k(a_j, a_i) = 2 gamma sum_j k_ij (a_i - a_j),    gamma = 1 / (2 h),
+The repulsive term, by default exactly as the reference code computes it (``bandwidth_grad=True``):
+``-grad_x sum_ij k(x_i, stopgrad(x_j))`` with h computed from x INSIDE the differentiated function, so
+the gradient also flows through the median bandwidth. The distances are symmetric, so the median
+entries are tied pairs (i, j) / (j, i); the median's gradient goes to the entry the sort puts in the
+middle, i.e. to particle i or to particle j. ``jnp.median`` sorts stably (ties keep their flat order),
+and so does ``median_bandwidth``: any other tie-break moves different particles and changes the chosen
+action after a few steps. ``bandwidth_grad=False`` is textbook SVGD (h constant), whose repulsion has
+the closed form
 
-which pushes particles apart. (``bandwidth_grad=True`` also differentiates h, as the reference code
-does: its h is computed from x inside the differentiated function; see ``svgd_direction``.)
+    sum_j grad_{a_j} k(a_j, a_i) = 2 gamma sum_j k_ij (a_i - a_j),    gamma = 1 / (2 h).
 ``grad_a Q`` is the gradient of the ONLINE critic's members aggregated (mean by default) with
 respect to the actions only; no parameter gradient is formed or accumulated.
 
@@ -46,9 +51,13 @@ def pairwise_sqdist(x: Tensor) -> Tensor:
 
 
 def median_bandwidth(sqdist: Tensor) -> Tensor:
-    """``[B, N, N] -> [B]``: h = median(sqdist) / (2 log(N + 1)), the median as ``jnp.median``."""
+    """``[B, N, N] -> [B]``: h = median(sqdist) / (2 log(N + 1)), the median as ``jnp.median``.
+
+    The sort is STABLE, as jnp.median's: among tied entries the lower flat index comes first, which
+    decides the particle that receives the median's gradient (see the module docstring).
+    """
     n = sqdist.shape[-1]
-    flat = sqdist.flatten(-2).sort(dim=-1).values
+    flat = sqdist.flatten(-2).sort(dim=-1, stable=True).values
     m = flat.shape[-1]
     med = flat[..., m // 2] if m % 2 else 0.5 * (flat[..., m // 2 - 1] + flat[..., m // 2])
     return med / (2.0 * math.log(n + 1.0))
@@ -70,13 +79,14 @@ def rbf_kernel(x: Tensor, bandwidth: float | Tensor | None = None) -> tuple[Tens
 
 
 def svgd_direction(x: Tensor, score: Tensor, alpha: float,
-                   bandwidth: float | Tensor | None = None, bandwidth_grad: bool = False) -> Tensor:
+                   bandwidth: float | Tensor | None = None, bandwidth_grad: bool = True) -> Tensor:
     """phi at every particle, given ``score = grad_a Q(s, a_j)`` ``[B, N, d]``.
 
-    ``bandwidth_grad=True`` reproduces the reference code exactly: its repulsive term is
+    ``bandwidth_grad=True`` (default) reproduces the reference code exactly: its repulsive term is
     ``-grad_x sum_ij k(x_i, stopgrad(x_j))`` with the median bandwidth computed from x inside the
-    differentiated function, so the gradient also flows through h into the particles that form the
-    median pair (an extra pull between them). Default False: h constant, the textbook SVGD term.
+    differentiated function, so the gradient also flows through h into the particle of the median
+    entry that the stable sort picks (an extra pull). False: h constant, the textbook SVGD term.
+    A fixed ``bandwidth`` has no gradient, so both forms agree then.
     """
     k, two_gamma = rbf_kernel(x, bandwidth)
     n = x.shape[-2]
@@ -150,7 +160,7 @@ def adam_step(x: Tensor, grad: Tensor, state: AdamParticleState, lr: float,
 
 def particle_step(q_fn: QFn, obs: Tensor, x: Tensor, *, alpha: float, lr: float,
                   rule: str = "adam", state: AdamParticleState | None = None, q_agg: str = "mean",
-                  bandwidth: float | Tensor | None = None, bandwidth_grad: bool = False,
+                  bandwidth: float | Tensor | None = None, bandwidth_grad: bool = True,
                   clip: float | None = 1.0) -> Tensor:
     """One transport step of the particles ``x`` ``[B, N, d]`` at ``obs`` ``[B, 1, D]``."""
     score, _ = value_grad(q_fn, obs, x, q_agg)
@@ -168,7 +178,7 @@ def particle_step(q_fn: QFn, obs: Tensor, x: Tensor, *, alpha: float, lr: float,
 
 def transport(q_fn: QFn, obs: Tensor, particles: Tensor, steps: int, *, alpha: float, lr: float,
               rule: str = "adam", q_agg: str = "mean", bandwidth: float | Tensor | None = None,
-              bandwidth_grad: bool = False, clip: float | None = 1.0) -> Tensor:
+              bandwidth_grad: bool = True, clip: float | None = 1.0) -> Tensor:
     """Move ``particles`` ``[B, N, d]`` for ``steps`` steps; a fresh Adam state per call.
 
     ``obs`` is ``[B, D]`` or ``[B, 1, D]``; ``q_fn(obs[:, None], actions)`` must return
