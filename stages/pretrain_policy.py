@@ -38,25 +38,24 @@ class PretrainPolicyStage(Stage):
 
         from vgfcli.errors import VgfError
         from vgfcli.nn.flow import FlowPolicy
-        from vgfcli.training import ACTION_CLIP, Sampler, load_tensors, resolve_device, train_loop
+        from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop
 
         p = cfg.policy
         device = resolve_device(cfg.device)
         run.set_tags({"vgf.device": str(device)})
         torch.manual_seed(cfg.seed)
         data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
-        data.actions.clamp_(-ACTION_CLIP, ACTION_CLIP)
         val = data
         if "val_dataset" in inputs.upstream:
             val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device)
-            val.actions.clamp_(-ACTION_CLIP, ACTION_CLIP)
         if cfg.chunk < 1:
             raise VgfError(f"chunk must be at least 1, got {cfg.chunk}")
         act_dim = data.act_dim * cfg.chunk
         if p.time_sampling not in ("uniform", "grid"):
             raise VgfError(f"policy.time_sampling must be uniform or grid, got '{p.time_sampling}'")
         try:
-            flow = FlowPolicy(data.obs_dim, act_dim, tuple(p.hidden), time_embedding=p.time_embedding).to(device)
+            flow = FlowPolicy(data.obs_dim, act_dim, tuple(p.hidden), p.activation, p.layer_norm,
+                              time_embedding=p.time_embedding).to(device)
         except ValueError as exc:
             raise VgfError(f"policy.{exc}") from None
         t_grid = p.flow_steps if p.time_sampling == "grid" else None
@@ -99,7 +98,7 @@ class PretrainPolicyStage(Stage):
         torch.save({
             "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
             "act_dim": act_dim, "chunk": cfg.chunk, "hidden": list(p.hidden), "flow_steps": p.flow_steps,
-            "time_embedding": p.time_embedding,
+            "time_embedding": p.time_embedding, "activation": p.activation, "layer_norm": p.layer_norm,
             "dataset_digest": inputs.digests["dataset"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
         }, out)
@@ -124,8 +123,8 @@ def load_policy(path, device):
 
     saved = torch.load(path, map_location="cpu", weights_only=False)
     saved.setdefault("chunk", 1)
-    flow = FlowPolicy(saved["obs_dim"], saved["act_dim"], tuple(saved["hidden"]),
-                      time_embedding=saved.get("time_embedding", "raw"))
+    flow = FlowPolicy(saved["obs_dim"], saved["act_dim"], tuple(saved["hidden"]), saved.get("activation", "relu"),
+                      saved.get("layer_norm"), time_embedding=saved.get("time_embedding", "raw"))
     flow.load_state_dict(saved["flow"])
     return flow.to(device).eval().requires_grad_(False), saved
 

@@ -72,6 +72,16 @@ def test_update_moves_critic_and_policy_and_resumes_exactly():
     assert all(torch.equal(a, b) for a, b in zip(agent.onestep.parameters(), twin.onestep.parameters()))
 
 
+def test_target_critic_blends_the_pre_step_weights_as_the_fql_code():
+    # agents/fql.py: target_update(new_network) reads self.network.params, the weights BEFORE the step.
+    agent = fql.create(None, OBS, ACT, alpha=3.0, tau=0.1, **SMALL)
+    before = [p.clone() for p in agent.critic.parameters()]
+    target = [p.clone() for p in agent.target_critic.parameters()]
+    agent.update(batch())
+    for new_t, old_t, old_q in zip(agent.target_critic.parameters(), target, before):
+        assert torch.allclose(new_t, 0.1 * old_q + 0.9 * old_t)
+
+
 def test_fql_acts_in_the_box_and_best_of_n_picks_a_candidate():
     agent = fql.create(None, OBS, ACT, **SMALL)
     with torch.inference_mode():

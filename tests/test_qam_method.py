@@ -295,7 +295,7 @@ def test_residual_policy_updates():
 def test_config_validation_and_registry():
     module = load("qam")
     assert module.Agent is QAMAgent and module.Config is QAMConfig and module.create == QAMAgent.create
-    for bad in (dict(variant="fancy"), dict(variant="fql", fql_alpha=0.0), dict(variant="edit", edit_scale=0.0),
+    for bad in (dict(variant="fancy"), dict(variant="fql", fql_alpha=-1.0), dict(variant="edit", edit_scale=-0.1),
                 dict(policy_init="ema"), dict(residual=True, policy_init="reference"), dict(tau_inv=-1.0),
                 dict(best_of_n=0), dict(grad_clip=0.0)):
         with pytest.raises(ValueError):

@@ -86,5 +86,23 @@ def test_reward_transforms_by_hand():
     data = make_data([4, 2])
     transform_rewards(data, "minus_one")
     assert data.rewards.tolist() == [0, 1, 2, 3, 4, 5]
+    data = make_data([4, 2])
+    data.rewards.copy_(torch.tensor([-2.0, -1.0, 0.0, -0.5, 0.0, 3.0]))
+    transform_rewards(data, "sparse")  # QAM's r -> -(r != 0)
+    assert data.rewards.tolist() == [-1, -1, 0, -1, 0, -1]
     with pytest.raises(VgfError, match="reward_transform"):
         transform_rewards(make_data([3]), "scale")
+
+
+def test_loaded_actions_are_clipped_inside_the_box_for_every_method(tmp_path):
+    # Every reference repo clips dataset actions to +-(1 - 1e-5) before any training (flow AND critic).
+    from vgfcli.data import canonical
+    from vgfcli.training import ACTION_CLIP, load_tensors
+
+    n = 4
+    actions = np.array([[1.0, -1.0], [0.5, -0.2], [0.99999, -0.999999], [1.0, 0.0]], np.float32)
+    ds = canonical.Dataset(np.zeros((n, 3), np.float32), actions, np.zeros(n, np.float32), np.zeros((n, 3), np.float32),
+                           np.array([0, 0, 0, 1], np.float32), np.ones(n, np.float32))
+    data = load_tensors(canonical.save(ds, tmp_path / "d.h5"), torch.device("cpu"))
+    assert data.actions.abs().max().item() == pytest.approx(ACTION_CLIP)
+    assert data.actions[1].tolist() == pytest.approx([0.5, -0.2])

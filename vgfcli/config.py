@@ -20,7 +20,24 @@ def config_dir() -> Path:
 
 
 def compose(config_name: str, overrides: list[str] | None = None):
-    """Compose ``conf/<config_name>.yaml`` with ``overrides``; returns a read-only DictConfig."""
+    """Compose ``conf/<config_name>.yaml`` with ``overrides``; returns a read-only DictConfig.
+
+    A config with a ``protocol`` group (the training config) gets the per-task settings of its method
+    and task (``vgfcli.protocols``) unless the overrides pick a protocol themselves; overrides of
+    single values still win over it.
+    """
+    overrides = list(overrides or [])
+    cfg = _compose_once(config_name, overrides)
+    if "protocol" in cfg.get("choices", {}) and not any(o.startswith("protocol=") for o in overrides):
+        from vgfcli.protocols import protocol_for, task_label
+
+        option = protocol_for(cfg.method, task_label(cfg), config_dir())
+        if option is not None:
+            cfg = _compose_once(config_name, [f"protocol={option}", *overrides])
+    return cfg
+
+
+def _compose_once(config_name: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -30,7 +47,6 @@ def compose(config_name: str, overrides: list[str] | None = None):
     from vgfcli import schema
 
     schema.register()
-    overrides = list(overrides or [])
     for item in overrides:
         if "=" not in item:
             raise VgfError(f"bad override '{item}': expected key=value (e.g. dataset.path=FILE)")
@@ -66,9 +82,16 @@ def compose(config_name: str, overrides: list[str] | None = None):
 
 
 def to_yaml(cfg) -> str:
+    """The resolved config as YAML, headed by a comment naming the group files it was composed from
+    (method, per-task protocol, preset, tuning), so a reader sees which file chose a value."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    choices = cfg.get("choices") or {}
+    order = ("method", "protocol", "preset", "tuning")  # the defaults list's order: later files win
+    files = [f"{group}/{choices[group]}.yaml" for group in order if choices.get(group) not in (None, "none")]
+    files = [f for f in files if (config_dir() / f).is_file()]  # an optional group may have no file
+    head = f"# composed from: {', '.join(files)}; key=value overrides win over them\n" if files else ""
+    return head + OmegaConf.to_yaml(cfg, resolve=True)
 
 
 def to_dict(cfg) -> dict:

@@ -102,6 +102,10 @@ class PolicyConfig:
     flow_steps: int = MISSING  # K Euler steps when sampling
     time_sampling: str = "uniform"  # t in the flow-matching loss: uniform (U[0,1]) | grid ({0, 1/K, ..., 1}, QGF's code)
     time_embedding: str = "raw"  # how v(s, x, t) sees t: raw | sinusoidal (16 wide, QGF's code)
+    activation: str = "relu"  # hidden activation of v: relu (VGF/FQL code) | gelu (QGF's actor) | swish
+    # LayerNorm in v's hidden layers: null (none: the VGF/FQL/QAM actors) | pre (Dense -> LN -> act:
+    # QGF's actor, use_layer_norm=1) | post (Dense -> act -> LN: FQL-style networks' order).
+    layer_norm: Optional[str] = None
     log_every: int = MISSING  # steps between logged training losses
     val_every: int = MISSING  # steps between validation losses (on the -val split when there is one)
     checkpoint_every: int = MISSING  # steps between resumable checkpoints
@@ -113,7 +117,8 @@ class CriticLoopConfig:
 
     hidden: list[int] = MISSING  # widths of each critic member (every method with a critic)
     # Reward transform before TD learning: none | return_range (r * 1000 / (max - min trajectory
-    # return): the VGF/FQL/IQL D4RL locomotion scaling) | minus_one (r - 1: their antmaze shift).
+    # return): the VGF/FQL/IQL D4RL locomotion scaling) | minus_one (r - 1: their antmaze shift) |
+    # sparse (r -> -(r != 0): QAM on puzzle-3x3, scene, puzzle-4x4).
     reward_transform: str = "none"
     batch_size: int = MISSING
     steps: int = MISSING

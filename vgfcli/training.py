@@ -19,8 +19,9 @@ import torch
 
 from vgfcli.errors import VgfError
 
-# Dataset actions are clipped just inside the box before flow matching, as the reference code does,
-# so the flow never has to reach the boundary exactly.
+# Dataset actions are clipped just inside the box when loaded for training, for every method, as every
+# reference repo does before any training (the flow never has to reach the boundary exactly, and the
+# critic sees the same actions the flow was cloned from).
 ACTION_CLIP = 1.0 - 1e-5
 
 
@@ -70,19 +71,24 @@ def load_tensors(path: Path, device: torch.device) -> TensorData:
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)
 
-    return TensorData(t(ds.observations), t(ds.actions), t(ds.rewards), t(ds.next_observations), t(ds.masks),
+    actions = t(ds.actions).clamp_(-ACTION_CLIP, ACTION_CLIP)
+    return TensorData(t(ds.observations), actions, t(ds.rewards), t(ds.next_observations), t(ds.masks),
                       t(ds.terminals), dict(ds.attrs))
 
 
-REWARD_TRANSFORMS = ("none", "return_range", "minus_one")
+REWARD_TRANSFORMS = ("none", "return_range", "minus_one", "sparse")
 
 
 def transform_rewards(data: TensorData, how: str) -> dict:
-    """Rescale ``data.rewards`` in place as the reference code does for D4RL: ``return_range``
-    multiplies by 1000 / (max - min undiscounted trajectory return) (locomotion), ``minus_one``
-    subtracts 1 (antmaze). Returns what was done, for the run's summary."""
+    """Transform ``data.rewards`` in place as the reference code does: ``return_range`` multiplies by
+    1000 / (max - min undiscounted trajectory return) (VGF's D4RL locomotion), ``minus_one`` subtracts
+    1 (antmaze), ``sparse`` maps r to -(r != 0) (QAM on puzzle-3x3, scene and puzzle-4x4: -1 until
+    every subtask is done, 0 then). Returns what was done, for the run's summary."""
     if how not in REWARD_TRANSFORMS:
         raise VgfError(f"critic.reward_transform must be one of {', '.join(REWARD_TRANSFORMS)}, got '{how}'")
+    if how == "sparse":
+        data.rewards.copy_(-(data.rewards != 0).to(data.rewards.dtype))
+        return {"reward_sparse": 1.0}
     if how == "minus_one":
         data.rewards.sub_(1.0)
         return {"reward_shift": -1.0}

@@ -164,8 +164,8 @@ class Agent(ABC):
 
     def step_and_blend(self, *optimizers, before_step: bool) -> None:
         """The optimisers' steps and the Polyak update of ``target_critic`` toward ``critic``
-        (``cfg.tau``), blending the critic's weights from before this step (``before_step``; the VGF,
-        QGF and QAM reference code) or after it (FQL's order)."""
+        (``cfg.tau``), blending the critic's weights from before this step (``before_step``; what the
+        VGF, QGF, QAM and FQL reference code all do) or after it."""
         if before_step:
             self.target_critic.polyak_(self.critic, self.cfg.tau)
         for optimizer in optimizers:

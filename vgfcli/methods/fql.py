@@ -41,8 +41,12 @@ class FQLConfig:
     # Adam learning rate of every network (one optimiser in the code).
     lr: float = 3e-4
     discount: float = 0.99
-    # Polyak rate of the target critic, blended AFTER the optimiser step (the code's order).
+    # Polyak rate of the target critic.
     tau: float = 0.005
+    # True: the target blends the critic's parameters from BEFORE this update's optimiser step, as
+    # the code does (agents/fql.py target_update reads self.network.params, the pre-update state,
+    # and writes into the new network); False: the updated parameters.
+    polyak_before_step: bool = True
     # Member aggregation of the target Q: mean | min.
     q_agg: str = "mean"
     # Distillation weight; must be tuned per task (the paper: cube 300, puzzle 1000, antmaze 10).
@@ -146,7 +150,7 @@ class FQLAgent(Agent):
         loss, info = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.step_and_blend(self.optimizer, before_step=False)
+        self.step_and_blend(self.optimizer, before_step=self.cfg.polyak_before_step)
         self.step += 1
         return info
 

@@ -138,8 +138,8 @@ def _validate(cfg: QAMConfig) -> None:
         (cfg.best_of_n >= 1, "best_of_n must be >= 1"),
         (0 < cfg.tau <= 1, "tau must be in (0, 1]"),
         (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip must be > 0 or null"),
-        (cfg.variant != "fql" or cfg.fql_alpha > 0, "variant=fql needs fql_alpha > 0"),
-        (cfg.variant != "edit" or cfg.edit_scale > 0, "variant=edit needs edit_scale > 0"),
+        (cfg.fql_alpha >= 0, "fql_alpha must be >= 0 (reproduce.py uses 0 on some domains)"),
+        (cfg.edit_scale >= 0, "edit_scale must be >= 0 (reproduce.py uses 0 on some domains)"),
         (cfg.variant != "edit" or len(cfg.actor_hidden) > 0, "variant=edit needs a non-empty actor_hidden"),
     ]
     for ok, message in checks:

@@ -71,7 +71,7 @@ class QGFConfig:
     # batch) | "sum" (sum over members, mean over batch). Adam makes the two steps nearly identical.
     critic_loss_members: str = "mean"
     # True: the target blends the critic's parameters from BEFORE this update's step (the code's
-    # `target_update(self.critic, ...)` reads the old state); False: after it (FQL's order).
+    # `target_update(self.critic, ...)` reads the old state); False: after it.
     polyak_before_step: bool = True
     # Global-norm gradient clipping per optimiser; None = none (the code clips nothing).
     max_grad_norm: float | None = None
