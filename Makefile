@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_ingest.py
 	$(VENV)/bin/python bench/bench_collect.py
 	$(VENV)/bin/python bench/bench_vgf_update.py --preset paper --bank both
+	$(VENV)/bin/python bench/bench_bank_refresh.py --preset quick
+	$(VENV)/bin/python bench/bench_bank_refresh.py --preset paper
 	$(VENV)/bin/python bench/bench_stages.py --preset paper
 	$(VENV)/bin/python bench/bench_stages.py --preset quick
 	$(VENV)/bin/python bench/bench_methods.py --preset quick

@@ -1,5 +1,7 @@
 """The VGF agent: TD targets, the particle bank, updates, acting; and the critic ensemble."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -190,6 +192,35 @@ def test_refresh_bank_rewrites_only_the_given_rows():
     assert changed.tolist() == [i in (2, 7) for i in range(10)]
     with pytest.raises(ValueError):
         bank.draw(torch.arange(3), 6)
+
+
+def test_the_bank_renews_on_a_rolling_schedule_and_a_resume_rebuilds_it_exactly():
+    batch = random_batch(10, seed=4)  # 10 states: slices of 3 rows -> 4 slices, a refresh every 2 updates
+    knobs = dict(num_particles=3, flow_steps=2, train_steps=1, bank_size=4, bank_refresh_every=2,
+                 bank_refresh_rows=3)
+    agent = tiny_agent(**knobs)
+    agent.prepare(batch["next_observations"])
+    history = [agent.bank.samples.clone()]
+    for _ in range(10):
+        agent.update(batch)
+        history.append(agent.bank.samples.clone())
+    changed = [(b != a).any(-1).any(-1) for a, b in zip(history[:-1], history[1:])]
+    rows = [set(torch.nonzero(c).flatten().tolist()) for c in changed]
+    # updates 2, 4, 6, 8, 10 redraw slices 0, 1, 2, 3 (row 9 alone), then 0 again; odd updates nothing
+    assert rows == [set(), {0, 1, 2}, set(), {3, 4, 5}, set(), {6, 7, 8}, set(), {9}, set(), {0, 1, 2}]
+    assert not torch.equal(history[10][:3], history[2][:3])  # slice 0's second refresh is a new draw
+    # a resumed agent (prepare, then load the state of step 7) holds exactly the live bank of step 7
+    state = copy.deepcopy(agent.state_dict())
+    state["step"] = 7
+    twin = tiny_agent(**knobs)
+    twin.prepare(batch["next_observations"])
+    twin.load_state_dict(state)
+    assert torch.equal(twin.bank.samples, history[7])
+    never = tiny_agent(**{**knobs, "bank_refresh_every": 0})
+    never.prepare(batch["next_observations"])
+    before = never.bank.samples.clone()
+    never.update(batch), never.update(batch)
+    assert torch.equal(never.bank.samples, before) and torch.equal(before, history[0])
 
 
 # --- update ---------------------------------------------------------------------------------------------

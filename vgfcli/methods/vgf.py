@@ -112,6 +112,12 @@ class VGFConfig:
     # Reference samples kept per dataset next state (the particle bank; `prepare` builds it once,
     # since the reference is frozen). 0 = run K Euler steps of the flow at every update instead.
     bank_size: int = 32
+    # The reference code draws fresh samples at every update; the bank renews itself on a rolling
+    # schedule instead so that a long run does not reuse one draw per state: every
+    # `bank_refresh_every` updates the next `bank_refresh_rows` rows are redrawn (the whole bank is new
+    # after num_states / bank_refresh_rows refreshes). 0 = never renewed.
+    bank_refresh_every: int = 100
+    bank_refresh_rows: int = 256
 
 
 Config = VGFConfig
@@ -137,6 +143,8 @@ def _validate(cfg: VGFConfig) -> None:
         (cfg.num_critics >= 1, "num_critics must be >= 1"),
         (cfg.bank_size == 0 or cfg.bank_size >= cfg.num_particles,
          "bank_size must be 0 (no bank) or at least num_particles"),
+        (cfg.bank_refresh_every >= 0, "bank_refresh_every must be >= 0 (0 = never)"),
+        (cfg.bank_refresh_rows >= 1, "bank_refresh_rows must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -226,6 +234,30 @@ def build_bank(flow, next_observations, per_state: int, *, steps: int = 10, chun
     return ParticleBank(samples)
 
 
+class RollingBank:
+    """Which samples a rolling-refreshed bank holds after ``n`` refreshes, as a pure function of n.
+
+    The rows form slices of ``rows_per_slice``; refresh k (k = 0, 1, ...) redraws slice k mod C (C
+    slices), so after n refreshes slice c holds its generation ceil((n - c) / C) (0: the initial draw).
+    Generation g of slice c draws from its own stream, seeded by (seed, c, g): the bank after n
+    refreshes is the same whether it was refreshed step by step or rebuilt at once on resume.
+    """
+
+    def __init__(self, num_states: int, rows_per_slice: int, seed: int):
+        self.num_states, self.rows, self.seed = num_states, max(1, min(rows_per_slice, num_states)), seed
+        self.slices = -(-num_states // self.rows)
+
+    def slice_rows(self, c: int) -> Tensor:
+        return torch.arange(c * self.rows, min((c + 1) * self.rows, self.num_states))
+
+    def generation(self, c: int, n: int) -> int:
+        return 0 if n <= c else -(-(n - c) // self.slices)
+
+    def generator(self, c: int, g: int, device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(
+            (self.seed * 1_000_003 + c * 7_919 + g * 104_729) % (2 ** 63))
+
+
 def refresh_bank(bank: ParticleBank, flow, next_observations, rows, *, steps: int = 10,
                  chunk_rows: int = 8192, generator: torch.Generator | None = None,
                  amp: str = "off") -> ParticleBank:
@@ -301,6 +333,8 @@ class VGFAgent(Agent):
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.reference = reference.to(dev).eval().requires_grad_(False)
         self.bank = bank
+        self._rolling: RollingBank | None = None  # set by prepare(): the bank renews itself
+        self._bank_obs, self._bank_at = None, None  # the bank's states and its refresh count
         self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
         self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
         # Compiled gradient-free forward passes (cfg.compile), built lazily on first use. The
@@ -395,6 +429,7 @@ class VGFAgent(Agent):
         loss.backward()
         self.step_and_blend(self.optimizer, before_step=self.cfg.polyak_before_step)
         self.step += 1
+        self._maybe_refresh_bank()
         return info
 
     def act(self, obs: Tensor, *, steps: int | None = None, num_particles: int | None = None,
@@ -442,18 +477,52 @@ class VGFAgent(Agent):
 
     def set_bank(self, bank: ParticleBank | None) -> None:
         self.bank = bank
+        self._rolling = None
 
     def prepare(self, next_observations: Tensor) -> Info:
-        """Build the particle bank for the training data's next states (when ``bank_size`` > 0)."""
+        """Build the particle bank for the training data's next states (when ``bank_size`` > 0), as it
+        stands after the refreshes of the first ``self.step`` updates (none for a new agent)."""
         if self.cfg.bank_size == 0:
             return {}
-        # Its own seeded stream: a resumed run rebuilds exactly the bank it started with.
-        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2_000_003)
+        cfg = self.cfg
         # On the agent's device, where batch indices live: drawing from it needs no host round trip.
-        self.bank = build_bank(self.reference, next_observations, self.cfg.bank_size,
-                               steps=self.cfg.flow_steps, generator=generator, amp=self.cfg.amp,
-                               storage_device=self.device)
+        samples = torch.empty((len(next_observations), cfg.bank_size, self.act_dim), device=self.device)
+        self.bank = ParticleBank(samples)
+        self._bank_obs = next_observations
+        # Its own seeded streams: a resumed run rebuilds exactly the bank it had.
+        self._rolling = RollingBank(len(next_observations), cfg.bank_refresh_rows, cfg.seed + 2_000_003)
+        self._bank_at = None
+        self._fill_bank_at(self._refreshes_done())
         return {"bank_states": torch.tensor(float(self.bank.num_states))}
+
+    def _refreshes_done(self) -> int:
+        every = self.cfg.bank_refresh_every
+        return self.step // every if every else 0
+
+    def _fill_slice(self, c: int, g: int) -> None:
+        fill_bank(self.bank.samples, self.reference, self._bank_obs, self._rolling.slice_rows(c),
+                  steps=self.cfg.flow_steps, generator=self._rolling.generator(c, g, self.device), amp=self.cfg.amp)
+
+    def _fill_bank_at(self, n: int) -> None:
+        """Bring the bank to its state after ``n`` refreshes, redrawing only the slices that differ."""
+        rolling, now = self._rolling, self._bank_at
+        for c in range(rolling.slices):
+            g = rolling.generation(c, n)
+            if now is None or g != rolling.generation(c, now):
+                self._fill_slice(c, g)
+        self._bank_at = n
+
+    def _maybe_refresh_bank(self) -> None:
+        """After update ``self.step``: redraw the next slice when a refresh falls due."""
+        every = self.cfg.bank_refresh_every
+        if self._rolling is None or not every or self.step % every:
+            return
+        self._fill_bank_at(self.step // every)  # one slice: refresh number step // every - 1
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        if self._rolling is not None:  # a bank built by prepare(): bring it to the resumed step
+            self._fill_bank_at(self._refreshes_done())
 
 
 
@@ -461,5 +530,5 @@ class VGFAgent(Agent):
 Agent = VGFAgent
 create = VGFAgent.create
 
-__all__ = ["VGFConfig", "Config", "VGFAgent", "Agent", "create", "ParticleBank", "build_bank",
+__all__ = ["VGFConfig", "Config", "VGFAgent", "Agent", "create", "ParticleBank", "RollingBank", "build_bank",
            "refresh_bank", "fill_bank", "td_target", "aggregate_particles"]
