@@ -116,3 +116,15 @@ def test_killed_stage_resumes_and_matches_an_uninterrupted_run(vgf_home, stage, 
     a, b = (a, b) if stage == "pretrain-policy" else (a["agent"], b["agent"])
     for part in parts:
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def test_a_diverging_run_fails_with_exit_1_and_is_never_cached():
+    result = runner.invoke(app, ["pipeline", *SMOKE, "policy.lr=1e30"])
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]  # progress bars above it
+    assert last.startswith("error: training diverged: a non-finite loss at step")
+    runs = vgf_json("runs", "--stage", "pretrain-policy")
+    rows = runs if isinstance(runs, list) else runs["runs"]
+    assert [r["status"] for r in rows] == ["FAILED"]
+    again = runner.invoke(app, ["pretrain-policy", *SMOKE, "policy.lr=1e30"])
+    assert again.exit_code == 1  # tried again, not a cache hit of the failed run

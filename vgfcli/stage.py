@@ -142,8 +142,11 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
                       "vgf.warnings": json.dumps(result.warnings)})
         run.log_metrics(result.metrics, flush=True)
         run.finish("FINISHED")
-    except VgfError:
-        run.discard()
+    except VgfError as exc:
+        if exc.keep_run:
+            run.finish("FAILED")
+        else:
+            run.discard()
         raise
     except KeyboardInterrupt:
         run.finish("KILLED")

@@ -8,6 +8,7 @@ uninterrupted run ends, on deterministic hardware.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vgfcli.errors import VgfError
+from vgfcli.errors import TrainingDiverged, VgfError
 
 # Dataset actions are clipped just inside the box when loaded for training, for every method, as every
 # reference repo does before any training (the flow never has to reach the boundary exactly, and the
@@ -170,13 +171,16 @@ class Checkpoints:
     def __init__(self, folder: Path):
         self.folder = folder
         self.path = folder / "last.pt"
+        self.problem: str | None = None  # why the last load found no usable checkpoint, if one was there
 
     def load(self) -> dict | None:
         if not self.path.exists():
             return None
         try:
             return torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # a damaged checkpoint costs a restart, never a crash
+        except Exception as exc:  # a damaged checkpoint costs a restart (with a warning), never a crash
+            self.problem = (f"checkpoint {self.path} cannot be read ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:120]}); training starts again from step 0")
             return None
 
     def save(self, state: dict) -> None:
@@ -203,10 +207,11 @@ def train_loop(run, ui, label: str, *, steps: int, step_fn, state_fn, load_fn, c
     from vgfcli.tracking import work_dir
 
     start = time.perf_counter()
+    checkpoints = Checkpoints(work_dir(run.stage, run.cache_key))
     with ui.progress(label, steps, unit="updates") as bar:
         resumed = fit(steps=steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
-                      checkpoints=Checkpoints(work_dir(run.stage, run.cache_key)), checkpoint_every=checkpoint_every,
-                      log_every=log_every, log=run.log_metrics, bar=bar, every=every)
+                      checkpoints=checkpoints, checkpoint_every=checkpoint_every,
+                      log_every=log_every, log=run.log_metrics, bar=bar, every=every, warn=ui.warn)
     if resumed:
         ui.note(f"resumed from step {resumed}")
     return LoopReport(resumed, time.perf_counter() - start, dict(run.latest_metrics))
@@ -214,28 +219,48 @@ def train_loop(run, ui, label: str, *, steps: int, step_fn, state_fn, load_fn, c
 
 def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], dict],
         load_fn: Callable[[dict], int], checkpoints: Checkpoints, checkpoint_every: int, log_every: int,
-        log: Callable[[dict, int], None], bar, every: dict[int, Callable[[int], dict]] | None = None) -> int:
+        log: Callable[[dict, int], None], bar, every: dict[int, Callable[[int], dict]] | None = None,
+        warn: Callable[[str], None] | None = None) -> int:
     """Run ``step_fn(step)`` for steps ``[start, steps)``, resuming from the last checkpoint.
 
     ``step_fn`` returns metrics as 0-dim tensors; they are averaged over ``log_every`` steps on the
     device and read back once per log (no host sync per step). ``every`` maps an interval to a
     callback whose metrics are logged at that step (validation losses, say). Returns the step the
     run resumed from (0 for a fresh start).
+
+    A non-finite metric (a NaN or inf loss) stops the loop with ``TrainingDiverged`` naming the first
+    such step and metric: the step is tracked on the device, read back only at a log or a checkpoint,
+    and no checkpoint is written after it. The final state's tensors are checked too (a weight can
+    turn NaN in the last step). An unreadable checkpoint is a warning (``warn``) naming the file.
     """
     from vgfcli.methods.base import scalars
 
     state = checkpoints.load()
-    start = load_fn(state) if state is not None else 0
+    if checkpoints.problem and warn is not None:
+        warn(checkpoints.problem)
+    if state is not None:
+        try:
+            start = load_fn(state)
+        except Exception as exc:
+            raise VgfError(f"checkpoint {checkpoints.path} does not fit this run ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:120]}); delete it to start over") from None
+    else:
+        start = 0
     bar.advance(start)
     sums: dict[str, torch.Tensor] = {}
     count, t_log = 0, time.perf_counter()
+    first_bad: torch.Tensor | None = None  # the first step with a non-finite metric, -1 while none
     for step in range(start, steps):
         info = step_fn(step)
         for key, value in info.items():
             sums[key] = sums[key] + value.detach() if key in sums else value.detach().clone()
+        first_bad = _track_non_finite(info, step, first_bad)
         count += 1
         done = step + 1
-        if done % log_every == 0 or done == steps:
+        logging = done % log_every == 0 or done == steps
+        if logging or (done % checkpoint_every == 0 and done < steps):
+            _raise_if_diverged(first_bad, sums)
+        if logging:
             metrics = {k: v / count for k, v in scalars(sums).items()}
             now = time.perf_counter()
             metrics["updates_per_s"] = count / max(now - t_log, 1e-9)  # over this log interval
@@ -248,4 +273,43 @@ def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], di
                 log(callback(done), done)
         if done % checkpoint_every == 0 and done < steps:
             checkpoints.save(state_fn() | {"step": done})
+    if start < steps:
+        _check_finite_state(state_fn(), steps)
     return start
+
+
+def _track_non_finite(info: dict, step: int, first_bad: torch.Tensor | None) -> torch.Tensor | None:
+    """Device-side: keep the first step at which any metric of ``info`` was NaN or inf (no sync)."""
+    values = [v.detach().reshape(()).float() for v in info.values() if isinstance(v, torch.Tensor)]
+    if not values:
+        return first_bad
+    bad = ~torch.isfinite(torch.stack(values)).all()
+    if first_bad is None:
+        first_bad = torch.full((), -1, dtype=torch.int64, device=values[0].device)
+    return torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+
+
+def _raise_if_diverged(first_bad: torch.Tensor | None, sums: dict) -> None:
+    if first_bad is None or int(first_bad) < 0:
+        return
+    culprits = [f"{k}={float(v):g}" for k, v in sums.items() if not math.isfinite(float(v))]
+    raise TrainingDiverged(f"training diverged: a non-finite loss at step {int(first_bad) + 1} "
+                           f"({', '.join(culprits) or 'a metric'} over the log interval); the run is FAILED and "
+                           "nothing was cached (lower the learning rate or check the data)")
+
+
+def _check_finite_state(state: dict, step: int) -> None:
+    """Every floating tensor of the final state (weights, optimiser moments) must be finite."""
+    def walk(node, path):
+        if isinstance(node, torch.Tensor):
+            if node.is_floating_point() and not bool(torch.isfinite(node).all()):
+                raise TrainingDiverged(f"training diverged: non-finite values in {path} after step {step}; the "
+                                       "run is FAILED and nothing was cached")
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(state, "")

@@ -142,6 +142,8 @@ def best_by_q(critic, obs: Tensor, candidates: Tensor, q_agg: str) -> Tensor:
         return candidates[:, 0]
     with torch.no_grad():
         q = aggregate_members(critic(obs.unsqueeze(1), candidates), q_agg)  # [B, N]
+        # A NaN Q never wins (argmax would pick it: NaN compares as the largest).
+        q = torch.nan_to_num(q, nan=float("-inf"))
     return candidates[torch.arange(q.shape[0], device=q.device), q.argmax(dim=1)]
 
 

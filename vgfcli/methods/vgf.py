@@ -455,6 +455,7 @@ class VGFAgent(Agent):
         else:
             with torch.no_grad():
                 q = aggregate_members(self.critic(obs.unsqueeze(1), particles), cfg.q_agg)  # [B, N]
+                q = torch.nan_to_num(q, nan=float("-inf"))  # a NaN Q is never chosen
             if select == "softmax":
                 logits = (q - q.max(dim=1, keepdim=True).values) / cfg.softmax_temp
                 best = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
