@@ -6,9 +6,16 @@ FQL and QAM their policy (best-of-N by Q with ``--particles N``). A reference ro
 behaviour policy alone: one flow sample, no critic) always comes first, so the table shows what the
 value gradient adds. Scores are OGBench success rates, or D4RL-normalised returns where reference
 returns are known. Action chunks (H > 1) run open loop.
+
+Outputs: ``results.json`` (every row with its per-episode outcomes, the inputs of ``vgf report``'s
+intervals) and ``score_vs_budget.png``; each row carries its 95 % interval over episodes.
 """
 
 from __future__ import annotations
+
+import json
+
+import numpy as np
 
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
@@ -17,7 +24,7 @@ from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 class EvaluateStage(Stage):
     name = "evaluate"
     config_name = "train"
-    code_version = 2
+    code_version = 3
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
@@ -41,14 +48,17 @@ class EvaluateStage(Stage):
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
 
+        from vgfcli.cache import write_bytes_atomic
         from vgfcli.methods.base import EvalSetting
+        from vgfcli.protocols import task_label
         from vgfcli.rollout import evaluate_policy, release_envs
         from vgfcli.training import resolve_device
 
         e = cfg.evaluate
         device = resolve_device(cfg.device)
         preset = cfg.choices.get("preset")
-        run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name, "vgf.task": cfg.task,
+        task = task_label(cfg)  # a D4RL/Minari run is filed under its own dataset, not the default task
+        run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name, "vgf.task": task,
                       "vgf.preset": str(preset), "vgf.seed": str(cfg.seed)})
         agent, saved = load_agent(cfg, inputs, device)
         env_id = evaluation_env(cfg, saved["dataset_attrs"])
@@ -59,7 +69,7 @@ class EvaluateStage(Stage):
         sweep_keys = sorted({k for st in settings for k in st.sweep})
         reference = EvalSetting("reference", "reference", 1, {}, {k: 0 for k in sweep_keys})
         generator = torch.Generator(device=device).manual_seed(cfg.seed + 7_000_003)
-        results = []
+        results, outcomes = [], []
         with ui.progress("evaluate", e.episodes * (1 + len(settings)), unit="episodes") as bar:
             for setting in [reference, *settings]:
                 def policy(obs, setting=setting):
@@ -79,7 +89,9 @@ class EvaluateStage(Stage):
                 result = evaluate_policy(env_id, policy, episodes=e.episodes, num_envs=e.num_envs, seed=cfg.seed,
                                          max_episode_steps=e.max_episode_steps, action_repeat_chunk=agent.chunk,
                                          progress=progress)
-                results.append(score_row(setting, result, saved["dataset_attrs"], env_id))
+                row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
+                results.append(row)
+                outcomes.append(episodes)
         release_envs()  # the pooled env copies served every row of this evaluation
         metric_name = results[0]["metric"]
         metrics = {f"{r['metric']}/{r['key']}": r["score"] for r in results}
@@ -89,9 +101,12 @@ class EvaluateStage(Stage):
         plot = run.staging / "score_vs_budget.png"
         plot_scores(results, sweep_keys, plot, f"{cfg.method.name} on {env_id} (H = {agent.chunk})", metric_name)
         summary = {"env_id": env_id, "method": cfg.method.name, "metric": metric_name, "results": results,
-                   "best": best["label"], "chunk": agent.chunk, "sweep": sweep_keys, "task": cfg.task,
+                   "best": best["label"], "chunk": agent.chunk, "sweep": sweep_keys, "task": task,
                    "seed": cfg.seed, "preset": preset}
-        return StageResult(outputs={"plot": plot}, metrics=metrics, summary=summary)
+        results_json = run.staging / "results.json"
+        full = {**summary, "results": [r | {"outcomes": o} for r, o in zip(results, outcomes)]}
+        write_bytes_atomic(results_json, json.dumps(full, indent=1).encode())
+        return StageResult(outputs={"plot": plot, "results": results_json}, metrics=metrics, summary=summary)
 
     def render(self, outcome: Outcome):
         from rich.table import Table
@@ -99,25 +114,29 @@ class EvaluateStage(Stage):
         s = outcome.summary
         table = Table(title=f"evaluate: {s['method']} on {s['env_id']} ({s['metric']})", title_justify="left")
         sweep = s.get("sweep", [])
-        for column in ("policy", *sweep, "particles", "episodes", s["metric"], "return mean"):
+        for column in ("policy", *sweep, "particles", "episodes", s["metric"], "95% interval", "return mean"):
             table.add_column(column, justify="right")
         best = max((r["score"] for r in s["results"][1:]), default=None)
         for r in s["results"]:
             score = f"{r['score']:.3f}" if r["metric"] == "success" else f"{r['score']:.1f}"
             if r["label"] != "reference" and r["score"] == best:
                 score = f"[bold green]{score}[/]"
+            lo, hi = r.get("interval", (float("nan"), float("nan")))
+            fmt = ".3f" if r["metric"] == "success" else ".1f"
             table.add_row(r["label"], *(f"{r['sweep'].get(k, '-')}" for k in sweep), str(r["particles"]),
-                          str(r["episodes"]), score, f"{r['return_mean']:.2f}")
+                          str(r["episodes"]), score, f"[{lo:{fmt}}, {hi:{fmt}}]", f"{r['return_mean']:.2f}")
         return table
 
     def to_json(self, outcome: Outcome) -> dict:
         out = outcome.to_json()
         out["results"] = [
             {**r["sweep"], "particles": r["particles"], "episodes": r["episodes"], r["metric"]: r["score"],
-             "return_mean": r["return_mean"], "reference": r["label"] == "reference", "label": r["label"]}
+             "interval": r.get("interval"), "return_mean": r["return_mean"], "reference": r["label"] == "reference",
+             "label": r["label"]}
             for r in outcome.summary["results"]
         ]
         out["plot"] = str(outcome.outputs["plot"])
+        out["results_file"] = str(outcome.outputs["results"]) if "results" in outcome.outputs else None
         return out
 
 
@@ -159,17 +178,24 @@ def evaluation_env(cfg, dataset_attrs: dict) -> str:
     return env_id
 
 
-def score_row(setting, result, dataset_attrs: dict, env_id: str) -> dict:
+def score_row(setting, result, dataset_attrs: dict, env_id: str) -> tuple[dict, dict]:
+    """The row's score and 95 % interval over its episodes, and its per-episode outcomes."""
     from vgfcli.scores import normalized_score
+    from vgfcli.stats import episode_interval
 
     row = {"label": setting.label, "key": setting.key, "sweep": dict(setting.sweep), "particles": setting.particles,
            "episodes": result.episodes, "return_mean": float(result.return_mean)}
+    outcomes = {"return": result.returns.tolist(), "length": result.lengths.tolist()}
     if result.success_rate is not None:
-        return row | {"metric": "success", "score": float(result.success_rate)}
-    normalized = normalized_score(str(dataset_attrs.get("env_id", env_id)), result.returns)
-    if normalized is not None:
-        return row | {"metric": "normalized_score", "score": float(normalized.mean())}
-    return row | {"metric": "return", "score": float(result.return_mean)}
+        metric, per_episode = "success", np.asarray(result.successes, dtype=np.float64)
+        outcomes["success"] = per_episode.tolist()
+    else:
+        normalized = normalized_score(str(dataset_attrs.get("env_id", env_id)), result.returns)
+        metric, per_episode = ("normalized_score", normalized) if normalized is not None else \
+            ("return", np.asarray(result.returns, dtype=np.float64))
+    outcomes["score"] = per_episode.tolist()
+    lo, hi = episode_interval(per_episode, binary=metric == "success")
+    return row | {"metric": metric, "score": float(per_episode.mean()), "interval": [lo, hi]}, outcomes
 
 
 SWEEP_AXES = {"budget": "test-time budget L (transport steps)", "guidance": "guidance weight w"}
@@ -187,13 +213,14 @@ def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, me
     if len(sweep_keys) == 1 and rows:
         key = sweep_keys[0]
         xs = [r["sweep"][key] for r in rows]
-        ax.plot(xs, [r["score"] for r in rows], marker="o", label=f"N = {rows[0]['particles']} particles")
+        ax.errorbar(xs, [r["score"] for r in rows], yerr=_yerr(rows), marker="o", capsize=3,
+                    label=f"N = {rows[0]['particles']} particles (95 % interval over episodes)")
         ax.set_xlabel(SWEEP_AXES.get(key, key))
         ax.set_xticks(xs)
         ax.axhline(results[0]["score"], color="grey", linestyle="--", label="reference policy (N = 1)")
         ax.legend(fontsize=8)
     else:
-        ax.bar([r["label"] for r in results], [r["score"] for r in results],
+        ax.bar([r["label"] for r in results], [r["score"] for r in results], yerr=_yerr(results), capsize=3,
                color=["grey"] + ["tab:blue"] * len(rows))
     ax.set_ylabel(metric.replace("_", " "))
     if metric == "success":
@@ -202,6 +229,11 @@ def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, me
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _yerr(rows: list[dict]) -> list[list[float]]:
+    """Asymmetric error bars from each row's interval."""
+    return [[r["score"] - r["interval"][0] for r in rows], [r["interval"][1] - r["score"] for r in rows]]
 
 
 STAGE = EvaluateStage()

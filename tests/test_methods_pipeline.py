@@ -1,6 +1,7 @@
 """Every method through `vgf pipeline` at the smoke preset, action chunks, and `vgf report`."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -71,9 +72,16 @@ def test_report_aggregates_seeds_and_methods(tmp_path):
     mean = sum(by_seed.values()) / 2
     assert cells[(task, "vgf L=1")]["mean"] == pytest.approx(mean)
     assert cells[(task, "vgf L=1")]["std"] == pytest.approx(abs(by_seed["0"] - by_seed["1"]) / 2)
+    # percent, and an interval from the per-episode outcomes of both seeds (none for one seed)
+    assert all(0 <= v <= 100 for v in by_seed.values())
+    low, high = cells[(task, "vgf L=1")]["ci95"]
+    assert low <= mean <= high and cells[(task, "bc")]["ci95"] is None
+    results_file = vgf_json("evaluate", *SMOKE, "seed=1", "evaluate.budgets=[0,1]")["results_file"]
+    saved = json.loads(Path(results_file).read_text())
+    assert [len(r["outcomes"]["success"]) for r in saved["results"]] == [2, 2, 2]
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert "| task | reference |" in text and "(n=2)" in text
-    assert (tmp_path / "rep" / "report.csv").read_text().startswith("task,column,metric,mean,std,seeds")
+    assert "| task | reference |" in text and "(n=2)" in text and "success (%)" in text
+    assert (tmp_path / "rep" / "report.csv").read_text().startswith("task,column,unit,mean,ci95_low,ci95_high")
     assert (tmp_path / "rep" / "report.png").stat().st_size > 1000
     only_bc = vgf_json("report", "--method", "bc", "--out", str(tmp_path / "bc"))
     assert {r["column"] for r in only_bc["rows"]} == {"reference", "bc"}

@@ -3,7 +3,7 @@
 import pytest
 
 from vgfcli.config import compose, to_yaml
-from vgfcli.protocols import family_candidates
+from vgfcli.protocols import family_candidates, task_label
 
 
 @pytest.mark.parametrize("label, families", [
@@ -52,6 +52,9 @@ def test_an_override_wins_and_protocol_none_turns_the_settings_off():
 def test_d4rl_data_is_tuned_under_its_own_name():
     cfg = compose("train", ["data.source=file", "data.kind=d4rl", "data.path=/data/hopper-medium-v2.hdf5"])
     assert cfg.choices.protocol == "vgf_d4rl-locomotion"
+    assert task_label(cfg) == "hopper-medium-v2"  # evaluate and report file the run under it
+    assert task_label(compose("train", ["data.source=file", "data.kind=minari", "data.path=/m/medium-v0/",
+                                        "data.env_id=Hopper-v5"])) == "Hopper-v5"
     assert (cfg.method.train_steps, cfg.method.vgf_lr, cfg.critic.reward_transform) == (5, 0.1, "return_range")
 
 

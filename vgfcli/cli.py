@@ -252,8 +252,9 @@ def report(
     experiment: str = typer.Option("vgf", help="MLflow experiment."),
     json_out: bool = JSON,
 ) -> None:
-    """Finished evaluate runs as a paper table: rows = task, columns = method (per budget or guidance where
-    swept), cells = mean ± std over seeds with the seed count; also Markdown, CSV and a bar chart."""
+    """Finished evaluate runs as a paper table: rows = task (then each env family's mean over its tasks),
+    columns = method (per budget or guidance where swept), cells = mean over seeds in the papers' units
+    (success in %) with a 95 % interval from the per-episode outcomes; also Markdown, CSV and a bar chart."""
     from vgfcli import report as reporting
     from vgfcli.ui import UI
 

@@ -1,72 +1,136 @@
 """`vgf report`: finished evaluate runs aggregated into the table that goes in a paper.
 
-Rows are tasks, columns are methods (one column per swept setting: ``vgf L=2``, ``qgf w=0.04``; a
-method evaluated without a sweep is one column), and a cell is mean +- standard deviation of the
-score over seeds, with the seed count. When one (task, method, preset, chunk, seed) was evaluated more
-than once, the newest run counts. The reference row of every run (the cloned behaviour policy) is
-the ``reference`` column, averaged over the seeds of all methods' runs (same seed, same policy).
+Rows are tasks, then the mean over the tasks of each env family that has several (the papers average
+the 5 tasks of an environment); columns are methods (one column per swept setting: ``vgf L=2``,
+``qgf w=0.04``; a method evaluated without a sweep is one column). A cell is the mean over seeds in the
+papers' units (success in percent, D4RL-normalised scores as they are) with its 95 % interval, from
+the per-episode outcomes that every evaluate run keeps in ``results.json`` (``vgfcli.stats``: seeds
+and episodes resampled); a cell with one seed shows its mean alone. When one (task, method, preset,
+chunk, seed) was evaluated more than once, the newest run counts. The reference row of every run
+(the cloned behaviour policy) is the ``reference`` column, over the seeds of all methods' runs.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from vgfcli.errors import VgfError
+
+FAMILY_SUFFIX = " (family mean)"
 
 
 @dataclass
 class Cell:
-    scores: dict[int, float] = field(default_factory=dict)  # seed -> score
+    outcomes: dict[int, np.ndarray] = field(default_factory=dict)  # seed -> per-episode scores (or [score])
+    replicates: np.ndarray | None = None  # bootstrap means (set by collect)
+    tasks: int = 1  # tasks averaged (family rows)
 
     @property
     def n(self) -> int:
-        return len(self.scores)
+        return len(self.outcomes)
+
+    @property
+    def by_seed(self) -> dict[int, float]:
+        return {seed: float(np.mean(x)) for seed, x in sorted(self.outcomes.items())}
 
     @property
     def mean(self) -> float:
-        return sum(self.scores.values()) / self.n
+        return float(np.mean(list(self.by_seed.values())))
 
     @property
-    def std(self) -> float:  # population std over seeds (0 for one seed), as RL papers report
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.scores.values()) / self.n)
+    def std(self) -> float:  # population std over seeds (0 for one seed)
+        values = list(self.by_seed.values())
+        return float(np.std(values)) if values else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        from vgfcli.stats import percentile_interval
+
+        if self.replicates is None or self.n < 2:
+            return None
+        return percentile_interval(self.replicates)
 
 
 @dataclass
 class Report:
     metric: str
-    tasks: list[str]
+    tasks: list[str]  # task rows, then family rows
     columns: list[str]
     cells: dict[tuple[str, str], Cell]
     runs: int
 
+    @property
+    def scale(self) -> float:
+        """Success rates are reported in percent, as the papers do."""
+        return 100.0 if self.metric == "success" else 1.0
+
+    @property
+    def unit(self) -> str:
+        return "success (%)" if self.metric == "success" else self.metric.replace("_", " ")
+
     def rows(self) -> list[dict]:
-        """One JSON-able row per (task, column) with data."""
+        """One JSON-able row per (task, column) with data, in the report's units."""
         out = []
         for (task, column), cell in sorted(self.cells.items()):
-            out.append({"task": task, "column": column, "mean": cell.mean, "std": cell.std, "seeds": cell.n,
-                        "by_seed": {str(k): v for k, v in sorted(cell.scores.items())}})
+            interval = cell.interval
+            out.append({"task": task, "column": column, "kind": "family" if task.endswith(FAMILY_SUFFIX) else "task",
+                        "mean": cell.mean * self.scale, "std": cell.std * self.scale,
+                        "ci95": [v * self.scale for v in interval] if interval else None, "seeds": cell.n,
+                        "tasks": cell.tasks,
+                        "by_seed": {str(k): v * self.scale for k, v in cell.by_seed.items()}})
         return out
 
-    def text(self, task: str, column: str, fmt: str) -> str:
+    def text(self, task: str, column: str) -> str:
         cell = self.cells.get((task, column))
         if cell is None:
             return "-"
-        return f"{cell.mean:{fmt}} ± {cell.std:{fmt}} (n={cell.n})"
+        k = self.scale
+        interval = cell.interval
+        ci = f" [{interval[0] * k:.1f}, {interval[1] * k:.1f}]" if interval else ""
+        return f"{cell.mean * k:.1f}{ci} (n={cell.n})"
+
+
+def task_family(task: str) -> str | None:
+    """The env family whose tasks papers average: ``cube-single-play`` for its singletask names, the
+    run-script family for D4RL names (``d4rl-locomotion``); None when unknown."""
+    from vgfcli.protocols import family_candidates
+
+    name, _, chunk = task.partition(" (H=")
+    suffix = f" (H={chunk}" if chunk else ""
+    if "-singletask" in name:
+        return name.split("-singletask")[0] + suffix
+    families = family_candidates(name)
+    return families[0] + suffix if families else None
+
+
+def _outcomes(record) -> dict[str, list[float]]:
+    """Per-episode scores of each row (by label) from the run's results.json; {} for older runs."""
+    paths = record.output_paths() or {}
+    path = paths.get("results")
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+        return {row["label"]: row["outcomes"]["score"] for row in data["results"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def collect(experiment: str, tasks=(), methods=(), presets=()) -> Report:
     """Aggregate the store's finished evaluate runs, filtered by task, method and preset names."""
+    from vgfcli.stats import bootstrap_mean
     from vgfcli.tracking import Store
 
     records = Store(experiment).find(stage="evaluate")  # newest first
-    latest: dict[tuple, tuple] = {}  # (task, column, preset, chunk, seed) -> (score, metric), newest kept
-    reference: dict[tuple, float] = {}
+    latest: dict[tuple, np.ndarray] = {}  # (task, column, preset, seed) -> per-episode scores, newest kept
+    reference: dict[tuple, np.ndarray] = {}
     metrics = set()
     used = 0
     for record in records:
@@ -77,13 +141,17 @@ def collect(experiment: str, tasks=(), methods=(), presets=()) -> Report:
             continue
         used += 1
         seed, chunk = int(s.get("seed", 0)), int(s.get("chunk", 1))
-        rows = s["results"]
+        rows, episodes = s["results"], _outcomes(record)
+
+        def scores(row):
+            return np.asarray(episodes.get(row["label"], [row["score"]]), dtype=np.float64)
+
         task_key = task if chunk == 1 else f"{task} (H={chunk})"
-        reference.setdefault((task_key, seed, preset), rows[0]["score"])
+        reference.setdefault((task_key, seed, preset), scores(rows[0]))
         settings = rows[1:] or rows[:1]  # a method without settings (bc) IS its reference row
         for row in settings:
             column = method if len(settings) == 1 else f"{method} {row['label']}"
-            latest.setdefault((task_key, column, preset, seed), row["score"])
+            latest.setdefault((task_key, column, preset, seed), scores(row))
             metrics.add(row["metric"])
     if not used:
         where = ", ".join(f"{k}={','.join(v)}" for k, v in (("task", tasks), ("method", methods),
@@ -96,43 +164,76 @@ def collect(experiment: str, tasks=(), methods=(), presets=()) -> Report:
     def label(column: str, preset) -> str:
         return f"{column} [{preset}]" if multi_preset else column
 
-    for (task, column, preset, seed), score in latest.items():
-        cells.setdefault((task, label(column, preset)), Cell()).scores[seed] = score
-    for (task, seed, preset), score in reference.items():
-        cells.setdefault((task, label("reference", preset)), Cell()).scores[seed] = score
+    for (task, column, preset, seed), outcome in latest.items():
+        cells.setdefault((task, label(column, preset)), Cell()).outcomes[seed] = outcome
+    for (task, seed, preset), outcome in reference.items():
+        cells.setdefault((task, label("reference", preset)), Cell()).outcomes[seed] = outcome
+    for i, ((task, column), cell) in enumerate(sorted(cells.items())):
+        cell.replicates = bootstrap_mean(list(cell.outcomes.values()), seed=i)
+    task_rows = sorted({t for t, _ in cells})
+    family_rows = _family_means(cells, task_rows)
     columns = sorted({c for _, c in cells}, key=lambda c: (not c.startswith("reference"), c))
     metric = metrics.pop() if len(metrics) == 1 else "score"
-    return Report(metric, sorted({t for t, _ in cells}), columns, cells, used)
+    return Report(metric, task_rows + family_rows, columns, cells, used)
+
+
+def _family_means(cells: dict[tuple[str, str], Cell], task_rows: list[str]) -> list[str]:
+    """Add a mean-over-tasks cell per (family, column) where a family has several tasks; the family's
+    seeds are the seeds every averaged task has, its replicates the mean of the tasks' replicates."""
+    families: dict[str, list[str]] = {}
+    for task in task_rows:
+        family = task_family(task)
+        if family is not None:
+            families.setdefault(family, []).append(task)
+    rows = []
+    for family, members in sorted(families.items()):
+        if len(members) < 2:
+            continue
+        row = family + FAMILY_SUFFIX
+        for column in {c for _, c in cells}:
+            parts = [cells[(t, column)] for t in members if (t, column) in cells]
+            if len(parts) < 2:
+                continue
+            seeds = set.intersection(*(set(p.outcomes) for p in parts))
+            mean = Cell(tasks=len(parts))
+            # per seed: the task means averaged (a single number per seed)
+            mean.outcomes = {s: np.array([np.mean([np.mean(p.outcomes[s]) for p in parts])]) for s in sorted(seeds)}
+            mean.replicates = np.mean([p.replicates for p in parts], axis=0)
+            cells[(row, column)] = mean
+        rows.append(row)
+    return rows
 
 
 def rich_table(report: Report):
     from rich.table import Table
 
-    fmt = ".3f" if report.metric == "success" else ".1f"
-    table = Table(title=f"{report.metric}: mean ± std over seeds ({report.runs} evaluate runs)", title_justify="left")
+    table = Table(title=f"{report.unit}: mean over seeds [95 % interval] ({report.runs} evaluate runs)",
+                  title_justify="left")
     table.add_column("task", overflow="fold")
     for column in report.columns:
         table.add_column(column, justify="right")
     for task in report.tasks:
-        table.add_row(task, *(report.text(task, c, fmt) for c in report.columns))
+        table.add_row(task, *(report.text(task, c) for c in report.columns))
     return table
 
 
 def markdown(report: Report) -> str:
-    fmt = ".3f" if report.metric == "success" else ".1f"
     lines = [f"| task | {' | '.join(report.columns)} |", "|---" * (len(report.columns) + 1) + "|"]
     for task in report.tasks:
-        lines.append(f"| {task} | {' | '.join(report.text(task, c, fmt) for c in report.columns)} |")
-    return f"{report.metric}: mean ± std over seeds (n = seeds)\n\n" + "\n".join(lines) + "\n"
+        lines.append(f"| {task} | {' | '.join(report.text(task, c) for c in report.columns)} |")
+    return (f"{report.unit}: mean over seeds [95 % interval: seeds and episodes resampled] (n = seeds)\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def csv_text(report: Report) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["task", "column", "metric", "mean", "std", "seeds"])
+    writer.writerow(["task", "column", "unit", "mean", "ci95_low", "ci95_high", "std", "seeds", "tasks"])
     for row in report.rows():
-        writer.writerow([row["task"], row["column"], report.metric, f"{row['mean']:.6g}", f"{row['std']:.6g}",
-                         row["seeds"]])
+        low, high = row["ci95"] or ("", "")
+        writer.writerow([row["task"], row["column"], report.unit, f"{row['mean']:.6g}",
+                         low if low == "" else f"{low:.6g}", high if high == "" else f"{high:.6g}",
+                         f"{row['std']:.6g}", row["seeds"], row["tasks"]])
     return buffer.getvalue()
 
 
@@ -146,19 +247,22 @@ def bar_chart(report: Report, path: Path) -> None:
     width = 0.8 / max(n_cols, 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + n_tasks * n_cols * 0.35), 3.6), dpi=120)
     for j, column in enumerate(report.columns):
-        xs, means, stds = [], [], []
+        xs, means, low, high = [], [], [], []
         for i, task in enumerate(report.tasks):
             cell = report.cells.get((task, column))
             if cell is not None:
                 xs.append(i + (j - (n_cols - 1) / 2) * width)
-                means.append(cell.mean)
-                stds.append(cell.std)
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=column)
+                mean = cell.mean * report.scale
+                lo, hi = [v * report.scale for v in cell.interval] if cell.interval else (mean, mean)
+                means.append(mean)
+                low.append(mean - lo)
+                high.append(hi - mean)
+        ax.bar(xs, means, width, yerr=[low, high], capsize=2, label=column)
     ax.set_xticks(range(n_tasks))
     ax.set_xticklabels(report.tasks, fontsize=7, rotation=10)
-    ax.set_ylabel(report.metric.replace("_", " "))
+    ax.set_ylabel(f"{report.unit}, 95 % interval")
     if report.metric == "success":
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 105)
     ax.legend(fontsize=7, ncol=min(n_cols, 4))
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
