@@ -128,3 +128,16 @@ def test_a_diverging_run_fails_with_exit_1_and_is_never_cached():
     assert [r["status"] for r in rows] == ["FAILED"]
     again = runner.invoke(app, ["pretrain-policy", *SMOKE, "policy.lr=1e30"])
     assert again.exit_code == 1  # tried again, not a cache hit of the failed run
+
+
+def test_reference_flow_activation_and_layer_norm_options():
+    from stages.pretrain_policy import load_policy
+
+    overrides = [*SMOKE, "method=bc", "policy.activation=gelu", "policy.layer_norm=pre"]
+    vgf_json("pipeline", *overrides)
+    path = vgf_json("pretrain-policy", *overrides)["outputs"]["policy"]
+    flow, saved = load_policy(path, "cpu")
+    assert (saved["activation"], saved["layer_norm"]) == ("gelu", "pre")
+    assert flow.net.norm == "pre" and any("norms" in name for name, _ in flow.named_parameters())
+    bad = runner.invoke(app, ["pretrain-policy", *SMOKE, "policy.layer_norm=middle"])
+    assert bad.exit_code == 2 and "norm" in bad.stderr
