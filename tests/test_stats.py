@@ -55,3 +55,14 @@ def test_family_mean_averages_the_tasks_per_seed_and_per_replicate():
     assert fam.mean == pytest.approx(0.625)
     assert np.allclose(fam.replicates, (cells[(t1, "vgf")].replicates + cells[(t2, "vgf")].replicates) / 2)
     assert (rows[0], "bc") not in cells  # one task of the family only: no mean
+
+
+def test_a_success_cell_where_every_episode_failed_still_has_a_width():
+    from vgfcli.report import _pooled
+
+    cell = Cell({0: np.zeros(30), 1: np.zeros(30), 2: np.zeros(30)})
+    cell.replicates = bootstrap_mean(list(cell.outcomes.values()))
+    assert cell.interval == (0.0, 0.0)          # the bootstrap alone: no width
+    cell.pooled = _pooled(cell.outcomes.values())
+    assert cell.pooled == (0.0, 90)
+    assert cell.interval == pytest.approx(wilson(0, 90))

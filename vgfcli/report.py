@@ -5,7 +5,8 @@ the 5 tasks of an environment); columns are methods (one column per swept settin
 ``qgf w=0.04``; a method evaluated without a sweep is one column). A cell is the mean over seeds in the
 papers' units (success in percent, D4RL-normalised scores as they are) with its 95 % interval, from
 the per-episode outcomes that every evaluate run keeps in ``results.json`` (``vgfcli.stats``: seeds
-and episodes resampled); a cell with one seed shows its mean alone. When one (task, method, preset,
+and episodes resampled; for success rates widened to at least the Wilson interval of the pooled
+episodes); a cell with one seed shows its mean alone. When one (task, method, preset,
 chunk, seed) was evaluated more than once, the newest run counts. The reference row of every run
 (the cloned behaviour policy) is the ``reference`` column, over the seeds of all methods' runs.
 """
@@ -31,6 +32,10 @@ class Cell:
     outcomes: dict[int, np.ndarray] = field(default_factory=dict)  # seed -> per-episode scores (or [score])
     replicates: np.ndarray | None = None  # bootstrap means (set by collect)
     tasks: int = 1  # tasks averaged (family rows)
+    # Success rates: (successes, episodes) pooled over seeds (and tasks). Their Wilson interval is a
+    # floor on the bootstrap's width, which is zero when every episode ended alike (0 of 90 is not
+    # "exactly 0 %"). None for other metrics.
+    pooled: tuple[float, int] | None = None
 
     @property
     def n(self) -> int:
@@ -51,11 +56,15 @@ class Cell:
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        from vgfcli.stats import percentile_interval
+        from vgfcli.stats import percentile_interval, wilson
 
         if self.replicates is None or self.n < 2:
             return None
-        return percentile_interval(self.replicates)
+        lo, hi = percentile_interval(self.replicates)
+        if self.pooled is not None:
+            w_lo, w_hi = wilson(*self.pooled)
+            lo, hi = min(lo, w_lo), max(hi, w_hi)
+        return (lo, hi)
 
 
 @dataclass
@@ -168,13 +177,20 @@ def collect(experiment: str, tasks=(), methods=(), presets=()) -> Report:
         cells.setdefault((task, label(column, preset)), Cell()).outcomes[seed] = outcome
     for (task, seed, preset), outcome in reference.items():
         cells.setdefault((task, label("reference", preset)), Cell()).outcomes[seed] = outcome
+    metric = metrics.pop() if len(metrics) == 1 else "score"
     for i, ((task, column), cell) in enumerate(sorted(cells.items())):
         cell.replicates = bootstrap_mean(list(cell.outcomes.values()), seed=i)
+        if metric == "success":
+            cell.pooled = _pooled(cell.outcomes.values())
     task_rows = sorted({t for t, _ in cells})
     family_rows = _family_means(cells, task_rows)
     columns = sorted({c for _, c in cells}, key=lambda c: (not c.startswith("reference"), c))
-    metric = metrics.pop() if len(metrics) == 1 else "score"
     return Report(metric, task_rows + family_rows, columns, cells, used)
+
+
+def _pooled(outcomes) -> tuple[float, int]:
+    arrays = [np.asarray(a) for a in outcomes]
+    return float(sum(a.sum() for a in arrays)), int(sum(a.size for a in arrays))
 
 
 def _family_means(cells: dict[tuple[str, str], Cell], task_rows: list[str]) -> list[str]:
@@ -199,6 +215,8 @@ def _family_means(cells: dict[tuple[str, str], Cell], task_rows: list[str]) -> l
             # per seed: the task means averaged (a single number per seed)
             mean.outcomes = {s: np.array([np.mean([np.mean(p.outcomes[s]) for p in parts])]) for s in sorted(seeds)}
             mean.replicates = np.mean([p.replicates for p in parts], axis=0)
+            if all(p.pooled is not None for p in parts):
+                mean.pooled = (sum(p.pooled[0] for p in parts), sum(p.pooled[1] for p in parts))
             cells[(row, column)] = mean
         rows.append(row)
     return rows
