@@ -239,7 +239,7 @@ def markdown(report: Report) -> str:
     lines = [f"| task | {' | '.join(report.columns)} |", "|---" * (len(report.columns) + 1) + "|"]
     for task in report.tasks:
         lines.append(f"| {task} | {' | '.join(report.text(task, c) for c in report.columns)} |")
-    return (f"{report.unit}: mean over seeds [95 % interval: seeds and episodes resampled] (n = seeds)\n\n"
+    return (f"{report.unit}: mean over seeds [95 % interval: seeds and episodes resampled; for success at least the pooled Wilson interval] (n = seeds)\n\n"
             + "\n".join(lines) + "\n")
 
 
