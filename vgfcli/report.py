@@ -239,8 +239,8 @@ def markdown(report: Report) -> str:
     lines = [f"| task | {' | '.join(report.columns)} |", "|---" * (len(report.columns) + 1) + "|"]
     for task in report.tasks:
         lines.append(f"| {task} | {' | '.join(report.text(task, c) for c in report.columns)} |")
-    return (f"{report.unit}: mean over seeds [95 % interval: seeds and episodes resampled; for success at least the pooled Wilson interval] (n = seeds)\n\n"
-            + "\n".join(lines) + "\n")
+    how = "seeds and episodes resampled; for success at least the pooled Wilson interval"
+    return f"{report.unit}: mean over seeds [95 % interval: {how}] (n = seeds)\n\n" + "\n".join(lines) + "\n"
 
 
 def csv_text(report: Report) -> str:
