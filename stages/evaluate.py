@@ -118,11 +118,11 @@ class EvaluateStage(Stage):
             table.add_column(column, justify="right")
         best = max((r["score"] for r in s["results"][1:]), default=None)
         for r in s["results"]:
-            score = f"{r['score']:.3f}" if r["metric"] == "success" else f"{r['score']:.1f}"
+            fmt = ".3f" if r["metric"] == "success" else ".1f"
+            score = f"{r['score']:{fmt}}"
             if r["label"] != "reference" and r["score"] == best:
                 score = f"[bold green]{score}[/]"
             lo, hi = r.get("interval", (float("nan"), float("nan")))
-            fmt = ".3f" if r["metric"] == "success" else ".1f"
             table.add_row(r["label"], *(f"{r['sweep'].get(k, '-')}" for k in sweep), str(r["particles"]),
                           str(r["episodes"]), score, f"[{lo:{fmt}}, {hi:{fmt}}]", f"{r['return_mean']:.2f}")
         return table

@@ -71,6 +71,11 @@ def test_bad_method_value_and_budget_are_config_errors():
     assert result.exit_code == 2 and "alpha" in result.stderr
     result = runner.invoke(app, ["evaluate", *SMOKE, "--budget", "a,b"])
     assert result.exit_code == 2 and "--budget" in result.stderr
+    # a value the method refuses is a one-line config error before its train-critic run, not an internal error
+    for bad in ("method.alpha=-1", "method.bank_refresh_every=-1"):
+        result = runner.invoke(app, ["pipeline", *SMOKE, bad])
+        assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith("error: method: "), bad
+    assert not vgf_json("runs", "--stage", "train-critic")["runs"]
 
 
 def test_policy_for_other_data_is_refused():

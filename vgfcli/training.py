@@ -207,10 +207,9 @@ def train_loop(run, ui, label: str, *, steps: int, step_fn, state_fn, load_fn, c
     from vgfcli.tracking import work_dir
 
     start = time.perf_counter()
-    checkpoints = Checkpoints(work_dir(run.stage, run.cache_key))
     with ui.progress(label, steps, unit="updates") as bar:
         resumed = fit(steps=steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
-                      checkpoints=checkpoints, checkpoint_every=checkpoint_every,
+                      checkpoints=Checkpoints(work_dir(run.stage, run.cache_key)), checkpoint_every=checkpoint_every,
                       log_every=log_every, log=run.log_metrics, bar=bar, every=every, warn=ui.warn)
     if resumed:
         ui.note(f"resumed from step {resumed}")

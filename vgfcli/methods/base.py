@@ -71,7 +71,10 @@ def config_from(config_cls: type, cfg: Any = None, **overrides):
             values[name] = value = tuple(value)
         if not _fits(value, hints[name]):
             raise ValueError(f"{config_cls.__name__}.{name} must be {_type_name(hints[name])}, got {value!r}")
-    return config_cls(**values)
+    config = config_cls(**values)
+    if hasattr(config, "validate"):  # a method's value checks: bad values fail where the config is made
+        config.validate()
+    return config
 
 
 def _fits(value, hint) -> bool:

@@ -60,6 +60,11 @@ class FQLConfig:
     seed: int = 0
 
 
+    def validate(self) -> None:
+        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        _validate(self)
+
+
 Config = FQLConfig
 
 

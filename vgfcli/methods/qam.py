@@ -119,6 +119,11 @@ class QAMConfig:
     seed: int = 0
 
 
+    def validate(self) -> None:
+        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        _validate(self)
+
+
 Config = QAMConfig
 
 VARIANTS = ("base", "fql", "edit")

@@ -102,6 +102,11 @@ class QGFConfig:
     seed: int = 0
 
 
+    def validate(self) -> None:
+        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        _validate(self)
+
+
 Config = QGFConfig
 
 _AGG = ("min", "mean")

@@ -120,6 +120,11 @@ class VGFConfig:
     bank_refresh_rows: int = 256
 
 
+    def validate(self) -> None:
+        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        _validate(self)
+
+
 Config = VGFConfig
 
 _AGG_MEMBERS = ("min", "mean")
