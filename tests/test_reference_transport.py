@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from vgfcli.methods.vgf import VGFConfig
+from vgfcli.nn import closed_form
 from vgfcli.nn.particles import pairwise_sqdist, svgd_direction, transport, value_grad
 
 REF = json.loads((Path(__file__).parent / "data" / "vgf_reference_transport.json").read_text())
@@ -41,6 +42,9 @@ def test_default_transport_reproduces_the_reference_code(name):
     score, _ = value_grad(analytic_q, obs[:, None], x0, cfg.grad_q_agg)
     phi = svgd_direction(x0, score, REF["alpha"], cfg.bandwidth, cfg.bandwidth_grad)
     np.testing.assert_allclose(phi.numpy(), phi_ref, atol=1e-12)
+    # the closed-form direction (no autograd; what the agent runs with closed_form=True) too
+    phi_closed = closed_form.svgd_direction(x0, score, REF["alpha"], cfg.bandwidth, cfg.bandwidth_grad)
+    np.testing.assert_allclose(phi_closed.numpy(), phi_ref, atol=1e-12)
     for steps in (1, 2, 3):
         moved = transport(analytic_q, obs, x0, steps, alpha=REF["alpha"], lr=REF["lr"], rule=cfg.step_rule,
                           q_agg=cfg.grad_q_agg, bandwidth=cfg.bandwidth, bandwidth_grad=cfg.bandwidth_grad)

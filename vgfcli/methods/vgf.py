@@ -22,15 +22,16 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from
+from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import EnsembleCritic
+from vgfcli.nn import closed_form
 from vgfcli.nn.particles import aggregate_members, transport
 
 
@@ -100,12 +101,18 @@ class VGFConfig:
     softmax_temp: float = 1.0
 
     # --- speed ------------------------------------------------------------------------------------
-    # Autocast the gradient-free-of-weights passes (reference sampling, particle transport) to
+    # Take the transport's gradients (grad_a Q, the repulsion through the median) in closed form
+    # (vgfcli.nn.closed_form) instead of with torch.autograd (vgfcli.nn.particles): the same numbers
+    # up to float rounding, less overhead, and a graph torch.compile can fuse.
+    closed_form: bool = True
+    # Matmuls of the gradient-free-of-weights passes (reference sampling, particle transport) in
     # bfloat16: "off" | "bf16". TD targets, losses and weights stay fp32. Only pays on hardware with
     # native bf16 matmul (AVX512-BF16/AMX CPUs, GPUs); on AVX2-only CPUs it is ~50x SLOWER.
     amp: str = "off"
-    # torch.compile the gradient-free forward passes (reference sampling, target critic). The
-    # transport stays eager. Small gain (GEMM-bound), ~30 s of compilation per shape.
+    # torch.compile the update and acting: with closed_form, the transport and the target critic as
+    # one graph, the critic's loss forward and backward, and reference sampling + transport + choice
+    # when acting. Compiled once per shape (tens of seconds); falls back to eager where
+    # torch.compile cannot run.
     compile: bool = False
     # Seed of the agent's random streams (training noise; acting has its own stream).
     seed: int = 0
@@ -311,6 +318,28 @@ def td_target(next_qs: Tensor, rewards: Tensor, masks: Tensor, discount: float,
     return rewards + discount * masks * next_v
 
 
+def _moved_next_q(online, target, shape, next_obs: Tensor, start: Tensor, steps: int,
+                  options: dict) -> tuple[Tensor, Tensor]:
+    """The TD target's particles (``start`` moved along the online critic) and the target critic's Q
+    ``[M, B, N]`` at them: one pure function of tensors, so ``torch.compile`` sees it whole."""
+    moved = closed_form.transport(online, shape, next_obs, start, steps, **options)
+    return moved, closed_form.q_values(target, shape, next_obs, moved)
+
+
+def _act_best(flow, transport_tensors, critic_tensors, shape, obs: Tensor, noise: Tensor, flow_steps: int,
+              steps: int, options: dict, q_agg: str, amp: str) -> Tensor:
+    """``[B, d]``: K Euler steps of the reference from ``noise`` ``[B, N, d]``, ``steps`` transport steps,
+    then per state the particle of largest online Q (a NaN Q never wins; N = 1 needs no critic)."""
+    with _autocast(obs.device, amp):
+        start = euler_sample(flow, obs.unsqueeze(1), noise, flow_steps).float()
+    moved = closed_form.transport(transport_tensors, shape, obs, start, steps, **options)
+    if moved.shape[1] == 1:
+        return moved[:, 0]
+    q = aggregate_members(closed_form.q_values(critic_tensors, shape, obs, moved), q_agg)
+    best = torch.nan_to_num(q, nan=float("-inf")).argmax(dim=1)
+    return moved[torch.arange(moved.shape[0], device=moved.device), best]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Agent
 
@@ -342,17 +371,22 @@ class VGFAgent(Agent):
         self._bank_obs, self._bank_at = None, None  # the bank's states and its refresh count
         self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
         self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
-        # Compiled gradient-free forward passes (cfg.compile), built lazily on first use. The
-        # transport stays eager: a compiled module's backward would form the weight gradients too.
-        self._compiled: dict[str, Any] = {}
+        # Compiled pieces of the update and of acting (cfg.compile), built lazily on first use.
+        self._compiled: dict[str, Compiled] = {}
 
     def _forward_fn(self, name: str, module):
-        if not self.cfg.compile:
-            return module
-        fn = self._compiled.get(name)
-        if fn is None:
-            fn = self._compiled[name] = torch.compile(module, dynamic=False)
-        return fn
+        return self._compiled_fn(name, module)
+
+    def _compiled_fn(self, name: str, fn) -> Compiled:
+        compiled = self._compiled.get(name)
+        if compiled is None:
+            compiled = self._compiled[name] = Compiled(fn, self.cfg.compile, name)
+        return compiled
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall seconds spent in first calls of compiled code (where torch.compile built it)."""
+        return sum(c.seconds for c in self._compiled.values())
 
     @classmethod
     def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *,
@@ -391,6 +425,9 @@ class VGFAgent(Agent):
         if steps == 0:
             return particles
         cfg = self.cfg
+        if self._closed_form():
+            with torch.no_grad():
+                return self._closed_form_transport(obs, particles, steps)
         with torch.inference_mode(False), _autocast(self.device, cfg.amp):
             # Tensors made under inference_mode cannot enter autograd: use normal copies.
             obs = obs.clone() if obs.is_inference() else obs
@@ -400,14 +437,38 @@ class VGFAgent(Agent):
                           bandwidth=cfg.bandwidth, bandwidth_grad=cfg.bandwidth_grad)
         return x.float()
 
+    def _closed_form(self, *others) -> bool:
+        """cfg.closed_form, where the critics are ``EnsembleCritic`` (whose maths it writes out)."""
+        return self.cfg.closed_form and all(isinstance(c, EnsembleCritic) for c in (self.critic, *others))
+
+    def _transport_options(self) -> dict:
+        cfg = self.cfg
+        return dict(alpha=cfg.alpha, lr=cfg.vgf_lr, rule=cfg.step_rule, q_agg=cfg.grad_q_agg,
+                    bandwidth=cfg.bandwidth, bandwidth_grad=cfg.bandwidth_grad)
+
+    def _closed_form_transport(self, obs: Tensor, particles: Tensor, steps: int) -> Tensor:
+        fn = self._compiled_fn("transport", closed_form.transport)
+        return fn(self._online_tensors(), closed_form.CriticShape.of(self.critic), obs, particles, steps,
+                  **self._transport_options())
+
+    def _online_tensors(self):
+        """The online critic's tensors for the transport; bf16 matmuls with ``amp=bf16``."""
+        return closed_form.critic_tensors(self.critic, torch.bfloat16 if self.cfg.amp == "bf16" else None)
+
     @torch.no_grad()
     def target(self, batch: Batch) -> tuple[Tensor, Info]:
         """TD target ``[B]`` and particle statistics."""
         cfg = self.cfg
         next_obs = batch["next_observations"]
         start = self.reference_samples(next_obs, cfg.num_particles, batch.get("indices"))
-        moved = self.transport(next_obs, start, cfg.train_steps)
-        next_qs = self._forward_fn("target", self.target_critic)(next_obs.unsqueeze(1), moved)
+        if self._closed_form(self.target_critic):  # transport + target critic: one graph to compile
+            moved, next_qs = self._compiled_fn("target", _moved_next_q)(
+                self._online_tensors(), closed_form.critic_tensors(self.target_critic),
+                closed_form.CriticShape.of(self.critic), next_obs, start, cfg.train_steps,
+                self._transport_options())
+        else:
+            moved = self.transport(next_obs, start, cfg.train_steps)
+            next_qs = self._forward_fn("target", self.target_critic)(next_obs.unsqueeze(1), moved)
         y = td_target(next_qs, batch["rewards"], batch["masks"], self.bootstrap_discount, cfg.q_agg,
                       cfg.particle_agg)
         info = {"target_mean": y.mean(), "next_q_mean": next_qs.mean(),
@@ -421,7 +482,7 @@ class VGFAgent(Agent):
 
     def losses(self, batch: Batch) -> tuple[Tensor, Info]:
         y, info = self.target(batch)
-        qs = self.critic(batch["observations"], batch["actions"])          # [M, B]
+        qs = self._forward_fn("critic", self.critic)(batch["observations"], batch["actions"])  # [M, B]
         loss = (qs - y).square().sum(0).mean()
         info = {"critic_loss": loss.detach(), "q_mean": qs.detach().mean(),
                 "q_std_members": qs.detach().std(0).mean() if qs.shape[0] > 1 else qs.new_zeros(()),
@@ -453,6 +514,9 @@ class VGFAgent(Agent):
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         single = obs.dim() == 1
         obs = obs.unsqueeze(0) if single else obs
+        if (n == 1 or select == "max") and self._closed_form():
+            actions = self._act_closed_form(obs, n, steps, generator)
+            return actions[0] if single else actions
         particles = self.reference_samples(obs, n, generator=generator)
         particles = self.transport(obs, particles, steps)
         if n == 1 or select == "max":
@@ -470,6 +534,17 @@ class VGFAgent(Agent):
                 raise ValueError(f"unknown particle selection '{select}'")
             actions = particles[torch.arange(q.shape[0], device=q.device), best]
         return actions[0] if single else actions
+
+    @torch.no_grad()
+    def _act_closed_form(self, obs: Tensor, n: int, steps: int, generator: torch.Generator) -> Tensor:
+        """Reference samples, transport and best-of-N under the online Q as one graph (what ``act``
+        does for select=max, with the same random draws)."""
+        cfg = self.cfg
+        noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
+        return self._compiled_fn("act", _act_best)(
+            self.reference, self._online_tensors(), closed_form.critic_tensors(self.critic),
+            closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),
+            cfg.q_agg, cfg.amp)
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         """One row per test-time budget L in ``evaluate.budgets`` with N particles (``evaluate.particles``,

@@ -151,6 +151,7 @@ class EnsembleCritic(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim, self.members = int(obs_dim), int(act_dim), int(members)
         self.norm = _check_norm(norm)
+        self.activation = activation
         self.act = activation_fn(activation)
         widths = [self.obs_dim + self.act_dim, *hidden, 1]
         self.weights = nn.ParameterList()

@@ -1,0 +1,103 @@
+"""The closed-form transport (vgfcli.nn.closed_form) against the autograd one (vgfcli.nn.particles).
+
+The reference code's values are checked in test_reference_transport.py (the direction) and here by
+transitivity: the autograd transport matches them, and the closed form matches it to float64 rounding
+for every critic layout the project builds.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from vgfcli.methods.vgf import VGFAgent
+from vgfcli.nn import closed_form, particles
+from vgfcli.nn.networks import EnsembleCritic
+
+LAYOUTS = list(itertools.product(["relu", "gelu", "swish"], ["pre", "post", None]))
+
+
+def perturbed_critic(activation, norm, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    critic = EnsembleCritic(7, 3, (16, 16, 16), 2, activation, norm).to(dtype)
+    with torch.no_grad():  # non-trivial LayerNorm affine and biases
+        for p in critic.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return critic
+
+
+def inputs(b=4, n=6, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 7, generator=g, dtype=dtype), torch.rand(b, n, 3, generator=g, dtype=dtype) * 2 - 1
+
+
+@pytest.mark.parametrize("activation,norm", LAYOUTS)
+@pytest.mark.parametrize("q_agg", ["mean", "min"])
+def test_action_gradient_and_q_equal_autograd(activation, norm, q_agg):
+    critic = perturbed_critic(activation, norm)
+    obs, x = inputs()
+    g_ref, q_ref = particles.value_grad(critic, obs.unsqueeze(1), x, q_agg)
+    tensors, shape = closed_form.critic_tensors(critic), closed_form.CriticShape.of(critic)
+    q, g = closed_form.q_and_action_grad(tensors, shape, closed_form.project_obs(tensors, shape, obs), x, q_agg)
+    torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(q, q_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(closed_form.q_values(tensors, shape, obs, x), critic(obs.unsqueeze(1), x).detach(),
+                               atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("n", [5, 6])  # odd N^2 (one median entry) and even (two)
+@pytest.mark.parametrize("bandwidth,bandwidth_grad", [(None, True), (None, False), (0.3, True)])
+@pytest.mark.parametrize("rule", ["adam", "plain"])
+def test_transport_equals_autograd_transport(n, bandwidth, bandwidth_grad, rule):
+    critic = perturbed_critic("relu", "pre")
+    obs, x = inputs(n=n)
+    opts = dict(alpha=0.5, lr=0.05, rule=rule, bandwidth=bandwidth, bandwidth_grad=bandwidth_grad)
+    ref = particles.transport(critic, obs.unsqueeze(1), x, 3, **opts)
+    got = closed_form.transport(closed_form.critic_tensors(critic), closed_form.CriticShape.of(critic), obs, x,
+                                3, **opts)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
+
+
+def test_median_pull_matches_autograd_of_the_kernel_sum():
+    # the bandwidth term alone: autograd's gradient of sum k minus the direct (textbook) term
+    obs, x = inputs(b=3, n=5, seed=7)
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_(True)
+        d2 = (xr.unsqueeze(-2) - x.unsqueeze(-3)).square().sum(-1)
+        h = particles.median_bandwidth(d2)
+        total = torch.exp(-(1.0 / (1e-6 + 2.0 * h))[..., None, None] * d2).sum()
+        (full,) = torch.autograd.grad(total, xr)
+        d2c = particles.pairwise_sqdist(x)
+        gamma = (1.0 / (1e-6 + 2.0 * h.detach()))[..., None, None]
+        k = torch.exp(-gamma * d2c)
+    direct = -2.0 * gamma * (x * k.sum(-1, keepdim=True) - k @ x)
+    pull = closed_form.repulsion_median_grad(x, k, d2c, h.detach())
+    torch.testing.assert_close(direct + pull, full, atol=1e-12, rtol=0)
+    assert pull.abs().sum() > 1e-6  # the pull is there, and on exactly one particle per state
+    assert ((pull.abs().sum(-1) > 0).sum(-1) == 1).all()
+
+
+def test_agent_paths_agree_in_float32():
+    # the agent's two switches, same weights and inputs: update targets and acting
+    torch.manual_seed(0)
+    kw = dict(critic_hidden=(32, 32), actor_hidden=(32, 32), num_particles=4, flow_steps=3, bank_size=0)
+    a = VGFAgent.create(None, 7, 3, closed_form=True, **kw)
+    b = VGFAgent.create(None, 7, 3, closed_form=False, **kw)
+    b.critic.load_state_dict(a.critic.state_dict())
+    b.reference.load_state_dict(a.reference.state_dict())
+    obs, x = inputs(dtype=torch.float32)
+    torch.testing.assert_close(a.transport(obs, x, 3), b.transport(obs, x, 3), atol=1e-5, rtol=0)
+    acts_a = a.act(obs, steps=2, generator=torch.Generator().manual_seed(3))
+    acts_b = b.act(obs, steps=2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(acts_a, acts_b, atol=1e-5, rtol=0)
+
+
+def test_bf16_matmuls_keep_float32_results_close():
+    critic = perturbed_critic("relu", "pre", dtype=torch.float32)
+    obs, x = inputs(dtype=torch.float32)
+    shape = closed_form.CriticShape.of(critic)
+    full = closed_form.transport(closed_form.critic_tensors(critic), shape, obs, x, 2, alpha=0.5, lr=0.05)
+    half = closed_form.transport(closed_form.critic_tensors(critic, torch.bfloat16), shape, obs, x, 2,
+                                 alpha=0.5, lr=0.05)
+    assert half.dtype == torch.float32
+    assert (half - full).abs().mean() < 0.01

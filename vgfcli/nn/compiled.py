@@ -1,0 +1,59 @@
+"""``torch.compile`` where it can run, eager where it cannot, and what compiling cost.
+
+A ``Compiled`` wraps a function (or module). With compilation on, the first call for each new input
+signature (tensor shapes and dtypes, other arguments by value) is where torch.compile traces and
+builds code: its wall time is added to ``seconds`` so that a stage can report the one-off cost next
+to the per-step speed. If compilation fails (no C++ compiler, an unsupported platform, an operator
+inductor cannot lower), one warning says so and the function runs eagerly from then on: same numbers,
+less speed.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def _signature(value: Any):
+    if isinstance(value, torch.Tensor):
+        return ("T", tuple(value.shape), value.dtype, value.device.type)
+    if isinstance(value, (list, tuple)):
+        return tuple(_signature(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _signature(v)) for k, v in sorted(value.items()))
+    if isinstance(value, torch.nn.Module):
+        return ("M", id(value))
+    return value if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
+
+
+class Compiled:
+    """``fn`` through ``torch.compile(dynamic=False)`` when ``enabled``; see the module docstring."""
+
+    def __init__(self, fn: Callable, enabled: bool, name: str = ""):
+        self.fn, self.name = fn, name or getattr(fn, "__name__", type(fn).__name__)
+        self.compiled = torch.compile(fn, dynamic=False) if enabled else None
+        self.seconds = 0.0
+        self._seen: set = set()
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None:
+            return self.fn(*args, **kwargs)
+        key = _signature((args, kwargs))
+        first = key not in self._seen
+        start = time.perf_counter()
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as exc:  # compilation failed: the eager function is the same maths
+            warnings.warn(f"torch.compile of {self.name} failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); running it eagerly",
+                          stacklevel=2)
+            self.compiled = None
+            return self.fn(*args, **kwargs)
+        if first:
+            self._seen.add(key)
+            self.seconds += time.perf_counter() - start
+        return out
