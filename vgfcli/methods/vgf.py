@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from
+from vgfcli.nn import closed_form
 from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import EnsembleCritic
-from vgfcli.nn import closed_form
 from vgfcli.nn.particles import aggregate_members, transport
 
 
