@@ -101,3 +101,15 @@ def test_bf16_matmuls_keep_float32_results_close():
                                  alpha=0.5, lr=0.05)
     assert half.dtype == torch.float32
     assert (half - full).abs().mean() < 0.01
+
+
+def test_amp_auto_follows_the_hardware(monkeypatch):
+    from vgfcli.methods import vgf
+
+    for has_bf16, expected in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr(vgf, "_cpu_has_bf16", lambda has=has_bf16: has)
+        assert vgf.resolve_amp("auto", torch.device("cpu")) == expected
+        assert vgf.resolve_amp("off", torch.device("cpu")) == "off"
+        agent = VGFAgent.create(None, 7, 3, critic_hidden=(8,), actor_hidden=(8,), num_particles=2, bank_size=0,
+                                amp="auto")
+        assert agent.amp == expected

@@ -106,8 +106,9 @@ class VGFConfig:
     # up to float rounding, less overhead, and a graph torch.compile can fuse.
     closed_form: bool = True
     # Matmuls of the gradient-free-of-weights passes (reference sampling, particle transport) in
-    # bfloat16: "off" | "bf16". TD targets, losses and weights stay fp32. Only pays on hardware with
-    # native bf16 matmul (AVX512-BF16/AMX CPUs, GPUs); on AVX2-only CPUs it is ~50x SLOWER.
+    # bfloat16: "off" | "bf16" | "auto" (bf16 where the device has native bf16 matmul, else off).
+    # TD targets, losses and weights stay fp32. Only pays on hardware with native bf16 matmul
+    # (AVX512-BF16/AMX CPUs, GPUs); on AVX2-only CPUs it is ~50x SLOWER.
     amp: str = "off"
     # torch.compile the update and acting: with closed_form, the transport and the target critic as
     # one graph, the critic's loss forward and backward, and reference sampling + transport + choice
@@ -147,7 +148,7 @@ def _validate(cfg: VGFConfig) -> None:
         (cfg.step_rule in ("adam", "plain"), f"step_rule must be adam or plain, not {cfg.step_rule!r}"),
         (cfg.select in ("max", "softmax", "random"),
          f"select must be max, softmax or random, not {cfg.select!r}"),
-        (cfg.amp in ("off", "bf16"), f"amp must be off or bf16, not {cfg.amp!r}"),
+        (cfg.amp in ("off", "bf16", "auto"), f"amp must be off, bf16 or auto, not {cfg.amp!r}"),
         (cfg.num_particles >= 1, "num_particles must be >= 1"),
         (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
         (cfg.train_steps >= 0 and cfg.test_steps >= 0, "train_steps and test_steps must be >= 0"),
@@ -292,6 +293,16 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto``: bf16 where matmuls have native bf16 (a CUDA GPU that supports it, a CPU with
+    AVX512-BF16 or AMX), else off; ``off`` and ``bf16`` stay as they are."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "off"
+
+
 def _autocast(device: torch.device, amp: str):
     if amp == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -354,7 +365,8 @@ class VGFAgent(Agent):
                  bank: ParticleBank | None = None, chunk: int = 1):
         super().__init__(cfg, obs_dim, act_dim, device, chunk)
         _validate(cfg)
-        if cfg.amp == "bf16" and self.device.type == "cpu" and not _cpu_has_bf16():
+        self.amp = resolve_amp(cfg.amp, self.device)  # what "auto" means on this device
+        if self.amp == "bf16" and self.device.type == "cpu" and not _cpu_has_bf16():
             warnings.warn("amp=bf16 on a CPU without native bf16 matmul (no AVX512-BF16/AMX): "
                           "bf16 matmuls run tens of times slower than fp32 here", stacklevel=3)
         dev = self.device
@@ -415,7 +427,7 @@ class VGFAgent(Agent):
         if self.bank is not None and indices is not None:
             return self.bank.draw(indices, n, generator, device=self.device)
         noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
-        with torch.no_grad(), _autocast(self.device, self.cfg.amp):
+        with torch.no_grad(), _autocast(self.device, self.amp):
             acts = euler_sample(self._forward_fn("flow", self.reference), obs.unsqueeze(1), noise,
                                 self.cfg.flow_steps)
         return acts.float()
@@ -428,7 +440,7 @@ class VGFAgent(Agent):
         if self._closed_form():
             with torch.no_grad():
                 return self._closed_form_transport(obs, particles, steps)
-        with torch.inference_mode(False), _autocast(self.device, cfg.amp):
+        with torch.inference_mode(False), _autocast(self.device, self.amp):
             # Tensors made under inference_mode cannot enter autograd: use normal copies.
             obs = obs.clone() if obs.is_inference() else obs
             particles = particles.clone() if particles.is_inference() else particles
@@ -453,7 +465,7 @@ class VGFAgent(Agent):
 
     def _online_tensors(self):
         """The online critic's tensors for the transport; bf16 matmuls with ``amp=bf16``."""
-        return closed_form.critic_tensors(self.critic, torch.bfloat16 if self.cfg.amp == "bf16" else None)
+        return closed_form.critic_tensors(self.critic, torch.bfloat16 if self.amp == "bf16" else None)
 
     @torch.no_grad()
     def target(self, batch: Batch) -> tuple[Tensor, Info]:
@@ -544,7 +556,7 @@ class VGFAgent(Agent):
         return self._compiled_fn("act", _act_best)(
             self.reference, self._online_tensors(), closed_form.critic_tensors(self.critic),
             closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),
-            cfg.q_agg, cfg.amp)
+            cfg.q_agg, self.amp)
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         """One row per test-time budget L in ``evaluate.budgets`` with N particles (``evaluate.particles``,
@@ -582,7 +594,7 @@ class VGFAgent(Agent):
 
     def _fill_slice(self, c: int, g: int) -> None:
         fill_bank(self.bank.samples, self.reference, self._bank_obs, self._rolling.slice_rows(c),
-                  steps=self.cfg.flow_steps, generator=self._rolling.generator(c, g, self.device), amp=self.cfg.amp)
+                  steps=self.cfg.flow_steps, generator=self._rolling.generator(c, g, self.device), amp=self.amp)
 
     def _fill_bank_at(self, n: int) -> None:
         """Bring the bank to its state after ``n`` refreshes, redrawing only the slices that differ."""
