@@ -10,7 +10,7 @@ STAMP = $(VENV)/.installed
 
 export MUJOCO_GL ?= egl
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test bench bench-official clean-demo
 
 install: $(STAMP)
 
@@ -41,3 +41,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_stages.py --preset quick
 	$(VENV)/bin/python bench/bench_methods.py --preset quick
 	$(VENV)/bin/python bench/bench_methods.py --preset paper --steps 3
+
+# vgf against the official JAX code (scratch clone + venv under $TMPDIR, never in the repo).
+bench-official: $(STAMP)
+	$(VENV)/bin/python bench/bench_vs_official.py --setup
+	$(VENV)/bin/python bench/bench_vs_official.py --threads 2

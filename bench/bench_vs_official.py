@@ -14,7 +14,7 @@ the other (never concurrently), on the same synthetic batch shapes:
 - act: actions/s for 10 states at L = 0 and L = 3;
 - the machine's GEMM ceiling (torch fp32 and bf16 2560x512 @ 512x512) in the same run.
 
-Each vgf variant (``--variants``: eager | compiled | compiled-bf16) is a row. The results file keeps
+Each vgf variant (``--variants``, see ``VARIANTS``) is a column. The results file keeps
 every run with the CPU's flags. A timing means something only on a quiet machine: the load average
 before and after is recorded.
 """
@@ -43,6 +43,13 @@ CONFIGS = {  # hidden widths (critic and reference flow), batch, particles N, Eu
     "quick": dict(hidden=[256, 256, 256], batch=128, particles=8, flow_steps=10, train_steps=3),
 }
 ACT_STATES, ACT_BUDGETS = 10, (0, 3)
+VARIANTS = {  # vgf settings per table column
+    "autograd": dict(closed_form=False, compile=False, amp="off"),  # the transport through torch.autograd
+    "eager": dict(closed_form=True, compile=False, amp="off"),
+    "compiled": dict(closed_form=True, compile=True, amp="off"),
+    "eager-bf16": dict(closed_form=True, compile=False, amp="bf16"),
+    "compiled-bf16": dict(closed_form=True, compile=True, amp="bf16"),
+}
 
 # The official side's driver: written into the scratch folder at run time (it imports their code).
 OFFICIAL_DRIVER = r'''
@@ -96,7 +103,8 @@ def parse_args(argv=None):
     p.add_argument("--official-commit", default=OFFICIAL_COMMIT)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--configs", default="paper,quick")
-    p.add_argument("--variants", default="eager,compiled,compiled-bf16")
+    p.add_argument("--variants", default="autograd,eager,compiled,compiled-bf16",
+                   help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=15, help="timed updates per setting")
     p.add_argument("--act-calls", type=int, default=30)
     p.add_argument("--obs-dim", type=int, default=28)
@@ -170,8 +178,7 @@ def worker(spec: dict) -> None:
         agent = VGFAgent.create(None, spec["obs_dim"], spec["act_dim"], critic_hidden=tuple(c["hidden"]),
                                 actor_hidden=tuple(c["hidden"]), num_particles=c["particles"],
                                 flow_steps=c["flow_steps"], train_steps=c["train_steps"], alpha=0.5,
-                                vgf_lr=0.05, compile=variant != "eager",
-                                amp="bf16" if variant.endswith("bf16") else "off")
+                                vgf_lr=0.05, **VARIANTS[variant])
         gen = torch.Generator().manual_seed(0)
         rows, b = 4096, c["batch"]
         agent.prepare(torch.randn(rows, spec["obs_dim"], generator=gen))
@@ -183,7 +190,7 @@ def worker(spec: dict) -> None:
         t0 = time.perf_counter()
         for _ in range(3):
             agent.update(batch)
-        row = {"update_warmup_s": time.perf_counter() - t0}
+        row = {"update_warmup_s": time.perf_counter() - t0, "compile_s": agent.compile_seconds}
         row["update_ms"] = 1e3 * median_time(lambda: agent.update(batch), spec["steps"])
         obs = torch.randn(ACT_STATES, spec["obs_dim"], generator=gen)
         for L in ACT_BUDGETS:
@@ -252,6 +259,9 @@ def main(argv=None):
     if args.setup:
         return setup(args)
     configs = {k: CONFIGS[k] for k in args.configs.split(",")}
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown variant(s) {', '.join(unknown)} (expected {', '.join(VARIANTS)})")
     load_before = os.getloadavg()[0]
     official = {} if args.skip_official else official_side(args, configs)
     ours = {v: vgf_side(args, configs, v) for v in args.variants.split(",")}
