@@ -11,7 +11,8 @@ the other (never concurrently), on the same synthetic batch shapes:
 
 - update: one critic update (official: its ``update``, critic + BC actor, fresh Euler samples; vgf:
   ``VGFAgent.update`` with the particle bank, the reference pretrained apart), median ms;
-- act: actions/s for 10 states at L = 0 and L = 3;
+- act: actions/s for 10 states at L = 0 and L = 3 (the official ``sample_actions`` is written for one
+  observation; given 10 it runs 10 groups of N particles, the same work, so it times the same);
 - the machine's GEMM ceiling (torch fp32 and bf16 2560x512 @ 512x512) in the same run.
 
 Each vgf variant (``--variants``, see ``VARIANTS``) is a column. The results file keeps
@@ -121,7 +122,7 @@ def setup(args) -> None:
     if not repo.exists():
         scratch.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "clone", "--quiet", args.official_src, str(repo)], check=True)
-        subprocess.run(["git", "-C", str(repo), "checkout", "--quiet", args.official_commit], check=True)
+    subprocess.run(["git", "-C", str(repo), "checkout", "--quiet", args.official_commit], check=True)
     venv = scratch / "venv"
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -132,13 +133,20 @@ def setup(args) -> None:
 def pinned_env(threads: int) -> dict:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
-                         f"intra_op_parallelism_threads={threads}")
+               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
     return env
 
 
+def pin_cores(threads: int):
+    """The child's CPU affinity: its first ``threads`` allowed cores (XLA has no thread-count flag, so
+    both sides are held to the same cores this way)."""
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    return lambda: os.sched_setaffinity(0, cores)
+
+
 def run_child(cmd: list[str], threads: int) -> dict:
-    proc = subprocess.run(cmd, env=pinned_env(threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=pinned_env(threads), capture_output=True, text=True,
+                          preexec_fn=pin_cores(threads))
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -259,6 +267,9 @@ def main(argv=None):
         return worker(json.loads(args.worker))
     if args.setup:
         return setup(args)
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"error: unknown config(s) {', '.join(unknown)} (expected {', '.join(CONFIGS)})")
     configs = {k: CONFIGS[k] for k in args.configs.split(",")}
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:

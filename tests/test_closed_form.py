@@ -47,11 +47,14 @@ def test_action_gradient_and_q_equal_autograd(activation, norm, q_agg):
 
 @pytest.mark.parametrize("n", [5, 6])  # odd N^2 (one median entry) and even (two)
 @pytest.mark.parametrize("bandwidth,bandwidth_grad", [(None, True), (None, False), (0.3, True)])
-@pytest.mark.parametrize("rule", ["adam", "plain"])
-def test_transport_equals_autograd_transport(n, bandwidth, bandwidth_grad, rule):
-    critic = perturbed_critic("relu", "pre")
+@pytest.mark.parametrize("rule,layout,q_agg,clip", [("adam", ("relu", "pre"), "mean", 1.0),
+                                                    ("plain", ("gelu", "post"), "min", None),
+                                                    ("adam", ("swish", None), "min", 1.0)])
+def test_transport_equals_autograd_transport(n, bandwidth, bandwidth_grad, rule, layout, q_agg, clip):
+    critic = perturbed_critic(*layout)
     obs, x = inputs(n=n)
-    opts = dict(alpha=0.5, lr=0.05, rule=rule, bandwidth=bandwidth, bandwidth_grad=bandwidth_grad)
+    opts = dict(alpha=0.5, lr=0.05, rule=rule, bandwidth=bandwidth, bandwidth_grad=bandwidth_grad, q_agg=q_agg,
+                clip=clip)
     ref = particles.transport(critic, obs.unsqueeze(1), x, 3, **opts)
     got = closed_form.transport(closed_form.critic_tensors(critic), closed_form.CriticShape.of(critic), obs, x,
                                 3, **opts)
@@ -71,7 +74,8 @@ def test_median_pull_matches_autograd_of_the_kernel_sum():
         gamma = (1.0 / (1e-6 + 2.0 * h.detach()))[..., None, None]
         k = torch.exp(-gamma * d2c)
     direct = -2.0 * gamma * (x * k.sum(-1, keepdim=True) - k @ x)
-    pull = closed_form.repulsion_median_grad(x, k, d2c, h.detach())
+    _, picks = closed_form.median_entries(d2c)
+    pull = closed_form.repulsion_median_grad(x, k, d2c, h.detach(), picks)
     torch.testing.assert_close(direct + pull, full, atol=1e-12, rtol=0)
     assert pull.abs().sum() > 1e-6  # the pull is there, and on exactly one particle per state
     assert ((pull.abs().sum(-1) > 0).sum(-1) == 1).all()
@@ -92,8 +96,9 @@ def test_agent_paths_agree_in_float32():
     torch.testing.assert_close(acts_a, acts_b, atol=1e-5, rtol=0)
 
 
-def test_bf16_matmuls_keep_float32_results_close():
-    critic = perturbed_critic("relu", "pre", dtype=torch.float32)
+@pytest.mark.parametrize("layout", [("relu", "pre"), ("gelu", "post"), ("swish", None)])
+def test_bf16_matmuls_keep_float32_results_close(layout):
+    critic = perturbed_critic(*layout, dtype=torch.float32)
     obs, x = inputs(dtype=torch.float32)
     shape = closed_form.CriticShape.of(critic)
     full = closed_form.transport(closed_form.critic_tensors(critic), shape, obs, x, 2, alpha=0.5, lr=0.05)
@@ -101,6 +106,33 @@ def test_bf16_matmuls_keep_float32_results_close():
                                  alpha=0.5, lr=0.05)
     assert half.dtype == torch.float32
     assert (half - full).abs().mean() < 0.01
+
+
+def test_observations_must_be_one_row_per_state():
+    critic = perturbed_critic("relu", "pre")
+    obs, x = inputs(b=2)  # as many states as members: a [B, 1, D] input would silently mis-batch
+    with pytest.raises(ValueError, match="obs_dim"):
+        closed_form.q_values(closed_form.critic_tensors(critic), closed_form.CriticShape.of(critic), obs[:, None], x)
+
+
+def test_compiled_falls_back_to_eager_only_when_compilation_fails(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from vgfcli.nn.compiled import Compiled
+
+    # a machine without a C++ compiler: inductor cannot build the code, the eager function runs
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    torch._dynamo.reset()
+    fn = Compiled(lambda a, b: torch.relu(a @ b) + 1, enabled=True, name="f")
+    with pytest.warns(UserWarning, match="torch.compile of f failed .*running it eagerly"):
+        out = fn(torch.ones(2, 3), torch.ones(3, 2))
+    assert torch.equal(out, torch.full((2, 2), 4.0)) and not fn.active
+    # a genuine error is not a compile failure: it propagates and compilation stays on
+    fn = Compiled(lambda a, b: a @ b, enabled=False)
+    fn.compiled = lambda a, b: a @ b
+    with pytest.raises(RuntimeError):
+        fn(torch.ones(2, 3), torch.ones(4, 2))
+    assert fn.active
 
 
 def test_amp_auto_follows_the_hardware(monkeypatch):

@@ -20,6 +20,7 @@ Q (``test_steps = 0`` is best-of-N; N = 1 with 0 steps is the plain reference po
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -298,8 +299,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     AVX512-BF16 or AMX), else off; ``off`` and ``bf16`` stay as they are."""
     if amp != "auto":
         return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    if device.type == "cuda":  # native bf16 tensor cores from Ampere (sm_80) on; older GPUs emulate it
+        return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "off"
     return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "off"
 
 
@@ -385,9 +386,7 @@ class VGFAgent(Agent):
         self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
         # Compiled pieces of the update and of acting (cfg.compile), built lazily on first use.
         self._compiled: dict[str, Compiled] = {}
-
-    def _forward_fn(self, name: str, module):
-        return self._compiled_fn(name, module)
+        self._first_step = 0  # the step this process starts from (a resume loads a later one)
 
     def _compiled_fn(self, name: str, fn) -> Compiled:
         compiled = self._compiled.get(name)
@@ -428,7 +427,7 @@ class VGFAgent(Agent):
             return self.bank.draw(indices, n, generator, device=self.device)
         noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
         with torch.no_grad(), _autocast(self.device, self.amp):
-            acts = euler_sample(self._forward_fn("flow", self.reference), obs.unsqueeze(1), noise,
+            acts = euler_sample(self._compiled_fn("flow", self.reference), obs.unsqueeze(1), noise,
                                 self.cfg.flow_steps)
         return acts.float()
 
@@ -439,7 +438,7 @@ class VGFAgent(Agent):
         cfg = self.cfg
         if self._closed_form():
             with torch.no_grad():
-                return self._closed_form_transport(obs, particles, steps)
+                return self._closed_form_transport(obs, particles, steps).float()
         with torch.inference_mode(False), _autocast(self.device, self.amp):
             # Tensors made under inference_mode cannot enter autograd: use normal copies.
             obs = obs.clone() if obs.is_inference() else obs
@@ -474,13 +473,13 @@ class VGFAgent(Agent):
         next_obs = batch["next_observations"]
         start = self.reference_samples(next_obs, cfg.num_particles, batch.get("indices"))
         if self._closed_form(self.target_critic):  # transport + target critic: one graph to compile
-            moved, next_qs = self._compiled_fn("target", _moved_next_q)(
+            moved, next_qs = self._compiled_fn("moved_next_q", _moved_next_q)(
                 self._online_tensors(), closed_form.critic_tensors(self.target_critic),
                 closed_form.CriticShape.of(self.critic), next_obs, start, cfg.train_steps,
                 self._transport_options())
         else:
             moved = self.transport(next_obs, start, cfg.train_steps)
-            next_qs = self._forward_fn("target", self.target_critic)(next_obs.unsqueeze(1), moved)
+            next_qs = self._compiled_fn("target_critic", self.target_critic)(next_obs.unsqueeze(1), moved)
         y = td_target(next_qs, batch["rewards"], batch["masks"], self.bootstrap_discount, cfg.q_agg,
                       cfg.particle_agg)
         info = {"target_mean": y.mean(), "next_q_mean": next_qs.mean(),
@@ -494,7 +493,7 @@ class VGFAgent(Agent):
 
     def losses(self, batch: Batch) -> tuple[Tensor, Info]:
         y, info = self.target(batch)
-        qs = self._forward_fn("critic", self.critic)(batch["observations"], batch["actions"])  # [M, B]
+        qs = self._compiled_fn("critic", self.critic)(batch["observations"], batch["actions"])  # [M, B]
         loss = (qs - y).square().sum(0).mean()
         info = {"critic_loss": loss.detach(), "q_mean": qs.detach().mean(),
                 "q_std_members": qs.detach().std(0).mean() if qs.shape[0] > 1 else qs.new_zeros(()),
@@ -504,7 +503,11 @@ class VGFAgent(Agent):
     def update(self, batch: Batch) -> Info:
         loss, info = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
+        critic = self._compiled_fn("critic", self.critic)
+        start = time.perf_counter()
         loss.backward()
+        if critic.active and self.step == self._first_step:  # the compiled backward is built here
+            critic.add_seconds(time.perf_counter() - start)
         self.step_and_blend(self.optimizer, before_step=self.cfg.polyak_before_step)
         self.step += 1
         self._maybe_refresh_bank()
@@ -515,8 +518,8 @@ class VGFAgent(Agent):
         """Actions ``[B, act_dim]`` for ``obs`` ``[B, obs_dim]`` (or ``[act_dim]`` for ``[obs_dim]``).
 
         ``steps`` (L_test), ``num_particles`` and ``select`` default to the config. May run under
-        ``torch.no_grad`` or ``torch.inference_mode``: the transport re-enables the gradients it
-        needs (with respect to the actions only).
+        ``torch.no_grad`` or ``torch.inference_mode``: the closed-form transport needs no autograd,
+        the autograd one re-enables the gradients it needs (with respect to the actions only).
         """
         cfg = self.cfg
         steps = cfg.test_steps if steps is None else steps
@@ -614,6 +617,7 @@ class VGFAgent(Agent):
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
+        self._first_step = self.step
         if self._rolling is not None:  # a bank built by prepare(): bring it to the resumed step
             self._fill_bank_at(self._refreshes_done())
 

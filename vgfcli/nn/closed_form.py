@@ -52,7 +52,8 @@ class CriticShape:
 
 def critic_tensors(critic: EnsembleCritic, matmul_dtype: torch.dtype | None = None
                    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-    """The critic's weights, biases, LayerNorm scales and shifts, detached (views, no copies).
+    """The critic's weights, biases, LayerNorm scales and shifts, detached (views; the weights are
+    copies when cast).
 
     ``matmul_dtype`` (e.g. ``torch.bfloat16``): the weights are cast to it, and every matmul runs in
     it while everything else (LayerNorm, activations, the kernel, the step) stays in float32.
@@ -107,6 +108,8 @@ def _layer_norm_grad(g_u: Tensor, z: Tensor, mean: Tensor, rstd: Tensor) -> Tens
 
 def project_obs(tensors, shape: CriticShape, obs: Tensor) -> Tensor:
     """``[B, D] -> [M, B, 1, H0]``: the observation's share of the first layer plus its bias."""
+    if obs.dim() != 2:  # a [B, 1, D] input would batch states against members when B == M
+        raise ValueError(f"observations must be [B, obs_dim], got shape {tuple(obs.shape)}")
     ws, bs, _, _ = tensors
     w_obs = ws[0][:, :shape.obs_dim]
     return (_mm(obs, w_obs) + bs[0]).unsqueeze(2)
@@ -165,7 +168,7 @@ def _hidden_forward(z: Tensor, i: int, scales, shifts, shape: CriticShape):
         u, mean, rstd = _layer_norm(z)
         pre = torch.addcmul(shifts[i], u, scales[i])
         h = _act(pre, shape.activation)
-        return h, (z, mean, rstd, pre, h)
+        return h, (z, mean, rstd, pre, h)   # LayerNorm's input and stats, the activation's in/out
     h = _act(z, shape.activation)
     if shape.norm == "post":
         u, mean, rstd = _layer_norm(h)
@@ -175,34 +178,41 @@ def _hidden_forward(z: Tensor, i: int, scales, shifts, shape: CriticShape):
 
 def _hidden_backward(g: Tensor, keep, i: int, scales, shape: CriticShape) -> Tensor:
     """Gradient at the layer's pre-activation ``z`` from the gradient ``g`` at its output."""
-    ln_in, mean, rstd, pre, h = keep
+    ln_in, mean, rstd, act_in, h = keep
     if shape.norm == "pre":
-        g = _act_backward(g, pre, h, shape.activation)
+        g = _act_backward(g, act_in, h, shape.activation)
         return _layer_norm_grad(g * scales[i], ln_in, mean, rstd)
     if shape.norm == "post":
         g = _layer_norm_grad(g * scales[i], ln_in, mean, rstd)
-    return _act_backward(g, pre, h, shape.activation)
+    return _act_backward(g, act_in, h, shape.activation)
 
 
-def repulsion_median_grad(x: Tensor, k: Tensor, d2: Tensor, h: Tensor) -> Tensor:
+def median_entries(d2: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The median of each state's ``N x N`` distances ``[B]`` (as ``jnp.median``: stable sort, the
+    middle two averaged for even N^2) and the flat indices ``i * N + j`` it was taken from."""
+    b, n, _ = d2.shape
+    values, order = d2.reshape(b, n * n).sort(dim=-1, stable=True)
+    mid = n * n // 2
+    if (n * n) % 2:
+        return values[:, mid], [order[:, mid]]
+    return 0.5 * (values[:, mid - 1] + values[:, mid]), [order[:, mid - 1], order[:, mid]]
+
+
+def repulsion_median_grad(x: Tensor, k: Tensor, d2: Tensor, h: Tensor, picks: list[Tensor]) -> Tensor:
     """``d(sum_ij k_ij) / dx`` through the median bandwidth alone (the reference code's extra pull).
 
-    ``h`` is the unclamped median bandwidth ``[B]``; ``k`` and ``d2`` ``[B, N, N]``.
+    ``h`` is the unclamped median bandwidth ``[B]``; ``k`` and ``d2`` ``[B, N, N]``; ``picks`` the
+    median's flat entries (``median_entries``). Only the first index p of an entry (p, q) moves it.
     """
     b, n, _ = x.shape
-    hc = h.clamp_min(_H_FLOOR)
-    denom = _GAMMA_EPS + 2.0 * hc
+    denom = _GAMMA_EPS + 2.0 * h.clamp_min(_H_FLOOR)
     # d sum k / d gamma = -sum k d2;  d gamma / d h = -2 / denom^2 (0 where h is floored)
     dsum_dmed = (k * d2).sum((-1, -2)) * 2.0 / denom.square() * (h >= _H_FLOOR).to(x.dtype)
-    dsum_dmed = dsum_dmed / (2.0 * math.log(n + 1.0))                  # [B]
-    order = d2.reshape(b, n * n).sort(dim=-1, stable=True).indices
-    mm = n * n
-    picks = [order[:, mm // 2]] if mm % 2 else [order[:, mm // 2 - 1], order[:, mm // 2]]
+    weight = dsum_dmed / (2.0 * math.log(n + 1.0)) / len(picks)       # [B]
+    rows = torch.arange(b, device=x.device)
     out = torch.zeros_like(x)
-    weight = dsum_dmed / len(picks)
     for flat in picks:
         p, q = flat // n, flat % n
-        rows = torch.arange(b, device=x.device)
         pull = 2.0 * (x[rows, p] - x[rows, q]) * weight.unsqueeze(-1)     # [B, d]
         out = out + F.one_hot(p, n).to(x.dtype).unsqueeze(-1) * pull.unsqueeze(1)
     return out
@@ -214,9 +224,7 @@ def svgd_direction(x: Tensor, score: Tensor, alpha: float, bandwidth: float | No
     n = x.shape[-2]
     d2 = (x.unsqueeze(-2) - x.unsqueeze(-3)).square().sum(-1)
     if bandwidth is None:
-        flat = d2.flatten(-2).sort(dim=-1, stable=True).values
-        mm = flat.shape[-1]
-        med = flat[..., mm // 2] if mm % 2 else 0.5 * (flat[..., mm // 2 - 1] + flat[..., mm // 2])
+        med, picks = median_entries(d2)
         h = med / (2.0 * math.log(n + 1.0))
     else:
         h = torch.full(x.shape[:-2], float(bandwidth), dtype=x.dtype, device=x.device)
@@ -225,7 +233,7 @@ def svgd_direction(x: Tensor, score: Tensor, alpha: float, bandwidth: float | No
     drive = torch.matmul(k, score) / alpha
     repulse = 2.0 * gamma * (x * k.sum(-1, keepdim=True) - torch.matmul(k, x))
     if bandwidth_grad and bandwidth is None:
-        repulse = repulse - repulsion_median_grad(x, k, d2, h)
+        repulse = repulse - repulsion_median_grad(x, k, d2, h, picks)
     return (drive + repulse) / n
 
 

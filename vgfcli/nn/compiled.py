@@ -3,7 +3,8 @@
 A ``Compiled`` wraps a function (or module). With compilation on, the first call for each new input
 signature (tensor shapes and dtypes, other arguments by value) is where torch.compile traces and
 builds code: its wall time is added to ``seconds`` so that a stage can report the one-off cost next
-to the per-step speed. If compilation fails (no C++ compiler, an unsupported platform, an operator
+to the per-step speed (a compiled module's backward graph is built at its first ``backward()``,
+outside the wrapper: ``add_seconds`` lets the caller count it). If compilation fails (no C++ compiler, an unsupported platform, an operator
 inductor cannot lower), one warning says so and the function runs eagerly from then on: same numbers,
 less speed.
 """
@@ -18,9 +19,23 @@ from typing import Any
 import torch
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "torch.compile could not build this", not "the maths failed"
+    (a real error, e.g. a shape mismatch, surfaces as itself or as dynamo's TorchRuntimeError)."""
+    found = []
+    for module, names in (("torch._dynamo.exc", ("BackendCompilerFailed", "InternalTorchDynamoError", "Unsupported")),
+                          ("torch._inductor.exc", ("InductorError", "CppCompileError"))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ImportError:
+            continue
+        found += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
+    return tuple(found)
+
+
 def _signature(value: Any):
     if isinstance(value, torch.Tensor):
-        return ("T", tuple(value.shape), value.dtype, value.device.type)
+        return ("T", tuple(value.shape), value.dtype, value.device.type, value.requires_grad)
     if isinstance(value, (list, tuple)):
         return tuple(_signature(v) for v in value)
     if isinstance(value, dict):
@@ -42,12 +57,12 @@ class Compiled:
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
             return self.fn(*args, **kwargs)
-        key = _signature((args, kwargs))
+        key = (_signature((args, kwargs)), torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         first = key not in self._seen
         start = time.perf_counter()
         try:
             out = self.compiled(*args, **kwargs)
-        except Exception as exc:  # compilation failed: the eager function is the same maths
+        except _compile_errors() as exc:  # compilation failed: the eager function is the same maths
             warnings.warn(f"torch.compile of {self.name} failed ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); running it eagerly",
                           stacklevel=2)
@@ -57,3 +72,10 @@ class Compiled:
             self._seen.add(key)
             self.seconds += time.perf_counter() - start
         return out
+
+    @property
+    def active(self) -> bool:
+        return self.compiled is not None
+
+    def add_seconds(self, seconds: float) -> None:
+        self.seconds += seconds
