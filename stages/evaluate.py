@@ -232,8 +232,10 @@ def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, me
 
 
 def _yerr(rows: list[dict]) -> list[list[float]]:
-    """Asymmetric error bars from each row's interval."""
-    return [[r["score"] - r["interval"][0] for r in rows], [r["interval"][1] - r["score"] for r in rows]]
+    """Asymmetric error bars from each row's interval (never negative: matplotlib refuses them, and
+    an interval from another estimator may sit a rounding error off its row's mean)."""
+    return [[max(0.0, r["score"] - r["interval"][0]) for r in rows],
+            [max(0.0, r["interval"][1] - r["score"]) for r in rows]]
 
 
 STAGE = EvaluateStage()

@@ -14,6 +14,23 @@ def test_wilson_interval_known_values():
     assert episode_interval([1, 0, 1, 0, 1, 0, 1, 0, 1, 0], binary=True) == pytest.approx(wilson(5, 10))
 
 
+@pytest.mark.parametrize("n", range(1, 201))
+def test_wilson_interval_contains_its_mean_exactly_at_the_ends(n):
+    # 0 of 50 gave a lower bound of 7e-18 (rounding): an error bar below zero, which matplotlib refuses
+    assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+    for k in (0, 1, n // 2, n):
+        low, high = wilson(k, n)
+        assert low <= k / n <= high
+
+
+def test_evaluate_error_bars_are_never_negative():
+    from stages.evaluate import _yerr
+
+    rows = [{"score": 0.0, "interval": (6.9e-18, 0.07)}, {"score": 0.5, "interval": (0.3, 0.7)}]
+    low, high = _yerr(rows)
+    assert low == [0.0, pytest.approx(0.2)] and high == [0.07, pytest.approx(0.2)]
+
+
 def test_normal_interval_of_returns():
     x = np.array([1.0, 2.0, 3.0, 4.0])
     half = 1.959963984540054 * x.std(ddof=1) / 2
