@@ -145,3 +145,30 @@ def test_amp_auto_follows_the_hardware(monkeypatch):
         agent = VGFAgent.create(None, 7, 3, critic_hidden=(8,), actor_hidden=(8,), num_particles=2, bank_size=0,
                                 amp="auto")
         assert agent.amp == expected
+
+
+def test_bf16_weight_copies_are_made_once_and_renewed_when_weights_change():
+    torch.manual_seed(0)
+    kw = dict(critic_hidden=(16, 16), actor_hidden=(16, 16), num_particles=4, flow_steps=2, bank_size=0, amp="bf16")
+    agent = VGFAgent.create(None, 7, 3, **kw)
+    obs, _ = inputs(dtype=torch.float32)
+    flow, critic = agent._sampling_flow(), agent._online_tensors()
+    assert agent._sampling_flow() is flow and agent._online_tensors() is critic   # cached while acting
+    assert flow.inner.net.layers[0].weight.dtype == torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    batch = {"observations": torch.randn(8, 7, generator=g), "actions": torch.rand(8, 3, generator=g) * 2 - 1,
+             "rewards": torch.randn(8, generator=g), "masks": torch.ones(8),
+             "next_observations": torch.randn(8, 7, generator=g)}
+    agent.update(batch)
+    assert agent._sampling_flow() is flow          # the reference is frozen: same copy
+    renewed = agent._online_tensors()
+    assert renewed is not critic                   # the critic moved: a fresh cast
+    assert torch.equal(renewed[0][1], agent.critic.weights[1].detach().to(torch.bfloat16))
+    other = VGFAgent.create(None, 7, 3, seed=5, **kw)
+    with torch.no_grad():
+        for p in other.reference.parameters():
+            p.add_(1.0)
+    agent.load_state_dict(other.state_dict())
+    assert agent._sampling_flow() is not flow      # a load replaces the reference's weights
+    torch.testing.assert_close(agent._sampling_flow().inner.net.layers[0].weight.float(),
+                               other.reference.net.layers[0].weight.to(torch.bfloat16).float())

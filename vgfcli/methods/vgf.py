@@ -32,7 +32,7 @@ from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, conf
 from vgfcli.nn import closed_form
 from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
-from vgfcli.nn.networks import EnsembleCritic
+from vgfcli.nn.networks import CastCopy, EnsembleCritic
 from vgfcli.nn.particles import aggregate_members, transport
 
 
@@ -339,11 +339,10 @@ def _moved_next_q(online, target, shape, next_obs: Tensor, start: Tensor, steps:
 
 
 def _act_best(flow, transport_tensors, critic_tensors, shape, obs: Tensor, noise: Tensor, flow_steps: int,
-              steps: int, options: dict, q_agg: str, amp: str) -> Tensor:
+              steps: int, options: dict, q_agg: str) -> Tensor:
     """``[B, d]``: K Euler steps of the reference from ``noise`` ``[B, N, d]``, ``steps`` transport steps,
     then per state the particle of largest online Q (a NaN Q never wins; N = 1 needs no critic)."""
-    with _autocast(obs.device, amp):
-        start = euler_sample(flow, obs.unsqueeze(1), noise, flow_steps).float()
+    start = euler_sample(flow, obs.unsqueeze(1), noise, flow_steps)
     moved = closed_form.transport(transport_tensors, shape, obs, start, steps, **options)
     if moved.shape[1] == 1:
         return moved[:, 0]
@@ -387,11 +386,15 @@ class VGFAgent(Agent):
         # Compiled pieces of the update and of acting (cfg.compile), built lazily on first use.
         self._compiled: dict[str, Compiled] = {}
         self._first_step = 0  # the step this process starts from (a resume loads a later one)
+        self._loads = 0       # load_state_dict calls: cached bf16 copies of weights are stale after one
+        self._lowp: dict = {}
 
     def _compiled_fn(self, name: str, fn) -> Compiled:
         compiled = self._compiled.get(name)
-        if compiled is None:
+        if compiled is None or compiled.fn is not fn:  # new, or its module was re-made (a bf16 copy)
+            spent = compiled.seconds if compiled is not None else 0.0
             compiled = self._compiled[name] = Compiled(fn, self.cfg.compile, name)
+            compiled.add_seconds(spent)
         return compiled
 
     @property
@@ -426,10 +429,25 @@ class VGFAgent(Agent):
         if self.bank is not None and indices is not None:
             return self.bank.draw(indices, n, generator, device=self.device)
         noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
-        with torch.no_grad(), _autocast(self.device, self.amp):
-            acts = euler_sample(self._compiled_fn("flow", self.reference), obs.unsqueeze(1), noise,
+        with torch.no_grad():
+            return euler_sample(self._compiled_fn("flow", self._sampling_flow()), obs.unsqueeze(1), noise,
                                 self.cfg.flow_steps)
-        return acts.float()
+
+    def _sampling_flow(self):
+        """The frozen reference as sampling runs it: itself, or with ``amp=bf16`` a bf16 copy made
+        once per weights (re-made after ``load_state_dict``)."""
+        if self.amp != "bf16":
+            return self.reference
+        return self._low_precision("reference", lambda: CastCopy(self.reference, torch.bfloat16), frozen=True)
+
+    def _low_precision(self, name: str, make, frozen: bool = False):
+        """A bf16 copy of some weights, cached until they change: at a load, and at every update
+        unless ``frozen`` (the reference flow)."""
+        key = (name, -1 if frozen else self.step, self._loads)
+        if key not in self._lowp:
+            self._lowp = {k: v for k, v in self._lowp.items() if k[0] != name}
+            self._lowp[key] = make()
+        return self._lowp[key]
 
     def transport(self, obs: Tensor, particles: Tensor, steps: int) -> Tensor:
         """Move ``particles`` ``[B, N, d]`` for ``steps`` steps along the ONLINE critic's gradient."""
@@ -463,8 +481,11 @@ class VGFAgent(Agent):
                   **self._transport_options())
 
     def _online_tensors(self):
-        """The online critic's tensors for the transport; bf16 matmuls with ``amp=bf16``."""
-        return closed_form.critic_tensors(self.critic, torch.bfloat16 if self.amp == "bf16" else None)
+        """The online critic's tensors for the transport; bf16 matmuls with ``amp=bf16`` (the weights
+        cast once per update, or once for all of acting)."""
+        if self.amp != "bf16":
+            return closed_form.critic_tensors(self.critic)
+        return self._low_precision("critic", lambda: closed_form.critic_tensors(self.critic, torch.bfloat16))
 
     @torch.no_grad()
     def target(self, batch: Batch) -> tuple[Tensor, Info]:
@@ -557,9 +578,9 @@ class VGFAgent(Agent):
         cfg = self.cfg
         noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
         return self._compiled_fn("act", _act_best)(
-            self.reference, self._online_tensors(), closed_form.critic_tensors(self.critic),
+            self._sampling_flow(), self._online_tensors(), closed_form.critic_tensors(self.critic),
             closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),
-            cfg.q_agg, self.amp)
+            cfg.q_agg)
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         """One row per test-time budget L in ``evaluate.budgets`` with N particles (``evaluate.particles``,
@@ -596,8 +617,8 @@ class VGFAgent(Agent):
         return self.step // every if every else 0
 
     def _fill_slice(self, c: int, g: int) -> None:
-        fill_bank(self.bank.samples, self.reference, self._bank_obs, self._rolling.slice_rows(c),
-                  steps=self.cfg.flow_steps, generator=self._rolling.generator(c, g, self.device), amp=self.amp)
+        fill_bank(self.bank.samples, self._sampling_flow(), self._bank_obs, self._rolling.slice_rows(c),
+                  steps=self.cfg.flow_steps, generator=self._rolling.generator(c, g, self.device))
 
     def _fill_bank_at(self, n: int) -> None:
         """Bring the bank to its state after ``n`` refreshes, redrawing only the slices that differ."""
@@ -618,6 +639,7 @@ class VGFAgent(Agent):
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self._first_step = self.step
+        self._loads += 1
         if self._rolling is not None:  # a bank built by prepare(): bring it to the resumed step
             self._fill_bank_at(self._refreshes_done())
 

@@ -18,6 +18,7 @@ over leading dimensions. An observation of shape ``[B, 1, obs_dim]`` next to par
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -200,3 +201,18 @@ class EnsembleCritic(nn.Module):
         mine = list(self.parameters())
         theirs = list(source.parameters())
         torch._foreach_lerp_(mine, theirs, tau)
+
+
+class CastCopy(nn.Module):
+    """A frozen copy of ``module`` whose weights live in ``dtype`` (e.g. bfloat16), taking and
+    returning float32 tensors. Under autocast a float32 module's weights are cast again at every
+    call; for a network whose weights do not change (the frozen reference flow, a critic while
+    acting) casting them once saves that work and computes the same low-precision matmuls."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner = copy.deepcopy(module).to(dtype).requires_grad_(False)
+        self.dtype = dtype
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.inner(*(x.to(self.dtype) for x in inputs)).float()
