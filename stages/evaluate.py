@@ -161,8 +161,11 @@ def load_agent(cfg, inputs: Inputs, device):
     saved = torch.load(critic_path, map_location="cpu", weights_only=False)
     check_compatible(saved, saved_policy["obs_dim"], saved_policy["act_dim"], saved_policy["dataset_digest"],
                      str(critic_path))
-    agent = methods.load(saved["method"]).Agent.create(saved["config"], saved["obs_dim"], saved["act_dim"], device,
-                                                       reference=flow, chunk=saved.get("chunk", 1))
+    module = methods.load(saved["method"])
+    # acting is compiled by evaluate's own switch, whatever the training run chose
+    speed = {"compile": bool(cfg.evaluate.get("compile", False))} if "compile" in saved["config"] else {}
+    agent = module.Agent.create(saved["config"], saved["obs_dim"], saved["act_dim"], device, reference=flow,
+                                chunk=saved.get("chunk", 1), **speed)
     agent.load_state_dict(saved["agent"])
     return agent, saved
 

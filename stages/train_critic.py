@@ -104,7 +104,8 @@ def checked_method(cfg):
 def build_method_config(cfg, saved_policy: dict):
     """The method's module and its Config from the ``method`` section. Knobs every method shares come
     from the shared sections, where the Config has them: the reference flow's widths and Euler steps
-    from the policy itself, the critic's widths from ``critic.hidden``, the seed from the top level."""
+    from the policy itself, the critic's widths from ``critic.hidden``, torch.compile of the update
+    from ``critic.compile``, the seed from the top level."""
     from vgfcli import methods
     from vgfcli.config import to_dict
     from vgfcli.methods.base import config_from
@@ -112,7 +113,8 @@ def build_method_config(cfg, saved_policy: dict):
     values = to_dict(cfg.method)
     name = values.pop("name")
     shared = {"actor_hidden": tuple(saved_policy["hidden"]), "flow_steps": int(saved_policy["flow_steps"]),
-              "critic_hidden": tuple(cfg.critic.hidden), "seed": int(cfg.seed)}
+              "critic_hidden": tuple(cfg.critic.hidden), "seed": int(cfg.seed),
+              "compile": bool(cfg.critic.get("compile", False))}
     try:
         module = methods.load(name)
         fields = {f.name for f in dataclasses.fields(module.Config)}

@@ -32,7 +32,7 @@ def test_method_yaml_lists_every_config_field_with_its_default(method):
     values = yaml.safe_load((config_dir() / "method" / f"{method}.yaml").read_text())
     assert values.pop("name") == method
     defaults = dataclasses.asdict(methods.load(method).Config())
-    shared = {"actor_hidden", "flow_steps", "critic_hidden", "seed"}  # set from policy / critic / top level
+    shared = {"actor_hidden", "flow_steps", "critic_hidden", "seed", "compile"}  # from policy / critic / top level
     assert set(values) == set(defaults) - shared
     for key, value in values.items():
         assert (tuple(value) if isinstance(value, list) else value) == defaults[key], key

@@ -122,6 +122,9 @@ class CriticLoopConfig:
     reward_transform: str = "none"
     batch_size: int = MISSING
     steps: int = MISSING
+    # torch.compile the method's update where it has a compiled path (vgf): compiled once per shape
+    # (tens of seconds, reported as compile_s), eager where torch.compile cannot run.
+    compile: bool = False
     log_every: int = MISSING
     checkpoint_every: int = MISSING
 
@@ -134,6 +137,7 @@ class EvaluateConfig:
     guidance: list[float] = MISSING  # QGF: guidance weights w to compare (vgf evaluate --guidance)
     particles: Optional[int] = None  # best-of-N by Q (--particles N); None = the method's default
     max_episode_steps: Optional[int] = None  # None = the env's own limit
+    compile: bool = False  # torch.compile acting (vgf); each budget compiles once, so it pays on long evaluations
 
 
 @dataclass
