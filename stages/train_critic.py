@@ -55,6 +55,8 @@ class TrainCriticStage(Stage):
         module, method_cfg = build_method_config(cfg, saved)
         agent = module.Agent.create(method_cfg, data.obs_dim, data.act_dim * chunk, device, reference=flow,
                                     chunk=chunk)
+        if hasattr(agent, "amp"):  # the precision amp=auto resolved to here
+            run.set_tags({"vgf.amp": agent.amp})
         with ui.status("preparing the method (e.g. the particle bank)"):
             prepared = agent.prepare(data.next_observations)
         sampler = Sampler(data, c.batch_size, cfg.seed, chunk=chunk, discount=method_cfg.discount)
@@ -85,6 +87,7 @@ class TrainCriticStage(Stage):
             "updates_per_s": loop.updates_per_s(c.steps), "device": str(device),
             # one-off torch.compile cost (method.compile), included in seconds
             **({"compile_s": round(agent.compile_seconds, 1)} if getattr(agent, "compile_seconds", 0) else {}),
+            **({"amp": agent.amp} if hasattr(agent, "amp") else {}),  # what amp=auto chose on this machine
             **{k: float(v) for k, v in prepared.items()}, **rewards,
         }
         return StageResult(outputs={"critic": out}, metrics={"resumed_from_step": float(loop.resumed_from)},

@@ -84,7 +84,7 @@ def test_median_pull_matches_autograd_of_the_kernel_sum():
 def test_agent_paths_agree_in_float32():
     # the agent's two switches, same weights and inputs: update targets and acting
     torch.manual_seed(0)
-    kw = dict(critic_hidden=(32, 32), actor_hidden=(32, 32), num_particles=4, flow_steps=3, bank_size=0)
+    kw = dict(critic_hidden=(32, 32), actor_hidden=(32, 32), num_particles=4, flow_steps=3, bank_size=0, amp="off")
     a = VGFAgent.create(None, 7, 3, closed_form=True, **kw)
     b = VGFAgent.create(None, 7, 3, closed_form=False, **kw)
     b.critic.load_state_dict(a.critic.state_dict())

@@ -109,8 +109,9 @@ class VGFConfig:
     # Matmuls of the gradient-free-of-weights passes (reference sampling, particle transport) in
     # bfloat16: "off" | "bf16" | "auto" (bf16 where the device has native bf16 matmul, else off).
     # TD targets, losses and weights stay fp32. Only pays on hardware with native bf16 matmul
-    # (AVX512-BF16/AMX CPUs, GPUs); on AVX2-only CPUs it is ~50x SLOWER.
-    amp: str = "off"
+    # (AVX512-BF16/AMX CPUs, GPUs); on AVX2-only CPUs it is ~50x SLOWER. auto is the default since
+    # its score check (quick preset, cube-single task2, 3 seeds: bf16 within fp32's seed spread).
+    amp: str = "auto"
     # torch.compile the update and acting: with closed_form, the transport and the target critic as
     # one graph, the critic's loss forward and backward, and reference sampling + transport + choice
     # when acting. Compiled once per shape (tens of seconds); falls back to eager where

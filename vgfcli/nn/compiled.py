@@ -48,9 +48,9 @@ def _signature(value: Any):
 class Compiled:
     """``fn`` through ``torch.compile(dynamic=False)`` when ``enabled``; see the module docstring."""
 
-    def __init__(self, fn: Callable, enabled: bool, name: str = ""):
+    def __init__(self, fn: Callable, enabled: bool, name: str = "", **compile_kwargs):
         self.fn, self.name = fn, name or getattr(fn, "__name__", type(fn).__name__)
-        self.compiled = torch.compile(fn, dynamic=False) if enabled else None
+        self.compiled = torch.compile(fn, dynamic=False, **compile_kwargs) if enabled else None
         self.seconds = 0.0
         self._seen: set = set()
 
