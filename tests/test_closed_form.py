@@ -172,3 +172,19 @@ def test_bf16_weight_copies_are_made_once_and_renewed_when_weights_change():
     assert agent._sampling_flow() is not flow      # a load replaces the reference's weights
     torch.testing.assert_close(agent._sampling_flow().inner.net.layers[0].weight.float(),
                                other.reference.net.layers[0].weight.to(torch.bfloat16).float())
+
+
+@pytest.mark.parametrize("embedding", ["raw", "sinusoidal"])
+def test_sampling_with_the_observation_share_hoisted_is_exact(embedding):
+    from vgfcli.nn.flow import FlowPolicy, euler_sample
+    from vgfcli.nn.networks import CastCopy
+
+    torch.manual_seed(0)
+    flow = FlowPolicy(7, 3, (16, 16), time_embedding=embedding)
+    obs, noise = torch.randn(4, 1, 7), torch.randn(4, 5, 3)
+    with torch.no_grad():
+        plain = euler_sample(lambda o, x, t: flow(o, x, t), obs, noise, 4)   # no `conditioned`: per step
+        assert torch.equal(euler_sample(flow, obs, noise, 4), plain)
+        cast = CastCopy(flow, torch.bfloat16)
+        per_step = euler_sample(lambda o, x, t: cast(o, x, t), obs, noise, 4)
+        assert torch.equal(euler_sample(cast, obs, noise, 4), per_step)

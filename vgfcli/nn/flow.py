@@ -59,6 +59,8 @@ def euler_sample(velocity_fn: VelocityFn, obs: Tensor, noise: Tensor, steps: int
     """
     if steps < 1:
         raise ValueError("euler_sample needs steps >= 1")
+    if hasattr(velocity_fn, "conditioned"):  # what depends on obs alone, computed once for all steps
+        velocity_fn = velocity_fn.conditioned(obs)
     x = noise
     dt = 1.0 / steps
     t_shape = (*noise.shape[:-1], 1)
@@ -99,6 +101,13 @@ class FlowPolicy(nn.Module):
 
     def forward(self, obs: Tensor, x: Tensor, t: Tensor) -> Tensor:
         return self.net(obs, x, t if self.time_embedding == "raw" else sinusoidal_embedding(t))
+
+    def conditioned(self, obs: Tensor) -> VelocityFn:
+        """``v(., x, t)`` at the fixed ``obs``: the observation's share of the first layer is computed
+        here once, not at every Euler step (the same numbers; the returned function ignores its obs)."""
+        shares = {0: self.net.share(0, obs)}
+        embed = (lambda t: t) if self.time_embedding == "raw" else sinusoidal_embedding
+        return lambda _obs, x, t: self.net(None, x, embed(t), shares=shares)
 
     def loss(self, obs: Tensor, actions: Tensor, generator: torch.Generator | None = None,
              t_grid: int | None = None) -> Tensor:

@@ -83,16 +83,24 @@ class MLP(nn.Module):
         self.norms = nn.ModuleList(
             nn.LayerNorm(w, eps=LN_EPS) for w in hidden_dims) if norm else None
 
-    def forward(self, *parts: Tensor) -> Tensor:
+    def share(self, i: int, part: Tensor) -> Tensor:
+        """Input part ``i``'s share of the first layer, ``part @ W_i^T`` (a width-1 part is a
+        broadcast product, the same numbers without a matmul call)."""
+        w = self.layers[0].weight.split(self.in_dims, dim=1)[i]
+        return part * w.t() if self.in_dims[i] == 1 else part @ w.t()
+
+    def forward(self, *parts: Tensor, shares: dict[int, Tensor] | None = None) -> Tensor:
+        """``shares`` maps a part's index to its precomputed ``share`` (e.g. an observation's, fixed
+        over the Euler steps of sampling); that part's entry in ``parts`` is then not read."""
         if len(parts) != len(self.in_dims):
             raise ValueError(f"MLP expects {len(self.in_dims)} input parts, got {len(parts)}")
         first = self.layers[0]
-        if len(parts) == 1:
+        if len(parts) == 1 and not shares:
             x = first(parts[0])
         else:
             x = None
-            for part, w in zip(parts, first.weight.split(self.in_dims, dim=1)):
-                y = part @ w.t()
+            for i, part in enumerate(parts):
+                y = shares[i] if shares and i in shares else self.share(i, part)
                 x = y if x is None else x + y
             x = x + first.bias
         for i in range(1, len(self.layers)):
@@ -216,3 +224,8 @@ class CastCopy(nn.Module):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.inner(*(x.to(self.dtype) for x in inputs)).float()
+
+    def conditioned(self, obs: Tensor):
+        """The inner velocity field's ``conditioned`` (see ``FlowPolicy``), in ``dtype``."""
+        inner = self.inner.conditioned(obs.to(self.dtype))
+        return lambda o, x, t: inner(None, x.to(self.dtype), t.to(self.dtype)).float()
