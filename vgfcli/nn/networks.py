@@ -87,7 +87,7 @@ class MLP(nn.Module):
         """Input part ``i``'s share of the first layer, ``part @ W_i^T`` (a width-1 part is a
         broadcast product, the same numbers without a matmul call)."""
         w = self.layers[0].weight.split(self.in_dims, dim=1)[i]
-        return part * w.t() if self.in_dims[i] == 1 else part @ w.t()
+        return part * w[:, 0] if self.in_dims[i] == 1 else part @ w.t()
 
     def forward(self, *parts: Tensor, shares: dict[int, Tensor] | None = None) -> Tensor:
         """``shares`` maps a part's index to its precomputed ``share`` (e.g. an observation's, fixed
