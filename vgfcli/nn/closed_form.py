@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vgfcli.nn.networks import LN_EPS, EnsembleCritic
+from vgfcli.nn.particles import GAMMA_EPS, H_FLOOR, median_entries, pairwise_sqdist
 
-_H_FLOOR = 1e-12   # as vgfcli.nn.particles (the reference code's guards)
-_GAMMA_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -187,27 +186,16 @@ def _hidden_backward(g: Tensor, keep, i: int, scales, shape: CriticShape) -> Ten
     return _act_backward(g, act_in, h, shape.activation)
 
 
-def median_entries(d2: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """The median of each state's ``N x N`` distances ``[B]`` (as ``jnp.median``: stable sort, the
-    middle two averaged for even N^2) and the flat indices ``i * N + j`` it was taken from."""
-    b, n, _ = d2.shape
-    values, order = d2.reshape(b, n * n).sort(dim=-1, stable=True)
-    mid = n * n // 2
-    if (n * n) % 2:
-        return values[:, mid], [order[:, mid]]
-    return 0.5 * (values[:, mid - 1] + values[:, mid]), [order[:, mid - 1], order[:, mid]]
-
-
 def repulsion_median_grad(x: Tensor, k: Tensor, d2: Tensor, h: Tensor, picks: list[Tensor]) -> Tensor:
     """``d(sum_ij k_ij) / dx`` through the median bandwidth alone (the reference code's extra pull).
 
     ``h`` is the unclamped median bandwidth ``[B]``; ``k`` and ``d2`` ``[B, N, N]``; ``picks`` the
-    median's flat entries (``median_entries``). Only the first index p of an entry (p, q) moves it.
+    median's flat entries (``particles.median_entries``). Only the first index p of an entry (p, q) moves it.
     """
     b, n, _ = x.shape
-    denom = _GAMMA_EPS + 2.0 * h.clamp_min(_H_FLOOR)
+    denom = GAMMA_EPS + 2.0 * h.clamp_min(H_FLOOR)
     # d sum k / d gamma = -sum k d2;  d gamma / d h = -2 / denom^2 (0 where h is floored)
-    dsum_dmed = (k * d2).sum((-1, -2)) * 2.0 / denom.square() * (h >= _H_FLOOR).to(x.dtype)
+    dsum_dmed = (k * d2).sum((-1, -2)) * 2.0 / denom.square() * (h >= H_FLOOR).to(x.dtype)
     weight = dsum_dmed / (2.0 * math.log(n + 1.0)) / len(picks)       # [B]
     rows = torch.arange(b, device=x.device)
     out = torch.zeros_like(x)
@@ -222,13 +210,13 @@ def svgd_direction(x: Tensor, score: Tensor, alpha: float, bandwidth: float | No
                    bandwidth_grad: bool) -> Tensor:
     """phi ``[B, N, d]``, as ``particles.svgd_direction``, in closed form."""
     n = x.shape[-2]
-    d2 = (x.unsqueeze(-2) - x.unsqueeze(-3)).square().sum(-1)
+    d2 = pairwise_sqdist(x)
     if bandwidth is None:
         med, picks = median_entries(d2)
         h = med / (2.0 * math.log(n + 1.0))
     else:
         h = torch.full(x.shape[:-2], float(bandwidth), dtype=x.dtype, device=x.device)
-    gamma = (1.0 / (_GAMMA_EPS + 2.0 * h.clamp_min(_H_FLOOR)))[..., None, None]
+    gamma = (1.0 / (GAMMA_EPS + 2.0 * h.clamp_min(H_FLOOR)))[..., None, None]
     k = torch.exp(-gamma * d2)
     drive = torch.matmul(k, score) / alpha
     repulse = 2.0 * gamma * (x * k.sum(-1, keepdim=True) - torch.matmul(k, x))

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 # The reference code's guards: h floored at 1e-12, gamma = 1 / (1e-6 + 2 h).
-_H_FLOOR = 1e-12
-_GAMMA_EPS = 1e-6
+H_FLOOR = 1e-12
+GAMMA_EPS = 1e-6
 
 QFn = Callable[[Tensor, Tensor], Tensor]  # (obs [B, 1, D], actions [B, N, d]) -> [members, B, N]
 
@@ -50,17 +50,23 @@ def pairwise_sqdist(x: Tensor) -> Tensor:
     return diff.square().sum(-1)
 
 
-def median_bandwidth(sqdist: Tensor) -> Tensor:
-    """``[B, N, N] -> [B]``: h = median(sqdist) / (2 log(N + 1)), the median as ``jnp.median``.
+def median_entries(sqdist: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``[..., N, N]``: the median of each N x N block as ``jnp.median`` (the middle two averaged for
+    even N^2) and the flat indices ``i * N + j`` it was taken from (one or two tensors ``[...]``).
 
     The sort is STABLE, as jnp.median's: among tied entries the lower flat index comes first, which
     decides the particle that receives the median's gradient (see the module docstring).
     """
-    n = sqdist.shape[-1]
-    flat = sqdist.flatten(-2).sort(dim=-1, stable=True).values
-    m = flat.shape[-1]
-    med = flat[..., m // 2] if m % 2 else 0.5 * (flat[..., m // 2 - 1] + flat[..., m // 2])
-    return med / (2.0 * math.log(n + 1.0))
+    values, order = sqdist.flatten(-2).sort(dim=-1, stable=True)
+    mid = values.shape[-1] // 2
+    if values.shape[-1] % 2:
+        return values[..., mid], [order[..., mid]]
+    return 0.5 * (values[..., mid - 1] + values[..., mid]), [order[..., mid - 1], order[..., mid]]
+
+
+def median_bandwidth(sqdist: Tensor) -> Tensor:
+    """``[B, N, N] -> [B]``: h = median(sqdist) / (2 log(N + 1)), the median as ``jnp.median``."""
+    return median_entries(sqdist)[0] / (2.0 * math.log(sqdist.shape[-1] + 1.0))
 
 
 def rbf_kernel(x: Tensor, bandwidth: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -73,7 +79,7 @@ def rbf_kernel(x: Tensor, bandwidth: float | Tensor | None = None) -> tuple[Tens
         h = median_bandwidth(d2)
     else:
         h = torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device).expand(x.shape[:-2])
-    gamma = 1.0 / (_GAMMA_EPS + 2.0 * h.clamp_min(_H_FLOOR))
+    gamma = 1.0 / (GAMMA_EPS + 2.0 * h.clamp_min(H_FLOOR))
     gamma = gamma[..., None, None]
     return torch.exp(-gamma * d2), 2.0 * gamma
 
@@ -105,7 +111,7 @@ def _kernel_sum_grad(x: Tensor) -> Tensor:
         xr = x.detach().requires_grad_(True)
         d2 = (xr.unsqueeze(-2) - x.detach().unsqueeze(-3)).square().sum(-1)
         h = median_bandwidth(d2)
-        gamma = 1.0 / (_GAMMA_EPS + 2.0 * h.clamp_min(_H_FLOOR))
+        gamma = 1.0 / (GAMMA_EPS + 2.0 * h.clamp_min(H_FLOOR))
         total = torch.exp(-gamma[..., None, None] * d2).sum()
         (grad,) = torch.autograd.grad(total, xr)
     return grad
