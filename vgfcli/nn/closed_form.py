@@ -33,7 +33,6 @@ from vgfcli.nn.networks import LN_EPS, EnsembleCritic
 from vgfcli.nn.particles import GAMMA_EPS, H_FLOOR, median_entries, pairwise_sqdist
 
 
-
 @dataclass(frozen=True)
 class CriticShape:
     """What the closed-form pass needs to know about an ``EnsembleCritic`` besides its tensors."""
