@@ -170,6 +170,9 @@ def test_bf16_weight_copies_are_made_once_and_renewed_when_weights_change():
             p.add_(1.0)
     agent.load_state_dict(other.state_dict())
     assert agent._sampling_flow() is not flow      # a load replaces the reference's weights
+    acting = agent._online_tensors()
+    agent.critic.load_state_dict(other.critic.state_dict())   # a write straight to the module counts too
+    assert agent._online_tensors() is not acting
     torch.testing.assert_close(agent._sampling_flow().inner.net.layers[0].weight.float(),
                                other.reference.net.layers[0].weight.to(torch.bfloat16).float())
 

@@ -387,8 +387,7 @@ class VGFAgent(Agent):
         # Compiled pieces of the update and of acting (cfg.compile), built lazily on first use.
         self._compiled: dict[str, Compiled] = {}
         self._first_step = 0  # the step this process starts from (a resume loads a later one)
-        self._loads = 0       # load_state_dict calls: cached bf16 copies of weights are stale after one
-        self._lowp: dict = {}
+        self._lowp: dict = {}  # name -> (weights' identity and versions, their bf16 copy)
 
     def _compiled_fn(self, name: str, fn) -> Compiled:
         compiled = self._compiled.get(name)
@@ -439,16 +438,18 @@ class VGFAgent(Agent):
         once per weights (re-made after ``load_state_dict``)."""
         if self.amp != "bf16":
             return self.reference
-        return self._low_precision("reference", lambda: CastCopy(self.reference, torch.bfloat16), frozen=True)
+        return self._low_precision("reference", self.reference, lambda: CastCopy(self.reference, torch.bfloat16))
 
-    def _low_precision(self, name: str, make, frozen: bool = False):
-        """A bf16 copy of some weights, cached until they change: at a load, and at every update
-        unless ``frozen`` (the reference flow)."""
-        key = (name, -1 if frozen else self.step, self._loads)
-        if key not in self._lowp:
-            self._lowp = {k: v for k, v in self._lowp.items() if k[0] != name}
-            self._lowp[key] = make()
-        return self._lowp[key]
+    def _low_precision(self, name: str, module, make):
+        """``make()``, a bf16 copy of ``module``'s weights, kept until those weights change. Every
+        in-place write (an optimiser step, a Polyak blend, a load) bumps a tensor's version counter,
+        so the versions say when: the frozen reference is cast once, the online critic once per
+        update while training and once for all of acting."""
+        key = (id(module), tuple(p._version for p in module.parameters()))
+        cached = self._lowp.get(name)
+        if cached is None or cached[0] != key:
+            cached = self._lowp[name] = (key, make())
+        return cached[1]
 
     def transport(self, obs: Tensor, particles: Tensor, steps: int) -> Tensor:
         """Move ``particles`` ``[B, N, d]`` for ``steps`` steps along the ONLINE critic's gradient."""
@@ -486,7 +487,8 @@ class VGFAgent(Agent):
         cast once per update, or once for all of acting)."""
         if self.amp != "bf16":
             return closed_form.critic_tensors(self.critic)
-        return self._low_precision("critic", lambda: closed_form.critic_tensors(self.critic, torch.bfloat16))
+        return self._low_precision("critic", self.critic,
+                                   lambda: closed_form.critic_tensors(self.critic, torch.bfloat16))
 
     @torch.no_grad()
     def target(self, batch: Batch) -> tuple[Tensor, Info]:
@@ -640,7 +642,6 @@ class VGFAgent(Agent):
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self._first_step = self.step
-        self._loads += 1
         if self._rolling is not None:  # a bank built by prepare(): bring it to the resumed step
             self._fill_bank_at(self._refreshes_done())
 
