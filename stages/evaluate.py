@@ -103,7 +103,7 @@ class EvaluateStage(Stage):
         summary = {"env_id": env_id, "method": cfg.method.name, "metric": metric_name, "results": results,
                    "best": best["label"], "chunk": agent.chunk, "sweep": sweep_keys, "task": task,
                    "seed": cfg.seed, "preset": preset}
-        if getattr(agent, "compile_seconds", 0):  # one-off torch.compile cost (method.compile)
+        if getattr(agent, "compile_seconds", 0):  # one-off torch.compile cost (evaluate.compile)
             summary["compile_s"] = round(agent.compile_seconds, 1)
         results_json = run.staging / "results.json"
         full = {**summary, "results": [r | {"outcomes": o} for r, o in zip(results, outcomes)]}

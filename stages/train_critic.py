@@ -85,7 +85,7 @@ class TrainCriticStage(Stage):
             **{k: round(v, 5) for k, v in loop.last.items() if k != "updates_per_s"},
             "resumed_from_step": loop.resumed_from, "seconds": round(loop.seconds, 1),
             "updates_per_s": loop.updates_per_s(c.steps), "device": str(device),
-            # one-off torch.compile cost (method.compile), included in seconds
+            # one-off torch.compile cost (critic.compile), included in seconds
             **({"compile_s": round(agent.compile_seconds, 1)} if getattr(agent, "compile_seconds", 0) else {}),
             **({"amp": agent.amp} if hasattr(agent, "amp") else {}),  # what amp=auto chose on this machine
             **{k: float(v) for k, v in prepared.items()}, **rewards,

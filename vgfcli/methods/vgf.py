@@ -115,7 +115,8 @@ class VGFConfig:
     # torch.compile the update and acting: with closed_form, the transport and the target critic as
     # one graph, the critic's loss forward and backward, and reference sampling + transport + choice
     # when acting. Compiled once per shape (tens of seconds); falls back to eager where
-    # torch.compile cannot run.
+    # torch.compile cannot run. The stages set it from critic.compile (train-critic) and
+    # evaluate.compile (evaluate), not from the method section.
     compile: bool = False
     # Seed of the agent's random streams (training noise; acting has its own stream).
     seed: int = 0
