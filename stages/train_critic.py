@@ -20,7 +20,7 @@ from vgfcli.ui import summary_table
 class TrainCriticStage(Stage):
     name = "train-critic"
     config_name = "train"
-    code_version = 2
+    code_version = 3  # 3: the critic is stored with its calibration (member_std_percentiles)
     main_metrics = ("critic_loss", "q_mean")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
@@ -72,6 +72,11 @@ class TrainCriticStage(Stage):
         loop = train_loop(run, ui, f"train-critic ({cfg.method.name})", steps=c.steps,
                           step_fn=lambda step: agent.update(sampler.sample()), state_fn=state_fn, load_fn=load_fn,
                           checkpoint_every=c.checkpoint_every, log_every=c.log_every)
+        # What acting needs to know about the trained critic (the adaptive budget's disagreement scale),
+        # measured on its own draw of dataset batches so that training's sampler stream is untouched.
+        calibration_batches = Sampler(data, 1024, cfg.seed + 5_000_011, chunk=chunk, discount=method_cfg.discount)
+        with ui.status("calibrating the critic on dataset actions"):
+            calibration = agent.calibrate([calibration_batches.sample() for _ in range(16)])
         out = run.staging / "critic.pt"
         torch.save({
             "method": cfg.method.name, "config": dataclasses.asdict(method_cfg), "agent": agent.state_dict(),
@@ -89,6 +94,7 @@ class TrainCriticStage(Stage):
             **({"compile_s": round(agent.compile_seconds, 1)} if getattr(agent, "compile_seconds", 0) else {}),
             **({"amp": agent.amp} if hasattr(agent, "amp") else {}),  # what amp=auto chose on this machine
             **{k: float(v) for k, v in prepared.items()}, **rewards,
+            **{k: round(float(v), 5) for k, v in calibration.items()},
         }
         return StageResult(outputs={"critic": out}, metrics={"resumed_from_step": float(loop.resumed_from)},
                            summary=summary)

@@ -38,7 +38,8 @@ OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (e.g. dataset=
 FORCE = typer.Option(False, "--force", help="Recompute even when a finished run with the same inputs exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (run id, cache hit, outputs, metrics) on stdout.")
 CFG = typer.Option(False, "--cfg", help="Print the resolved config and exit.")
-BUDGET = typer.Option(None, "--budget", help="vgf: test-time budgets L, comma-separated (default: evaluate.budgets).")
+BUDGET = typer.Option(None, "--budget", help="vgf: test-time budgets, comma-separated: steps L, or auto / auto_std / "
+                     "auto_gain for an adaptive per-state budget (default: evaluate.budgets).")
 GUIDANCE = typer.Option(None, "--guidance", help="qgf: guidance weights w, comma-separated (default: evaluate.guidance).")
 PARTICLES = typer.Option(None, "--particles", help="Best-of-N by Q: candidates per state (default: the method's).")
 
@@ -189,7 +190,7 @@ def _stages_table(stages):
 def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | None) -> list[str]:
     out = []
     if budget is not None:
-        out.append(f"evaluate.budgets=[{','.join(map(str, _numbers(budget, int, '--budget', '0,1,2,3')))}]")
+        out.append(f"evaluate.budgets=[{','.join(_budgets(budget))}]")
     if guidance is not None:
         out.append(f"evaluate.guidance=[{','.join(map(str, _numbers(guidance, float, '--guidance', '0.01,0.04')))}]")
     if particles is not None:
@@ -197,6 +198,17 @@ def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | 
             raise VgfError(f"--particles must be at least 1, got {particles}")
         out.append(f"evaluate.particles={particles}")
     return out
+
+
+def _budgets(text: str) -> list[str]:
+    """--budget: steps L >= 0 and adaptive budgets by name (auto, auto_std, auto_gain)."""
+    from vgfcli.nn.adaptive import RULES
+
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(not (v.isdigit() or v in RULES) for v in values):
+        raise VgfError(f"--budget takes comma-separated steps >= 0 or {', '.join(RULES)}, e.g. 0,1,2,3,auto; "
+                       f"got '{text}'")
+    return values
 
 
 def _numbers(text: str, kind, flag: str, example: str) -> list:

@@ -133,7 +133,12 @@ class CriticLoopConfig:
 class EvaluateConfig:
     episodes: int = MISSING  # episodes per budget
     num_envs: int = MISSING  # envs stepped in lockstep, one batched policy call per step
-    budgets: list[int] = MISSING  # VGF: test-time transport steps to compare (vgf evaluate --budget)
+    # VGF: test-time budgets to compare (vgf evaluate --budget): transport steps L >= 0, or an adaptive
+    # budget by name (auto: both stopping rules, auto_std: disagreement, auto_gain: diminishing return).
+    budgets: list[Any] = MISSING
+    budget_max: Optional[int] = None  # most steps of an adaptive row; None = the largest L in budgets
+    stop_quantile: Optional[float] = None  # adaptive rows' disagreement quantile; None = the method's
+    stop_gain: Optional[float] = None  # adaptive rows' least gain in members' stds; None = the method's
     guidance: list[float] = MISSING  # QGF: guidance weights w to compare (vgf evaluate --guidance)
     particles: Optional[int] = None  # best-of-N by Q (--particles N); None = the method's default
     max_episode_steps: Optional[int] = None  # None = the env's own limit

@@ -129,6 +129,70 @@ class EvalSetting:
     sweep: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the swept knob, e.g. {"budget": 2}
 
 
+@dataclasses.dataclass
+class ComputeCounter:
+    """What acting has cost since the last reset: states acted for and network passes over one
+    particle (or candidate) each. ``vgf evaluate`` reports them per action, one row at a time."""
+
+    states: int = 0
+    critic_forward: int = 0  # Q of every member at one particle
+    critic_backward: int = 0  # grad_a Q at one particle (a value-gradient step)
+    field_forward: int = 0  # a learned gradient field g(s, a) at one particle (A-VGF)
+    steps: list[int] = dataclasses.field(default_factory=list)  # states by transport steps taken: [k] = count
+
+    def add(self, states: int, forward: int = 0, backward: int = 0, field: int = 0) -> None:
+        self.states += int(states)
+        self.critic_forward += int(forward)
+        self.critic_backward += int(backward)
+        self.field_forward += int(field)
+
+    def add_steps(self, per_state: Tensor | int, states: int | None = None) -> None:
+        """Count states by the transport steps each took: a ``[B]`` tensor, or one number for ``states``."""
+        if isinstance(per_state, Tensor):
+            counts = torch.bincount(per_state.reshape(-1).cpu()).tolist()
+        else:
+            counts = [0] * int(per_state) + [int(states or 0)]
+        if len(counts) > len(self.steps):
+            self.steps += [0] * (len(counts) - len(self.steps))
+        for k, c in enumerate(counts):
+            self.steps[k] += c
+
+    def per_action(self) -> dict[str, Any]:
+        """Per state acted for: critic passes (forward + backward = ``critic_evals``), field passes,
+        and the mean and histogram of transport steps (where the method transports)."""
+        n = max(self.states, 1)
+        out: dict[str, Any] = {"critic_forward": self.critic_forward / n, "critic_backward": self.critic_backward / n,
+                               "critic_evals": (self.critic_forward + self.critic_backward) / n}
+        if self.field_forward:
+            out["field_forward"] = self.field_forward / n
+        if self.steps:
+            total = max(sum(self.steps), 1)
+            out["steps_mean"] = sum(k * c for k, c in enumerate(self.steps)) / total
+            out["steps_hist"] = list(self.steps)
+        return out
+
+
+def member_std_percentiles(critic, batches) -> Tensor | None:
+    """Percentiles 0, 1, ..., 100 ``[101]`` of the critic members' std of Q at the DATASET's
+    (state, action) pairs of ``batches``: the calibration of the adaptive budget's disagreement rule.
+    None for a single critic (no disagreement to measure)."""
+    if getattr(critic, "members", 1) < 2:
+        return None
+    with torch.no_grad():
+        stds = torch.cat([critic(b["observations"], b["actions"]).std(0).reshape(-1) for b in batches])
+        levels = torch.linspace(0.0, 1.0, 101, device=stds.device)
+        return torch.quantile(stds.float(), levels).cpu()
+
+
+def percentile_at(percentiles: Tensor, q: float) -> float:
+    """The value at quantile ``q`` in [0, 1] of a distribution given by its 101 percentiles (linear
+    in between)."""
+    pos = min(max(float(q), 0.0), 1.0) * (len(percentiles) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(percentiles) - 1)
+    return float(percentiles[lo] + (pos - lo) * (percentiles[hi] - percentiles[lo]))
+
+
 def frozen_call(module: torch.nn.Module, *inputs: Tensor) -> Tensor:
     """``module(*inputs)`` with its weights held constant: gradients reach the inputs only (an actor's
     Q term must not train the critic)."""
@@ -166,6 +230,22 @@ class Agent(ABC):
         if self.chunk < 1 or self.act_dim % self.chunk:
             raise ValueError(f"chunk must be >= 1 and divide act_dim {self.act_dim}, got {chunk}")
         self.step = 0
+        self.compute = ComputeCounter()  # what acting costs (act() adds to it; evaluate resets it per row)
+        # The members' std of Q at dataset actions, percentiles 0..100 (``calibrate``; None before).
+        self.member_std_percentiles: Tensor | None = None
+
+    def calibrate(self, batches) -> Info:
+        """Once after training, on dataset batches: store what acting needs to know about the trained
+        critic (the percentiles of its members' disagreement at dataset actions, for the adaptive
+        budget's disagreement rule). Methods without a critic ensemble store nothing."""
+        critic = getattr(self, "critic", None)
+        if critic is None:
+            return {}
+        self.member_std_percentiles = member_std_percentiles(critic, batches)
+        if self.member_std_percentiles is None:
+            return {}
+        p = self.member_std_percentiles
+        return {"member_std_p50": p[50], "member_std_p90": p[90], "member_std_p99": p[99]}
 
     def step_and_blend(self, *optimizers, before_step: bool) -> None:
         """The optimisers' steps and the Polyak update of ``target_critic`` toward ``critic``
@@ -232,13 +312,18 @@ class Agent(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: config, networks, optimisers, step, random streams."""
-        return {"config": dataclasses.asdict(self.cfg), **{n: p.state_dict() for n, p in self._parts().items()},
-                "step": self.step, **{g: getattr(self, g).get_state() for g in self.checkpoint_generators}}
+        state = {"config": dataclasses.asdict(self.cfg), **{n: p.state_dict() for n, p in self._parts().items()},
+                 "step": self.step, **{g: getattr(self, g).get_state() for g in self.checkpoint_generators}}
+        if self.member_std_percentiles is not None:
+            state["member_std_percentiles"] = self.member_std_percentiles
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
         for name, part in self._parts().items():
             part.load_state_dict(state[name])
         self.step = int(state["step"])
+        # Absent from a checkpoint saved before calibration (mid-training, or by an older vgf).
+        self.member_std_percentiles = state.get("member_std_percentiles")
         for name in self.checkpoint_generators:
             getattr(self, name).set_state(state[name])

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, percentile_at
 from vgfcli.nn import closed_form
+from vgfcli.nn.adaptive import RULES, StopRule, adaptive_transport
 from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import CastCopy, EnsembleCritic
@@ -94,6 +95,19 @@ class VGFConfig:
     # h is computed from x inside the function it differentiates; the median's tie-break is
     # jnp.median's stable sort). False: h constant, textbook SVGD (the paper's equation).
     bandwidth_grad: bool = True
+
+    # --- adaptive budget (vgfcli.nn.adaptive) ---------------------------------------------------------
+    # Transport budget of the TD target: "fixed" (train_steps steps for every state) or an adaptive
+    # rule with train_steps as its most: "auto" (both rules below), "auto_std" (disagreement only),
+    # "auto_gain" (diminishing return only). Acting picks its budgets in `evaluate.budgets`.
+    train_budget: str = "fixed"
+    # Disagreement rule: a state stops when the members' std of Q at its particles exceeds this
+    # quantile of the members' std at dataset actions (acting: measured once after training and
+    # stored with the critic; train_budget: at the current batch's actions). Needs num_critics >= 2.
+    stop_quantile: float = 0.9
+    # Diminishing-return rule: a state stops when a step's gain in Q (mean over its particles) is
+    # below stop_gain x the members' std of Q at its particles.
+    stop_gain: float = 0.5
 
     # --- acting -----------------------------------------------------------------------------------
     # Particle selection when acting: max (argmax online Q) | softmax (sample ~ exp(Q / temp)) | random.
@@ -161,6 +175,12 @@ def _validate(cfg: VGFConfig) -> None:
          "bank_size must be 0 (no bank) or at least num_particles"),
         (cfg.bank_refresh_every >= 0, "bank_refresh_every must be >= 0 (0 = never)"),
         (cfg.bank_refresh_rows >= 1, "bank_refresh_rows must be >= 1"),
+        (cfg.train_budget in ("fixed", *RULES),
+         f"train_budget must be fixed, {', '.join(RULES)}, not {cfg.train_budget!r}"),
+        (cfg.train_budget == "fixed" or (cfg.closed_form and cfg.num_critics >= 2),
+         "an adaptive train_budget needs closed_form=true and num_critics >= 2"),
+        (0.0 < cfg.stop_quantile <= 1.0, "stop_quantile must be in (0, 1]"),
+        (cfg.stop_gain >= 0.0, "stop_gain must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -332,6 +352,20 @@ def td_target(next_qs: Tensor, rewards: Tensor, masks: Tensor, discount: float,
     return rewards + discount * masks * next_v
 
 
+def parse_budgets(values) -> list[int | str]:
+    """``evaluate.budgets`` as numbers of steps (>= 0) and adaptive rule names; anything else is refused."""
+    out: list[int | str] = []
+    for value in values:
+        text = str(value).strip()
+        if text in RULES:
+            out.append(text)
+        elif text.isdigit():
+            out.append(int(text))
+        else:
+            raise ValueError(f"budgets must be steps >= 0 or one of {', '.join(RULES)}, got {value!r}")
+    return out
+
+
 def _moved_next_q(online, target, shape, next_obs: Tensor, start: Tensor, steps: int,
                   options: dict) -> tuple[Tensor, Tensor]:
     """The TD target's particles (``start`` moved along the online critic) and the target critic's Q
@@ -497,7 +531,10 @@ class VGFAgent(Agent):
         cfg = self.cfg
         next_obs = batch["next_observations"]
         start = self.reference_samples(next_obs, cfg.num_particles, batch.get("indices"))
-        if self._closed_form(self.target_critic):  # transport + target critic: one graph to compile
+        info = {}
+        if cfg.train_budget != "fixed":  # per-state budget: eager (the shapes change as states stop)
+            moved, next_qs, info = self._adaptive_target(batch, start)
+        elif self._closed_form(self.target_critic):  # transport + target critic: one graph to compile
             moved, next_qs = self._compiled_fn("moved_next_q", _moved_next_q)(
                 self._online_tensors(), closed_form.critic_tensors(self.target_critic),
                 closed_form.CriticShape.of(self.critic), next_obs, start, cfg.train_steps,
@@ -507,12 +544,33 @@ class VGFAgent(Agent):
             next_qs = self._compiled_fn("target_critic", self.target_critic)(next_obs.unsqueeze(1), moved)
         y = td_target(next_qs, batch["rewards"], batch["masks"], self.bootstrap_discount, cfg.q_agg,
                       cfg.particle_agg)
-        info = {"target_mean": y.mean(), "next_q_mean": next_qs.mean(),
-                "particle_shift": (moved - start).abs().mean()}
+        info |= {"target_mean": y.mean(), "next_q_mean": next_qs.mean(),
+                 "particle_shift": (moved - start).abs().mean()}
         if cfg.num_particles > 1:
             info["bc_flow_var"] = start.var(dim=1).mean()
             info["vgf_var"] = moved.var(dim=1).mean()
         return y, info
+
+    def _adaptive_target(self, batch: Batch, start: Tensor) -> tuple[Tensor, Tensor, Info]:
+        """The TD target's particles under ``train_budget`` (at most train_steps steps per state) and the
+        target critic's Q at them. The disagreement ceiling is the ``stop_quantile`` of the online
+        members' std at this batch's dataset actions: it follows the critic as it learns."""
+        cfg = self.cfg
+        online, shape = self._online_tensors(), closed_form.CriticShape.of(self.critic)
+        at_data = closed_form.q_values(online, shape, batch["observations"], batch["actions"].unsqueeze(1))
+        ceiling = torch.quantile(at_data.float().std(0).reshape(-1), cfg.stop_quantile).item()
+        stop = StopRule.named(cfg.train_budget, ceiling, cfg.stop_gain)
+        result = adaptive_transport(online, shape, batch["next_observations"], start, cfg.train_steps, stop,
+                                    **self._adaptive_options())
+        moved = result.particles.float()
+        next_qs = closed_form.q_values(closed_form.critic_tensors(self.target_critic), shape,
+                                       batch["next_observations"], moved)
+        return moved, next_qs, {"target_steps_mean": result.steps.float().mean()}
+
+    def _adaptive_options(self) -> dict:
+        options = self._transport_options()
+        options["grad_q_agg"] = options.pop("q_agg")
+        return options | {"q_agg": self.cfg.q_agg}
 
     # --- contract ---------------------------------------------------------------------------------
 
@@ -539,12 +597,16 @@ class VGFAgent(Agent):
         return info
 
     def act(self, obs: Tensor, *, steps: int | None = None, num_particles: int | None = None,
-            select: str | None = None, generator: torch.Generator | None = None) -> Tensor:
+            select: str | None = None, generator: torch.Generator | None = None, budget: str | None = None,
+            stop_quantile: float | None = None, stop_gain: float | None = None) -> Tensor:
         """Actions ``[B, act_dim]`` for ``obs`` ``[B, obs_dim]`` (or ``[act_dim]`` for ``[obs_dim]``).
 
-        ``steps`` (L_test), ``num_particles`` and ``select`` default to the config. May run under
-        ``torch.no_grad`` or ``torch.inference_mode``: the closed-form transport needs no autograd,
-        the autograd one re-enables the gradients it needs (with respect to the actions only).
+        ``steps`` (L_test), ``num_particles`` and ``select`` default to the config. ``budget``: an
+        adaptive rule (``auto``, ``auto_std``, ``auto_gain``; ``vgfcli.nn.adaptive``) with ``steps`` as
+        its most, its ``stop_quantile`` / ``stop_gain`` defaulting to the config; None = ``steps``
+        steps for every state. May run under ``torch.no_grad`` or ``torch.inference_mode``: the
+        closed-form transport needs no autograd, the autograd one re-enables the gradients it needs
+        (with respect to the actions only).
         """
         cfg = self.cfg
         steps = cfg.test_steps if steps is None else steps
@@ -554,6 +616,12 @@ class VGFAgent(Agent):
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         single = obs.dim() == 1
         obs = obs.unsqueeze(0) if single else obs
+        if budget is not None:
+            actions = self._act_adaptive(obs, n, steps, budget, stop_quantile, stop_gain, generator)
+            return actions[0] if single else actions
+        # every state: `steps` forward + backward passes per particle, and a forward to select by Q
+        self.compute.add(obs.shape[0], obs.shape[0] * n * (steps + (n > 1)), obs.shape[0] * n * steps)
+        self.compute.add_steps(steps, obs.shape[0])
         if (n == 1 or select == "max") and self._closed_form():
             actions = self._act_closed_form(obs, n, steps, generator)
             return actions[0] if single else actions
@@ -576,6 +644,34 @@ class VGFAgent(Agent):
         return actions[0] if single else actions
 
     @torch.no_grad()
+    def _act_adaptive(self, obs: Tensor, n: int, max_steps: int, budget: str, stop_quantile: float | None,
+                      stop_gain: float | None, generator: torch.Generator) -> Tensor:
+        """Reference samples (the same draws as the fixed-budget path), at most ``max_steps`` transport
+        steps per state as ``budget``'s rules allow, then the particle of largest online Q."""
+        cfg = self.cfg
+        if not self._closed_form():
+            raise ValueError("an adaptive budget needs method.closed_form=true")
+        quantile = cfg.stop_quantile if stop_quantile is None else stop_quantile
+        stop = StopRule.named(budget, self.disagreement_ceiling(quantile) if budget != "auto_gain" else float("inf"),
+                              cfg.stop_gain if stop_gain is None else stop_gain)
+        noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
+        start = euler_sample(self._sampling_flow(), obs.unsqueeze(1), noise, cfg.flow_steps)
+        result = adaptive_transport(self._online_tensors(), closed_form.CriticShape.of(self.critic), obs, start,
+                                    max_steps, stop, **self._adaptive_options())
+        self.compute.add(obs.shape[0], result.forward, result.backward)
+        self.compute.add_steps(result.steps)
+        q = torch.nan_to_num(aggregate_members(result.member_q.float(), cfg.q_agg), nan=float("-inf"))
+        moved = result.particles.float()
+        return moved[torch.arange(moved.shape[0], device=moved.device), q.argmax(dim=1)]
+
+    def disagreement_ceiling(self, quantile: float) -> float:
+        """The members' std of Q at dataset actions at ``quantile`` (from ``calibrate``)."""
+        if self.member_std_percentiles is None:
+            raise ValueError("this critic has no disagreement calibration (it was trained before vgf stored "
+                             "one): train it again, or use the auto_gain budget")
+        return percentile_at(self.member_std_percentiles, quantile)
+
+    @torch.no_grad()
     def _act_closed_form(self, obs: Tensor, n: int, steps: int, generator: torch.Generator) -> Tensor:
         """Reference samples, transport and best-of-N under the online Q as one graph (what ``act``
         does for select=max, with the same random draws)."""
@@ -587,14 +683,31 @@ class VGFAgent(Agent):
             cfg.q_agg)
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
-        """One row per test-time budget L in ``evaluate.budgets`` with N particles (``evaluate.particles``,
-        null = ``num_particles``): L = 0 is best-of-N under the learned Q."""
+        """One row per test-time budget in ``evaluate.budgets`` with N particles (``evaluate.particles``,
+        null = ``num_particles``): a number L is L steps for every state (L = 0: best-of-N under the
+        learned Q); a name (auto, auto_std, auto_gain) is an adaptive budget of at most
+        ``evaluate.budget_max`` steps (null = the largest L listed, else test_steps) whose rules use
+        ``evaluate.stop_quantile`` / ``stop_gain`` (null = the method's)."""
         n = int(evaluate_cfg.get("particles") or self.cfg.num_particles)
-        budgets = evaluate_cfg.get("budgets") or [self.cfg.test_steps]
-        if any(int(b) < 0 for b in budgets):
-            raise ValueError(f"budgets must be >= 0, got {list(budgets)}")
-        return [EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": int(b), "num_particles": n}, {"budget": int(b)})
-                for b in budgets]
+        budgets = parse_budgets(evaluate_cfg.get("budgets") or [self.cfg.test_steps])
+        fixed = [b for b in budgets if isinstance(b, int)]
+        most = evaluate_cfg.get("budget_max")
+        most = int(most) if most is not None else max(fixed, default=self.cfg.test_steps)
+        if most < 1 and len(fixed) < len(budgets):
+            raise ValueError(f"an adaptive budget needs budget_max >= 1, got {most}")
+        rules = {"stop_quantile": evaluate_cfg.get("stop_quantile"), "stop_gain": evaluate_cfg.get("stop_gain")}
+        rows = []
+        for b in budgets:
+            if isinstance(b, int):
+                rows.append(EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": b, "num_particles": n}, {"budget": b}))
+                continue
+            if b != "auto_gain":
+                self.disagreement_ceiling(0.5)  # a clear error now, not after the fixed rows ran
+            if self.critic.members < 2:
+                raise ValueError("adaptive budgets need a critic ensemble (method.num_critics >= 2)")
+            rows.append(EvalSetting(f"{b}(L<={most})", f"budget_{b}", n,
+                                    {"steps": most, "num_particles": n, "budget": b, **rules}, {"budget": b}))
+        return rows
 
     def set_bank(self, bank: ParticleBank | None) -> None:
         self.bank = bank
@@ -653,4 +766,4 @@ Agent = VGFAgent
 create = VGFAgent.create
 
 __all__ = ["VGFConfig", "Config", "VGFAgent", "Agent", "create", "ParticleBank", "RollingBank", "build_bank",
-           "refresh_bank", "fill_bank", "td_target", "aggregate_particles"]
+           "refresh_bank", "fill_bank", "td_target", "aggregate_particles", "parse_budgets"]

@@ -128,11 +128,12 @@ def q_values(tensors, shape: CriticShape, obs: Tensor, actions: Tensor) -> Tenso
 
 
 def q_and_action_grad(tensors, shape: CriticShape, obs_proj: Tensor, actions: Tensor,
-                      q_agg: str) -> tuple[Tensor, Tensor]:
+                      q_agg: str, members: bool = False) -> tuple[Tensor, Tensor]:
     """Members-aggregated Q ``[B, N]`` and its gradient with respect to ``actions`` ``[B, N, d]``.
 
     ``obs_proj`` is ``project_obs`` of the states. Equals ``particles.value_grad`` with the same
-    critic, up to rounding.
+    critic, up to rounding. ``members``: return every member's Q ``[M, B, N]`` instead of the
+    aggregate (the gradient is still the ``q_agg`` aggregate's).
     """
     ws, bs, scales, shifts = tensors
     m = shape.members
@@ -157,7 +158,7 @@ def q_and_action_grad(tensors, shape: CriticShape, obs_proj: Tensor, actions: Te
         g = _hidden_backward(g, saved[i - 1], i - 1, scales, shape)      # grad at z_i
         g = _bmm(g, ws[i - 1].transpose(1, 2)) if i > 1 else g
     grad = _bmm(g, w_act.transpose(1, 2)).sum(0)                         # [R, d]
-    return q.reshape(b, n), grad.reshape(b, n, d)
+    return (qs.reshape(m, b, n) if members else q.reshape(b, n)), grad.reshape(b, n, d)
 
 
 def _hidden_forward(z: Tensor, i: int, scales, shifts, shape: CriticShape):
@@ -236,17 +237,25 @@ def transport(tensors, shape: CriticShape, obs: Tensor, particles: Tensor, steps
     x = particles
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
-    b1, b2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
         _, score = q_and_action_grad(tensors, shape, obs_proj, x, q_agg)
         phi = svgd_direction(x, score, alpha, bandwidth, bandwidth_grad)
-        if rule == "adam":
-            g = -phi
-            m = torch.lerp(m, g, 1.0 - b1)
-            v = v * b2 + (1.0 - b2) * g * g
-            x = x - lr * (m / (1.0 - b1 ** t)) / ((v / (1.0 - b2 ** t)).sqrt() + eps)
-        else:
-            x = x + lr * phi
-        if clip is not None:
-            x = x.clamp(-clip, clip)
+        x, m, v = particle_update(x, phi, m, v, t, lr, rule, clip)
     return x
+
+
+def particle_update(x: Tensor, phi: Tensor, m: Tensor, v: Tensor, t: int, lr: float, rule: str,
+                    clip: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Step ``t`` (1-based) of the particles along ``phi``: ``rule`` "adam" feeds -phi to Adam (moments
+    ``m``, ``v``; optax.adam's arithmetic), "plain" is ``x + lr * phi``; then the clamp to the box."""
+    if rule == "adam":
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        g = -phi
+        m = torch.lerp(m, g, 1.0 - b1)
+        v = v * b2 + (1.0 - b2) * g * g
+        x = x - lr * (m / (1.0 - b1 ** t)) / ((v / (1.0 - b2 ** t)).sqrt() + eps)
+    else:
+        x = x + lr * phi
+    if clip is not None:
+        x = x.clamp(-clip, clip)
+    return x, m, v
