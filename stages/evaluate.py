@@ -7,8 +7,16 @@ behaviour policy alone: one flow sample, no critic) always comes first, so the t
 value gradient adds. Scores are OGBench success rates, or D4RL-normalised returns where reference
 returns are known. Action chunks (H > 1) run open loop.
 
+VGF's budgets may also be adaptive (``auto``, ``auto_std``, ``auto_gain``: ``vgfcli.nn.adaptive``), one
+row each, drawn on the budget plot at their mean steps per state.
+
+Every row also says what it cost: actions per second of policy time and network passes per action
+(critic forward + backward, A-VGF's field forwards; ``ComputeCounter``), with the mean and histogram
+of transport steps per state where the method transports.
+
 Outputs: ``results.json`` (every row with its per-episode outcomes, the inputs of ``vgf report``'s
-intervals) and ``score_vs_budget.png``; each row carries its 95 % interval over episodes.
+intervals), ``score_vs_budget.png`` and ``score_vs_compute.png`` (the test-time scaling chart); each
+row carries its 95 % interval over episodes.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 class EvaluateStage(Stage):
     name = "evaluate"
     config_name = "train"
-    code_version = 3
+    code_version = 4  # 4: compute per action (actions/s, critic passes, steps) on every row
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
@@ -49,7 +57,7 @@ class EvaluateStage(Stage):
         import torch
 
         from vgfcli.cache import write_bytes_atomic
-        from vgfcli.methods.base import EvalSetting
+        from vgfcli.methods.base import ComputeCounter, EvalSetting
         from vgfcli.protocols import task_label
         from vgfcli.rollout import evaluate_policy, release_envs
         from vgfcli.training import resolve_device
@@ -80,6 +88,7 @@ class EvaluateStage(Stage):
                         return agent.act(obs, **setting.options).cpu().numpy()
 
                 done = 0
+                agent.compute = ComputeCounter()  # this row's cost alone
 
                 def progress(finished: int) -> None:
                     nonlocal done
@@ -90,16 +99,23 @@ class EvaluateStage(Stage):
                                          max_episode_steps=e.max_episode_steps, action_repeat_chunk=agent.chunk,
                                          progress=progress)
                 row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
+                row |= compute_columns(result, agent.compute)
                 results.append(row)
                 outcomes.append(episodes)
         release_envs()  # the pooled env copies served every row of this evaluation
         metric_name = results[0]["metric"]
         metrics = {f"{r['metric']}/{r['key']}": r["score"] for r in results}
         metrics |= {f"return_mean/{r['key']}": r["return_mean"] for r in results}
+        metrics |= {f"actions_per_s/{r['key']}": r["actions_per_s"] for r in results}
+        metrics |= {f"critic_evals_per_action/{r['key']}": r["compute"]["critic_evals"] for r in results}
+        metrics |= {f"steps_mean/{r['key']}": r["compute"]["steps_mean"] for r in results if "steps_mean" in r["compute"]}
         best = max(results[1:] or results, key=lambda r: r["score"])
         metrics |= {"best_score": best["score"], "reference_score": results[0]["score"]}
         plot = run.staging / "score_vs_budget.png"
-        plot_scores(results, sweep_keys, plot, f"{cfg.method.name} on {env_id} (H = {agent.chunk})", metric_name)
+        title = f"{cfg.method.name} on {env_id} (H = {agent.chunk})"
+        plot_scores(results, sweep_keys, plot, title, metric_name)
+        compute_plot = run.staging / "score_vs_compute.png"
+        plot_score_vs_compute(results, compute_plot, title, metric_name)
         summary = {"env_id": env_id, "method": cfg.method.name, "metric": metric_name, "results": results,
                    "best": best["label"], "chunk": agent.chunk, "sweep": sweep_keys, "task": task,
                    "seed": cfg.seed, "preset": preset}
@@ -108,7 +124,8 @@ class EvaluateStage(Stage):
         results_json = run.staging / "results.json"
         full = {**summary, "results": [r | {"outcomes": o} for r, o in zip(results, outcomes)]}
         write_bytes_atomic(results_json, json.dumps(full, indent=1).encode())
-        return StageResult(outputs={"plot": plot, "results": results_json}, metrics=metrics, summary=summary)
+        return StageResult(outputs={"plot": plot, "compute_plot": compute_plot, "results": results_json},
+                           metrics=metrics, summary=summary)
 
     def render(self, outcome: Outcome):
         from rich.table import Table
@@ -116,7 +133,9 @@ class EvaluateStage(Stage):
         s = outcome.summary
         table = Table(title=f"evaluate: {s['method']} on {s['env_id']} ({s['metric']})", title_justify="left")
         sweep = s.get("sweep", [])
-        for column in ("policy", *sweep, "particles", "episodes", s["metric"], "95% interval", "return mean"):
+        steps = any("steps_mean" in r.get("compute", {}) for r in s["results"])
+        for column in ("policy", *sweep, "particles", "episodes", s["metric"], "95% interval", "return mean",
+                       "actions/s", "critic evals/action", *(["steps (mean)"] if steps else [])):
             table.add_column(column, justify="right")
         best = max((r["score"] for r in s["results"][1:]), default=None)
         for r in s["results"]:
@@ -125,8 +144,12 @@ class EvaluateStage(Stage):
             if r["label"] != "reference" and r["score"] == best:
                 score = f"[bold green]{score}[/]"
             lo, hi = r.get("interval", (float("nan"), float("nan")))
+            cost = r.get("compute", {})
+            mean_steps = [f"{cost['steps_mean']:.2f}" if "steps_mean" in cost else "-"] if steps else []
             table.add_row(r["label"], *(f"{r['sweep'].get(k, '-')}" for k in sweep), str(r["particles"]),
-                          str(r["episodes"]), score, f"[{lo:{fmt}}, {hi:{fmt}}]", f"{r['return_mean']:.2f}")
+                          str(r["episodes"]), score, f"[{lo:{fmt}}, {hi:{fmt}}]", f"{r['return_mean']:.2f}",
+                          f"{r.get('actions_per_s', float('nan')):.0f}", f"{cost.get('critic_evals', 0.0):.1f}",
+                          *mean_steps)
         return table
 
     def to_json(self, outcome: Outcome) -> dict:
@@ -134,10 +157,11 @@ class EvaluateStage(Stage):
         out["results"] = [
             {**r["sweep"], "particles": r["particles"], "episodes": r["episodes"], r["metric"]: r["score"],
              "interval": r.get("interval"), "return_mean": r["return_mean"], "reference": r["label"] == "reference",
-             "label": r["label"]}
+             "label": r["label"], "actions_per_s": r.get("actions_per_s"), "compute": r.get("compute")}
             for r in outcome.summary["results"]
         ]
         out["plot"] = str(outcome.outputs["plot"])
+        out["compute_plot"] = str(outcome.outputs["compute_plot"]) if "compute_plot" in outcome.outputs else None
         out["results_file"] = str(outcome.outputs["results"]) if "results" in outcome.outputs else None
         return out
 
@@ -203,6 +227,19 @@ def score_row(setting, result, dataset_attrs: dict, env_id: str) -> tuple[dict, 
     return row | {"metric": metric, "score": float(per_episode.mean()), "interval": [lo, hi]}, outcomes
 
 
+def compute_columns(result, counter) -> dict:
+    """A row's cost: actions per second of policy time (the policy calls alone, env steps excluded)
+    and the network passes per action (``ComputeCounter.per_action``)."""
+    per_s = result.policy_states / result.policy_seconds if result.policy_seconds > 0 else float("nan")
+    return {"actions_per_s": float(per_s), "compute": counter.per_action()}
+
+
+def network_passes(row: dict) -> float:
+    """Critic forward + backward and gradient-field passes per action: the x of the scaling chart."""
+    cost = row.get("compute", {})
+    return float(cost.get("critic_evals", 0.0) + cost.get("field_forward", 0.0))
+
+
 SWEEP_AXES = {"budget": "test-time budget L (transport steps)", "guidance": "guidance weight w"}
 
 
@@ -213,13 +250,17 @@ def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, me
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results[1:]
+    rows = [r for r in results[1:] if len(sweep_keys) != 1 or _is_number(r["sweep"].get(sweep_keys[0]))]
+    adaptive = [r for r in results[1:] if r not in rows]  # named budgets: drawn at their mean steps
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     if len(sweep_keys) == 1 and rows:
         key = sweep_keys[0]
         xs = [r["sweep"][key] for r in rows]
         ax.errorbar(xs, [r["score"] for r in rows], yerr=_yerr(rows), marker="o", capsize=3,
                     label=f"N = {rows[0]['particles']} particles (95 % interval over episodes)")
+        for r, marker in zip(adaptive, "s^vDP*"):
+            ax.errorbar([r["compute"].get("steps_mean", 0.0)], [r["score"]], yerr=_yerr([r]), marker=marker,
+                        linestyle="none", capsize=3, label=f"{r['label']} at its mean steps")
         ax.set_xlabel(SWEEP_AXES.get(key, key))
         ax.set_xticks(xs)
         ax.axhline(results[0]["score"], color="grey", linestyle="--", label="reference policy (N = 1)")
@@ -234,6 +275,34 @@ def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, me
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_score_vs_compute(results: list[dict], path, title: str, metric: str) -> None:
+    """The test-time scaling chart: every row's score (95 % interval) against its network passes per
+    action (critic forward + backward, field forwards), each point labelled, the reference at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    xs = [network_passes(r) for r in results]
+    ax.errorbar(xs, [r["score"] for r in results], yerr=_yerr(results), marker="o", linestyle="none", capsize=3)
+    for x, r in zip(xs, results):
+        ax.annotate(f"{r['label']}\n{r.get('actions_per_s', float('nan')):.0f}/s", (x, r["score"]), fontsize=6,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("critic (+ field) passes per action")
+    ax.set_ylabel(metric.replace("_", " "))
+    if metric == "success":
+        ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{title}: score vs compute", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _yerr(rows: list[dict]) -> list[list[float]]:

@@ -27,6 +27,7 @@ def vgf_json(*args):
      [("reference", 1), ("w=0.04", 1)]),
     ("qam", [], TRAINED, [("reference", 1), ("policy", 1)]),
     ("bc", [], TRAINED - {"critic"}, [("reference", 1)]),
+    ("avgf", [], TRAINED, [("reference", 1), ("L=0", 5), ("L=1", 5)]),
 ])
 def test_pipeline_of_each_method(method, extra, stages, columns):
     out = vgf_json("pipeline", *SMOKE, f"method={method}", *extra)
@@ -39,6 +40,25 @@ def test_pipeline_of_each_method(method, extra, stages, columns):
         assert [r.get("guidance") for r in rows] == [0, 0.01, 0.1]
     again = vgf_json("pipeline", *SMOKE, f"method={method}", *extra)
     assert all(s["cache_hit"] for s in again["stages"].values())
+
+
+def test_evaluate_rows_say_what_they_cost():
+    out = vgf_json("pipeline", *SMOKE, "--budget", "0,1,auto_gain,auto")
+    rows = {r["label"]: r for r in out["results"]}
+    n = 4  # conf/tuning/vgf_smoke.yaml
+    # critic passes per action: none, N selecting, N (fwd + bwd) + N (fwd + selecting fwd); an adaptive
+    # row of at most 1 step: N (fwd + bwd) at the start, N forwards at the proposal, whatever it decides
+    assert [rows[k]["compute"]["critic_evals"] for k in ("reference", "L=0", "L=1")] == [0, n, 3 * n]
+    for label in ("auto_gain(L<=1)", "auto(L<=1)"):
+        cost = rows[label]["compute"]
+        assert cost["critic_evals"] == 3 * n and 0 <= cost["steps_mean"] <= 1 and sum(cost["steps_hist"]) > 0
+        assert rows[label]["budget"] == label.split("(")[0]
+    assert all(r["actions_per_s"] > 0 for r in rows.values())
+    assert Path(out["compute_plot"]).is_file() and Path(out["plot"]).is_file()
+    critic = vgf_json("train-critic", *SMOKE)
+    assert critic["cache_hit"] and 0 < critic["summary"]["member_std_p50"] <= critic["summary"]["member_std_p90"]
+    bad = runner.invoke(app, ["evaluate", *SMOKE, "--budget", "0,fast"])
+    assert bad.exit_code == 2 and "--budget takes" in bad.stderr
 
 
 def test_method_with_nothing_to_train_refuses_train_critic():

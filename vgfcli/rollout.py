@@ -134,6 +134,7 @@ class EvalResult:
     seconds: float  # wall time of the whole call, env construction included
     policy_seconds: float  # part of ``seconds`` spent inside the policy
     policy_calls: int  # batched policy calls
+    policy_states: int = 0  # observations the policy acted on, over all its calls (actions/s = this / policy_seconds)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready scalars for logging."""
@@ -147,6 +148,7 @@ class EvalResult:
             "seconds": self.seconds,
             "policy_seconds": self.policy_seconds,
             "policy_calls": self.policy_calls,
+            "policy_states": self.policy_states,
         }
         if self.success_rate is not None:
             out["success_rate"] = self.success_rate
@@ -263,7 +265,7 @@ def evaluate_policy(
     next_episode = 0
     finished = 0
     steps = 0
-    policy_calls = 0
+    policy_calls = policy_states = 0
     policy_seconds = 0.0
 
     def start(slot: _Slot) -> None:
@@ -295,6 +297,7 @@ def evaluate_policy(
                 actions = _as_numpy(policy(batch))
                 policy_seconds += time.perf_counter() - tp
                 policy_calls += 1
+                policy_states += len(need)
                 if actions.size != len(need) * H * act_dim or actions.shape[0] != len(need):
                     raise VgfError(
                         f"policy returned actions of shape {actions.shape} for {len(need)} observations of "
@@ -344,4 +347,5 @@ def evaluate_policy(
         seconds=time.perf_counter() - t0,
         policy_seconds=policy_seconds,
         policy_calls=policy_calls,
+        policy_states=policy_states,
     )

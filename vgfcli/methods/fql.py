@@ -169,6 +169,7 @@ class FQLAgent(Agent):
         obs = obs.unsqueeze(0) if single else obs
         cand = self.policy(obs.unsqueeze(1), self._noise((obs.shape[0], n), generator)).clamp(-1, 1)
         actions = best_by_q(self.critic, obs, cand, self.cfg.q_agg)
+        self.compute.add(obs.shape[0], obs.shape[0] * n * (n > 1))  # the selection's critic forwards
         return actions[0] if single else actions
 
 

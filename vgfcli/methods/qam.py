@@ -448,11 +448,12 @@ class QAMAgent(Agent):
         """The policy's action for ``obs`` ``[B, obs_dim]`` (or ``[obs_dim]``); with ``num_particles``
         N > 1 (default ``best_of_n``) the best of N candidates by mean-member online Q. Needs no
         gradients, so it runs under ``torch.inference_mode`` as is."""
-        n = num_particles or self.cfg.best_of_n
+        n = int(num_particles or self.cfg.best_of_n)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         single = obs.dim() == 1
         obs = obs.unsqueeze(0) if single else obs
-        actions = self._select(obs, int(n), generator or self.act_generator)
+        actions = self._select(obs, n, generator or self.act_generator)
+        self.compute.add(obs.shape[0], obs.shape[0] * n * (n > 1))  # the selection's critic forwards
         return actions[0] if single else actions
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:

@@ -346,6 +346,9 @@ class QGFAgent(Agent):
                 cond = obs.unsqueeze(1)                                       # [B, 1, D] vs [B, N, d]
                 noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=self.device)
             actions = guided_sample(self.reference, q_fn, cond, noise, cfg.flow_steps, w, point)
+            # guidance: a critic forward + backward per particle at each Euler step; then the selection
+            b, guided = obs.shape[0], cfg.flow_steps * n * (w != 0)
+            self.compute.add(b, b * (guided + n * (n > 1)), b * guided)
             if n > 1:
                 actions = best_by_q(self._critic(cfg.guide_critic), obs, actions, cfg.guide_q_agg)
         return actions[0] if single else actions
