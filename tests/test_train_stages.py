@@ -57,7 +57,9 @@ def test_pipeline_runs_every_stage_then_is_all_cache_hits():
     assert not other["cache_hit"] and [r["budget"] for r in other["results"]] == [0, 0, 2]
     assert other["upstream"]["critic"] == out["stages"]["critic"]["run_id"]
     negative = runner.invoke(app, ["evaluate", *SMOKE, "--budget", "0,-1"])
-    assert negative.exit_code == 2 and "budgets must be >= 0" in negative.stderr
+    assert negative.exit_code == 2 and "steps >= 0" in negative.stderr
+    override = runner.invoke(app, ["evaluate", *SMOKE, "evaluate.budgets=[0,-1]"])
+    assert override.exit_code == 2 and "budgets must be steps >= 0" in override.stderr
 
 
 def test_single_stage_without_upstream_says_what_to_run():
