@@ -150,11 +150,13 @@ def test_compiled_falls_back_to_eager_only_when_compilation_fails():
 
 def test_amp_auto_follows_the_hardware(monkeypatch):
     from vgfcli.methods import vgf
+    from vgfcli.nn import precision
 
     for has_bf16, expected in ((True, "bf16"), (False, "off")):
-        monkeypatch.setattr(vgf, "_cpu_has_bf16", lambda has=has_bf16: has)
-        assert vgf.resolve_amp("auto", torch.device("cpu")) == expected
-        assert vgf.resolve_amp("off", torch.device("cpu")) == "off"
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda has=has_bf16: has)
+        monkeypatch.setattr(vgf, "cpu_has_bf16", lambda has=has_bf16: has)
+        assert precision.resolve_amp("auto", torch.device("cpu")) == expected
+        assert precision.resolve_amp("off", torch.device("cpu")) == "off"
         agent = VGFAgent.create(None, 7, 3, critic_hidden=(8,), actor_hidden=(8,), num_particles=2, bank_size=0,
                                 amp="auto")
         assert agent.amp == expected
