@@ -19,6 +19,7 @@ from typing import Any
 from vgfcli import config as config_mod
 from vgfcli.cache import cache_key, file_sha256, path_digest
 from vgfcli.errors import VgfError
+from vgfcli.locks import key_lock
 from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, StageRun, Store, tracking_uri, vgf_home
 from vgfcli.ui import UI
 
@@ -121,16 +122,36 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
     store = Store(cfg.tracking.experiment)
     upstream_ids = {name: record.run_id for name, record in inputs.upstream.items()}
 
-    if not force:
-        hit = store.cached(stage.name, key)
-        if hit is not None:
-            record, paths = hit
-            return Outcome(stage.name, record.run_id, True, key, paths, record.metrics, record.summary,
-                           record.upstream, json.loads(record.tags.get("vgf.warnings", "[]")))
-
+    hit = None if force else _cache_hit(store, stage.name, key)
+    if hit is not None:
+        return hit
     if lookup_only:
         raise VgfError(f"no finished {stage.name} run for this config (key {key[:12]}); `vgf pipeline` with the same "
                        "overrides makes it (or pin one with upstream.<name>=RUN_ID)")
+
+    def waiting(holder: dict) -> None:
+        ui.note(f"waiting for {holder.get('host', '?')}:{holder.get('pid', '?')}, which is computing this "
+                f"{stage.name} (key {key[:12]})")
+
+    # One computation per key: whoever waited here finds the holder's run in the cache.
+    with key_lock(stage.name, key, waiting):
+        hit = None if force else _cache_hit(store, stage.name, key)
+        if hit is not None:
+            return hit
+        return _compute(stage, cfg, inputs, ui, store, key, upstream_ids)
+
+
+def _cache_hit(store: Store, stage: str, key: str) -> Outcome | None:
+    hit = store.cached(stage, key)
+    if hit is None:
+        return None
+    record, paths = hit
+    return Outcome(stage, record.run_id, True, key, paths, record.metrics, record.summary, record.upstream,
+                   json.loads(record.tags.get("vgf.warnings", "[]")))
+
+
+def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, upstream_ids: dict) -> Outcome:
+    """A new run of ``stage``: logged config, the stage's work, outputs moved in, FINISHED (or not)."""
     run = store.start_run(stage.name, key, {TAG_UPSTREAM: json.dumps(upstream_ids)})
     try:
         run.log_params(config_mod.flatten(config_mod.to_dict(cfg)))

@@ -200,9 +200,15 @@ class Store:
             from mlflow.tracking import MlflowClient
 
             db = _sqlite_path(self.uri)
-            if db is not None:
+            if db is None:
+                self._client = MlflowClient(tracking_uri=self.uri)
+            else:  # the first use of a new store creates its schema: one process at a time
+                from vgfcli.locks import store_lock
+
                 db.parent.mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(tracking_uri=self.uri)
+                with store_lock():
+                    self._client = MlflowClient(tracking_uri=self.uri)
+                    self._client.search_experiments(max_results=1)  # builds the schema here, under the lock
         return self._client
 
     def experiment_id(self) -> str:
@@ -212,10 +218,22 @@ class Store:
             if experiment is not None:
                 self._experiment_id = experiment.experiment_id
             else:
-                # Keep a local store's artifacts beside its database, not in ./mlruns of the cwd.
-                location = (vgf_home() / "artifacts").as_uri() if _sqlite_path(self.uri) else None
-                self._experiment_id = client.create_experiment(self.experiment, artifact_location=location)
+                self._experiment_id = self._create_experiment(client)
         return self._experiment_id
+
+    def _create_experiment(self, client) -> str:
+        """Create the experiment, or find the one another process created meanwhile."""
+        from mlflow.exceptions import MlflowException
+
+        # Keep a local store's artifacts beside its database, not in ./mlruns of the cwd.
+        location = (vgf_home() / "artifacts").as_uri() if _sqlite_path(self.uri) else None
+        try:
+            return client.create_experiment(self.experiment, artifact_location=location)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
     def start_run(self, stage: str, cache_key: str, tags: dict[str, str]) -> "StageRun":
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
