@@ -36,6 +36,7 @@ class PretrainPolicyStage(Stage):
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
 
+        from vgfcli.cache import save_output
         from vgfcli.errors import VgfError
         from vgfcli.nn.flow import FlowPolicy
         from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop
@@ -95,7 +96,7 @@ class PretrainPolicyStage(Stage):
                           load_fn=load_fn, checkpoint_every=p.checkpoint_every, log_every=p.log_every,
                           every={p.val_every: val_fn})
         out = run.staging / "policy.pt"
-        torch.save({
+        save_output({
             "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
             "act_dim": act_dim, "chunk": cfg.chunk, "hidden": list(p.hidden), "flow_steps": p.flow_steps,
             "time_embedding": p.time_embedding, "activation": p.activation, "layer_norm": p.layer_norm,

@@ -40,6 +40,7 @@ class TrainCriticStage(Stage):
         import torch
 
         from stages.pretrain_policy import load_policy
+        from vgfcli.cache import save_output
         from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop, transform_rewards
 
         c = cfg.critic
@@ -78,7 +79,7 @@ class TrainCriticStage(Stage):
         with ui.status("calibrating the critic on dataset actions"):
             calibration = agent.calibrate([calibration_batches.sample() for _ in range(16)])
         out = run.staging / "critic.pt"
-        torch.save({
+        save_output({
             "method": cfg.method.name, "config": dataclasses.asdict(method_cfg), "agent": agent.state_dict(),
             "obs_dim": data.obs_dim, "act_dim": data.act_dim * chunk, "chunk": chunk,
             "dataset_digest": inputs.digests["dataset"],

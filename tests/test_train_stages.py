@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from vgfcli import methods
+from vgfcli.cache import file_sha256
 from vgfcli.cli import app
 from vgfcli.config import config_dir
 
@@ -123,6 +124,8 @@ def test_killed_stage_resumes_and_matches_an_uninterrupted_run(vgf_home, stage, 
     a, b = (a, b) if stage == "pretrain-policy" else (a["agent"], b["agent"])
     for part in parts:
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    # and the same bytes: later stages' cache keys hash them
+    assert file_sha256(resumed["outputs"][output]) == file_sha256(fresh["outputs"][output])
 
 
 def test_a_diverging_run_fails_with_exit_1_and_is_never_cached():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from vgfcli.errors import VgfError
@@ -101,3 +102,26 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def canonical(obj):
+    """A copy of ``obj`` that pickles to the same bytes whatever made it: pickle writes an object seen
+    twice as a back-reference, so equal strings are made one object (always referenced) and containers
+    fresh ones (never shared). A resumed run's checkpoint-loaded state and an uninterrupted run's then
+    save alike."""
+    if type(obj) is str:
+        return sys.intern(obj)
+    if type(obj) is dict:
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if type(obj) is list:
+        return [canonical(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(canonical(v) for v in obj)
+    return obj
+
+
+def save_output(obj, path: Path) -> None:
+    """``torch.save`` of ``canonical(obj)``: a stage output whose bytes depend on its content alone."""
+    import torch
+
+    torch.save(canonical(obj), path)

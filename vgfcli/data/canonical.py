@@ -42,7 +42,9 @@ class Dataset:
     terminals: np.ndarray  # [N], 1.0 at the last transition of each trajectory
     masks: np.ndarray  # [N], 1 = bootstrap from next_observations, 0 = true terminal
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. qpos, qvel, button_states
-    attrs: dict = field(default_factory=dict)  # source_kind, source_path, env_id, task_id, reward_convention, ...
+    # source_kind, source_name (a file name, no path: the output is the same bytes wherever it is
+    # made), env_id, task_id, reward_convention, ...
+    attrs: dict = field(default_factory=dict)
 
     @property
     def n_transitions(self) -> int:

@@ -69,7 +69,7 @@ def read_d4rl_hdf5(path: str | Path, *, env_id: str | None) -> Dataset:
         # Every kept non-terminal row has a successor in its trajectory, so rows + 1 stays in range.
         next_observations = observations[np.where(terminal[rows], rows, rows + 1)]
         n_dropped = len(terminal) - len(rows)
-    attrs = {"source_kind": "d4rl", "source_path": str(path.resolve()), "env_id": env_id, "task_id": -1,
+    attrs = {"source_kind": "d4rl", "source_name": path.name, "env_id": env_id, "task_id": -1,
              "reward_convention": "d4rl-raw", "dropped_transitions": n_dropped}
     if n_dropped:
         attrs["dropped_reason"] = "time-limit steps without next_observations (as D4RL qlearning_dataset)"

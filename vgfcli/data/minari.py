@@ -63,7 +63,7 @@ def read_minari(directory: str | Path) -> Dataset:
 
     terminals = np.zeros(sum(len(ep["rewards"]) for ep in episodes), np.float32)
     terminals[np.cumsum([len(ep["rewards"]) for ep in episodes]) - 1] = 1.0
-    attrs = {"source_kind": "minari", "source_path": str(directory.resolve()),
+    attrs = {"source_kind": "minari", "source_name": directory.name,
              "env_id": _env_id(metadata) or directory.name, "task_id": -1, "reward_convention": "minari-raw"}
     if isinstance(metadata.get("dataset_id"), str):
         attrs["dataset_id"] = metadata["dataset_id"]

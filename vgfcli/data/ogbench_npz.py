@@ -97,7 +97,7 @@ def read_ogbench_npz(path: str | Path, *, dataset_name: str, task: int | None) -
         terminals=np.concatenate([terminals[1:], [1.0]])[keep].astype(np.float32),
         masks=masks,
         extras=info,
-        attrs={"source_kind": "ogbench", "source_path": str(path.resolve()), "env_id": env_id, "task_id": task_id,
+        attrs={"source_kind": "ogbench", "source_name": path.name, "env_id": env_id, "task_id": task_id,
                "dataset_name": plain, "split": split, "reward_convention": "ogbench-singletask"},
     )
     validate(ds, source)
