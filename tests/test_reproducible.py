@@ -28,3 +28,14 @@ def test_the_same_pipeline_in_two_stores_gives_the_same_bytes_and_keys(tmp_path,
         seen.append(finished_runs())
     assert len(seen[0]) == 6  # collect, two ingests, pretrain-policy, train-critic, evaluate
     assert seen[0] == seen[1]
+
+
+def test_threads_are_set_and_recorded_and_checked():
+    import torch
+
+    result = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc", "threads=1", "--json"])
+    assert result.exit_code == 0, result.output
+    run = Store("vgf").get(json.loads(result.stdout)["stages"]["policy"]["run_id"])
+    assert run.tags["vgf.threads"] == "1" and torch.get_num_threads() == 1
+    bad = runner.invoke(app, ["pretrain-policy", "preset=smoke", "threads=0", "policy.steps=21"])
+    assert bad.exit_code == 2 and "threads must be at least 1" in bad.stderr

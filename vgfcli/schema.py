@@ -161,6 +161,10 @@ class TrainConfig:
     task: str = MISSING
     seed: int = MISSING
     device: str = MISSING
+    # torch's intra-op threads in each stage (None = torch's default, one per core). The thread count
+    # changes how float sums are split, so results match to the bit for the same seed AND threads;
+    # recorded with each run (tag vgf.threads), not part of the cache key (like device).
+    threads: Optional[int] = None
     chunk: int = MISSING  # H: actions per policy output (flattened); executed open loop
     data: DataConfig = MISSING
     policy: PolicyConfig = MISSING

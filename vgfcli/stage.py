@@ -152,7 +152,8 @@ def _cache_hit(store: Store, stage: str, key: str) -> Outcome | None:
 
 def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, upstream_ids: dict) -> Outcome:
     """A new run of ``stage``: logged config, the stage's work, outputs moved in, FINISHED (or not)."""
-    run = store.start_run(stage.name, key, {TAG_UPSTREAM: json.dumps(upstream_ids)})
+    threads = apply_threads(cfg)
+    run = store.start_run(stage.name, key, {TAG_UPSTREAM: json.dumps(upstream_ids), "vgf.threads": threads})
     try:
         run.log_params(config_mod.flatten(config_mod.to_dict(cfg)))
         run.log_text(config_mod.to_yaml(cfg), "config.yaml")
@@ -177,6 +178,23 @@ def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, 
         raise
     return Outcome(stage.name, run.run_id, False, key, final, run.latest_metrics, result.summary, upstream_ids,
                    result.warnings)
+
+
+def apply_threads(cfg) -> str:
+    """Set torch's thread count from ``cfg.threads`` (where the config has one; None leaves torch's
+    default) and return what the run records."""
+    threads = cfg.get("threads") if hasattr(cfg, "get") else None
+    if threads is None:
+        return "default"
+    if int(threads) < 1:
+        raise VgfError(f"threads must be at least 1 (or null for torch's default), got {threads}")
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(threads))
+    os.environ["OMP_NUM_THREADS"] = str(int(threads))  # worker processes a stage starts inherit it
+    return str(int(threads))
 
 
 def report(stage: Stage, outcome: Outcome, ui: UI) -> None:
