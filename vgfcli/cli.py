@@ -176,6 +176,28 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     report(stage, outcome, ui)
 
 
+@app.command()
+@_user_errors
+def sweep(overrides: Optional[List[str]] = OVERRIDES,
+          parallel: Optional[int] = typer.Option(None, "--parallel", help="Jobs at once (local: default cores / "
+                                                 "threads per job; slurm: the array's parallelism)."),
+          json_out: bool = JSON) -> None:
+    """A grid of pipelines, each stage run made once: comma lists, range(...) and choice(...) in the overrides.
+
+    Example: [bold]vgf sweep task=cube-single-play-singletask-task1-v0,cube-single-play-singletask-task2-v0
+    method=vgf,qgf seed=0,1,2 preset=quick --parallel 2[/]; [bold]launcher=slurm launcher.partition=gpu[/] submits
+    SLURM job arrays instead (conf/launcher/). Shared stages (collect, ingest, pretrain-policy) run once; a failed
+    job stops only what needs its output; running the same sweep again reuses everything finished.
+    """
+    from vgfcli.sweep import sweep_command
+
+    if not overrides:
+        raise VgfError("vgf sweep needs overrides, e.g. task=A,B method=vgf,qgf seed=0,1,2")
+    code = sweep_command(list(overrides), parallel, json_out)
+    if code:
+        raise typer.Exit(code)
+
+
 def _stages_table(stages):
     from rich.table import Table
 

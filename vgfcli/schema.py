@@ -179,6 +179,25 @@ class TrainConfig:
     choices: dict[str, Optional[str]] = field(default_factory=dict)
 
 
+@dataclass
+class LauncherConfig:
+    """Where `vgf sweep` runs its jobs (conf/launcher/<kind>.yaml)."""
+
+    kind: str = "local"  # local (processes here) | slurm (sbatch job arrays) | debug (in this process)
+    parallel: Optional[int] = None  # jobs at once (local: None = cores / threads per job; slurm: array parallelism)
+    timeout_min: int = 1440  # per job
+    partition: Optional[str] = None  # slurm: --partition
+    cpus_per_task: Optional[int] = None  # slurm: None = the job's threads
+    gpus_per_node: int = 0  # slurm: GPUs per job
+    mem_gb: Optional[float] = None  # slurm: --mem
+    additional: dict[str, Any] = field(default_factory=dict)  # slurm: extra sbatch flags
+
+
+@dataclass
+class SweepConfig:
+    launcher: LauncherConfig = MISSING
+
+
 _registered = False
 
 
@@ -193,6 +212,7 @@ def register() -> None:
     store.store(name="ingest_schema", node=IngestConfig)
     store.store(name="collect_schema", node=CollectConfig)
     store.store(name="train_schema", node=TrainConfig)
+    store.store(name="sweep_schema", node=SweepConfig)
     store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
     store.store(group="dataset", name="ogbench_schema", node=OgbenchSource)
     store.store(group="dataset", name="file_schema", node=FileSource)

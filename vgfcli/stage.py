@@ -112,13 +112,7 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
         from vgfcli.upstream import Upstream
 
         upstream = Upstream(cfg, ui)
-    inputs = stage.resolve_inputs(cfg, upstream)
-    memo = vgf_home() / "digests.json"
-    digests = {name: path_digest(path, memo) for name, path in inputs.files.items()}
-    for name, record in inputs.upstream.items():
-        digests[name] = json.dumps({k: v["sha256"] for k, v in record.outputs_meta.items()}, sort_keys=True)
-    inputs.digests = digests
-    key = cache_key(stage.name, stage.code_version, stage.key_config(cfg, inputs), digests)
+    inputs, key = plan(stage, cfg, upstream)
     store = Store(cfg.tracking.experiment)
     upstream_ids = {name: record.run_id for name, record in inputs.upstream.items()}
 
@@ -139,6 +133,23 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
         if hit is not None:
             return hit
         return _compute(stage, cfg, inputs, ui, store, key, upstream_ids)
+
+
+def plan(stage: Stage, cfg, upstream) -> tuple[Inputs, str]:
+    """What ``stage`` would read on ``cfg`` and its cache key, computing nothing (``vgf sweep`` groups
+    identical stage runs by it)."""
+    inputs = stage.resolve_inputs(cfg, upstream)
+    memo = vgf_home() / "digests.json"
+    digests = {name: path_digest(path, memo) for name, path in inputs.files.items()}
+    for name, record in inputs.upstream.items():
+        digests[name] = json.dumps({k: v["sha256"] for k, v in record.outputs_meta.items()}, sort_keys=True)
+    inputs.digests = digests
+    return inputs, cache_key(stage.name, stage.code_version, stage.key_config(cfg, inputs), digests)
+
+
+def cached_run(stage: Stage, cfg, key: str) -> Outcome | None:
+    """The finished run of ``stage`` with ``key`` in ``cfg``'s experiment, or None."""
+    return _cache_hit(Store(cfg.tracking.experiment), stage.name, key)
 
 
 def _cache_hit(store: Store, stage: str, key: str) -> Outcome | None:
