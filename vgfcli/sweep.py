@@ -169,7 +169,13 @@ class Launcher:
     """Runs a wave of jobs through a submitit executor (local processes, SLURM, or in-process)."""
 
     def __init__(self, cfg, folder, threads: int = 1, poll_s: float = 0.5):
+        import logging
+
         import submitit
+
+        # submitit logs to stdout, which is --json's; and on a cluster without accounting it warns on
+        # every poll that sacct failed (it then reads a job's end from its result file, which works).
+        logging.getLogger("submitit").setLevel(logging.ERROR)
 
         self.cfg, self.poll_s = cfg, poll_s
         kind = cfg.kind
