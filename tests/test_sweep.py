@@ -3,6 +3,7 @@ combinations, resuming from the cache, and real submitit processes."""
 
 import json
 import shutil
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -57,7 +58,18 @@ def test_a_failed_job_stops_only_the_combinations_that_need_it():
     assert list(config_error["failed"]) == ["1"] and "nosuch" in config_error["failed"]["1"]
 
 
-@pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs a SLURM cluster (scripts/slurm-local.sh)")
+def slurm_up() -> bool:
+    """sbatch on PATH and a controller that answers with a usable node."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and any(s.strip().startswith(("idle", "mix")) for s in out.stdout.splitlines())
+
+
+@pytest.mark.skipif(not slurm_up(), reason="needs a running SLURM cluster (scripts/slurm-local.sh)")
 def test_the_same_sweep_through_slurm(tmp_path):
     out = sweep_json(*SMOKE, "method=bc", "seed=0,1", "launcher=slurm", "launcher.timeout_min=10")
     assert not out["failed"] and len(out["evaluate_runs"]) == 2 and out["launcher"] == "slurm"
