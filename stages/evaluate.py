@@ -32,7 +32,7 @@ from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 class EvaluateStage(Stage):
     name = "evaluate"
     config_name = "train"
-    code_version = 4  # 4: compute per action (actions/s, critic passes, steps) on every row
+    code_version = 5  # 4: compute per action on every row; 5: adaptive rows skip the backward of rejected steps
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:

@@ -54,8 +54,9 @@ def test_disagreement_rule_stops_where_the_spread_crosses_the_ceiling_and_never_
     assert out.particles[:, 0, 1].tolist() == [0.0, 0.0]
     # the members' Q at the kept particles (what selection reads)
     assert out.member_q[:, 0, 0].tolist() == pytest.approx([LR, 3 * LR], abs=1e-6)
-    # passes per particle: the start (fwd + bwd), step 1 (fwd + bwd), step 2 (fwd + bwd), then none
-    assert (out.forward, out.backward) == (3 * 2, 3 * 2)
+    # passes per particle: the start (fwd + bwd), step 1 (fwd, then bwd as it is kept), step 2 (fwd,
+    # rejected: no bwd), then none
+    assert (out.forward, out.backward) == (3 * 2, 2 * 2)
     # a state already beyond the ceiling rejects its first step: best-of-N on its reference samples
     out = run(critic, [0.3, 0.0], stop, max_steps=5)
     assert out.steps.tolist() == [0, 1]
@@ -72,6 +73,7 @@ def test_gain_rule_compares_the_step_gain_with_the_members_spread():
     assert (keep_going.forward, keep_going.backward) == (4, 3)
     stopped = run(critic, [0.0], StopRule(("gain",), gain_fraction=0.21 / std), max_steps=3)
     assert stopped.steps.tolist() == [0] and stopped.particles[0, 0, 0].item() == 0.0
+    assert (stopped.forward, stopped.backward) == (2, 1)  # best-of-N's forward + the step it tried
     # at the box edge a step gains less: 0.85 -> 0.95 (gain 0.2), -> 1.0 clamped (gain 0.1 < 0.19)
     edge = run(critic, [0.85], StopRule(("gain",), gain_fraction=0.19 / std), max_steps=5)
     assert edge.steps.tolist() == [1] and edge.particles[0, 0, 0].item() == pytest.approx(0.95)

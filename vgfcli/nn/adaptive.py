@@ -14,10 +14,12 @@ proposal acts as best-of-N on the reference samples):
   particles) is below ``gain_fraction`` x the members' std at the particles before the step: the
   critic cannot tell the gain from its own noise, so more budget buys nothing.
 
-Only states still moving are computed (they are gathered each step), so a state that stops early
-really costs less. The counts returned are critic passes over one particle each: a forward pass
-(Q of every member) and a backward pass (the action gradient), as a fixed-L transport counts them
-(L forward + backward, plus the forward that selects). The per-step arithmetic is exactly
+Only states still moving are computed (they are gathered each step), and a proposal costs a forward
+pass; the backward pass that drives the next step runs only for the states that keep it. So a state
+that stops early really costs less: one that rejects its first proposal costs 3 passes per particle
+(forward + backward at the start, a forward at the proposal) against best-of-N's one, and one that
+never stops costs exactly a fixed budget's (L forward + backward, plus the forward that selects).
+The counts returned are those critic passes over one particle each. The per-step arithmetic is
 ``closed_form.transport``'s: a state that never stops ends where a fixed budget of ``max_steps`` would.
 """
 
@@ -93,20 +95,18 @@ def adaptive_transport(tensors, shape: closed_form.CriticShape, obs: Tensor, par
     for t in range(1, max_steps + 1):
         phi = closed_form.svgd_direction(xs, score, alpha, bandwidth, bandwidth_grad)
         proposal, m, v = closed_form.particle_update(xs, phi, m, v, t, lr, rule, clip)
-        proj = obs_proj[:, live]
-        if t < max_steps:  # the proposal's score and, should it be kept, the next step's drive
-            qs_new, score = closed_form.q_and_action_grad(tensors, shape, proj, proposal, grad_q_agg, members=True)
-            backward += live.numel() * n
-        else:
-            qs_new = closed_form.q_values(tensors, shape, obs[live], proposal)
+        # The proposal's score (a forward pass); the next step's drive (a backward pass) only for
+        # the states that keep it, and none after the last step.
+        qs_new, saved = closed_form.q_forward(tensors, shape, obs_proj[:, live], proposal)
         forward += live.numel() * n
         keep = ~stop.rejects(qs, qs_new, q_agg)
         moved = live[keep]
         x[moved], final_q[:, moved] = proposal[keep], qs_new[:, keep]
         steps[moved] += 1
         live, xs, qs, m, v = moved, proposal[keep], qs_new[:, keep], m[keep], v[keep]
-        if t < max_steps:
-            score = score[keep]
         if live.numel() == 0:
             break
+        if t < max_steps:
+            _, score = closed_form.action_grad(tensors, shape, qs, closed_form.keep_states(saved, keep, n), grad_q_agg)
+            backward += live.numel() * n
     return AdaptiveResult(x, steps, final_q, forward, backward)

@@ -135,30 +135,56 @@ def q_and_action_grad(tensors, shape: CriticShape, obs_proj: Tensor, actions: Te
     critic, up to rounding. ``members``: return every member's Q ``[M, B, N]`` instead of the
     aggregate (the gradient is still the ``q_agg`` aggregate's).
     """
+    qs, saved = q_forward(tensors, shape, obs_proj, actions)
+    q, grad = action_grad(tensors, shape, qs, saved, q_agg)
+    return (qs if members else q), grad
+
+
+def q_forward(tensors, shape: CriticShape, obs_proj: Tensor, actions: Tensor) -> tuple[Tensor, list]:
+    """Every member's Q ``[M, B, N]`` at ``actions`` ``[B, N, d]``, and what ``action_grad`` needs
+    (the activations, with rows in (state, particle) order)."""
     ws, bs, scales, shifts = tensors
     m = shape.members
     b, n, d = actions.shape
-    w_act = ws[0][:, shape.obs_dim:]                                    # [M, d, H0]
-    z = _mm(actions.reshape(b * n, d), w_act).reshape(m, b, n, -1) + obs_proj
+    z = _mm(actions.reshape(b * n, d), ws[0][:, shape.obs_dim:]).reshape(m, b, n, -1) + obs_proj
     z = z.reshape(m, b * n, -1)
     saved = []
     for i in range(1, len(ws)):
         z, keep = _hidden_forward(z, i - 1, scales, shifts, shape)
         saved.append(keep)
         z = _linear(z, ws[i], bs[i])
-    qs = z.squeeze(-1)                                                   # [M, R]
+    return z.reshape(m, b, n), saved
+
+
+def keep_states(saved: list, keep: Tensor, particles: int) -> list:
+    """``q_forward``'s activations of the states ``keep`` (a bool mask or indices over states) only."""
+    def pick(t):
+        if t is None:
+            return None
+        m, rows = t.shape[:2]
+        return t.reshape(m, rows // particles, particles, *t.shape[2:])[:, keep].reshape(m, -1, *t.shape[2:])
+    return [tuple(pick(t) for t in layer) for layer in saved]
+
+
+def action_grad(tensors, shape: CriticShape, qs: Tensor, saved: list, q_agg: str) -> tuple[Tensor, Tensor]:
+    """The ``q_agg`` aggregate of the members' Q ``[B, N]`` and its gradient with respect to the actions
+    ``[B, N, d]``, from ``q_forward``'s ``qs`` and activations (the backward pass alone)."""
+    ws, _, scales, _ = tensors
+    m, b, n = qs.shape
+    flat = qs.reshape(m, b * n)
     if q_agg == "mean":
-        q = qs.mean(0)
-        dq = torch.full_like(qs, 1.0 / m)
+        q = flat.mean(0)
+        dq = torch.full_like(flat, 1.0 / m)
     else:
-        q, which = qs.min(0)
-        dq = F.one_hot(which, m).t().to(qs.dtype)
+        q, which = flat.min(0)
+        dq = F.one_hot(which, m).t().to(flat.dtype)
     g = dq.unsqueeze(-1) * ws[-1].transpose(1, 2).to(dq.dtype)          # [M, R, H_last]
     for i in range(len(ws) - 1, 0, -1):
         g = _hidden_backward(g, saved[i - 1], i - 1, scales, shape)      # grad at z_i
         g = _bmm(g, ws[i - 1].transpose(1, 2)) if i > 1 else g
+    w_act = ws[0][:, shape.obs_dim:]                                    # [M, d, H0]
     grad = _bmm(g, w_act.transpose(1, 2)).sum(0)                         # [R, d]
-    return (qs.reshape(m, b, n) if members else q.reshape(b, n)), grad.reshape(b, n, d)
+    return q.reshape(b, n), grad.reshape(b, n, -1)
 
 
 def _hidden_forward(z: Tensor, i: int, scales, shifts, shape: CriticShape):
