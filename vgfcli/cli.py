@@ -255,9 +255,17 @@ def runs(
     """List stage runs: stage, run id, cache key, status, age and main metrics."""
     from rich.table import Table
 
+    from vgfcli.stage import STAGE_MODULES
     from vgfcli.tracking import Store
     from vgfcli.ui import UI
 
+    if stage is not None and stage not in STAGE_MODULES:
+        raise VgfError(f"unknown stage '{stage}' (choose from: {', '.join(STAGE_MODULES)})")
+    statuses = ("FINISHED", "FAILED", "RUNNING", "KILLED", "SCHEDULED")
+    if status is not None and status.upper() not in statuses:
+        raise VgfError(f"unknown status '{status}' (choose from: {', '.join(statuses)})")
+    if limit < 1:
+        raise VgfError(f"--limit must be at least 1, got {limit}")
     ui = UI(json_mode=json_out)
     records = Store(experiment).find(stage=stage, status=status.upper() if status else None, limit=limit)
     if json_out:

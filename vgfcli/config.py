@@ -77,6 +77,9 @@ def _compose_once(config_name: str, overrides: list[str]):
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise VgfError(f"missing required config value(s): {', '.join(missing)} (set them as key=value)")
+    problem = schema.check(config_name, cfg)
+    if problem:
+        raise VgfError(problem)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -198,6 +198,65 @@ class SweepConfig:
     launcher: LauncherConfig = MISSING
 
 
+# Ranges and choices the types alone cannot say, checked when a config is composed (exit 2 naming the
+# key, before any run exists). A method's own values are checked by its Config (``validate``).
+def _at_least(low):
+    return (lambda v: v is None or v >= low), f"at least {low}"
+
+
+def _positive():
+    return (lambda v: v is None or v > 0), "positive"
+
+
+def _one_of(*options):
+    return (lambda v: v in options), "one of " + ", ".join(str(o) for o in options)
+
+
+def _widths():
+    return (lambda v: v is None or (len(v) > 0 and all(w >= 1 for w in v))), "a non-empty list of widths >= 1"
+
+
+CHECKS = {
+    "train": {
+        "seed": _at_least(0), "chunk": _at_least(1), "threads": _at_least(1),
+        "data.source": _one_of("collect", "ogbench", "file"), "data.kind": _one_of("ogbench", "d4rl", "minari"),
+        "data.episodes": _at_least(1), "data.val_episodes": _at_least(0), "data.episode_length": _at_least(1),
+        "data.workers": _at_least(1),
+        "policy.hidden": _widths(), "policy.lr": _positive(), "policy.batch_size": _at_least(1),
+        "policy.steps": _at_least(1), "policy.flow_steps": _at_least(1), "policy.log_every": _at_least(1),
+        "policy.val_every": _at_least(1), "policy.checkpoint_every": _at_least(1),
+        "policy.time_sampling": _one_of("uniform", "grid"), "policy.time_embedding": _one_of("raw", "sinusoidal"),
+        "policy.activation": _one_of("relu", "gelu", "swish"), "policy.layer_norm": _one_of(None, "pre", "post"),
+        "critic.hidden": _widths(), "critic.batch_size": _at_least(1), "critic.steps": _at_least(1),
+        "critic.log_every": _at_least(1), "critic.checkpoint_every": _at_least(1),
+        "critic.reward_transform": _one_of("none", "return_range", "minus_one", "sparse"),
+        "evaluate.episodes": _at_least(1), "evaluate.num_envs": _at_least(1), "evaluate.particles": _at_least(1),
+        "evaluate.max_episode_steps": _at_least(1), "evaluate.budget_max": _at_least(0),
+        "evaluate.stop_quantile": ((lambda v: v is None or 0 < v <= 1), "in (0, 1]"),
+        "evaluate.stop_gain": _at_least(0),
+    },
+    "collect": {
+        "episodes": _at_least(1), "val_episodes": _at_least(0), "episode_length": _at_least(1), "seed": _at_least(0),
+        "shard_episodes": _at_least(1), "workers": _at_least(1),
+    },
+}
+
+
+def check(config_name: str, cfg) -> str | None:
+    """The first value of ``cfg`` outside its range or choices, as a message; None when all fit."""
+    from omegaconf import OmegaConf
+
+    for path, (ok, what) in CHECKS.get(config_name, {}).items():
+        value = OmegaConf.select(cfg, path)
+        try:
+            fits = ok(value)
+        except TypeError:
+            fits = False
+        if not fits:
+            return f"{path} must be {what}, got {value!r}"
+    return None
+
+
 _registered = False
 
 

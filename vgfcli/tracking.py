@@ -172,7 +172,8 @@ class Store:
             records = []
             for run_id, run_status, start, artifact_uri in rows:
                 tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
-                metrics = dict(con.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run_id,)))
+                metrics = {key: _metric_value(value, is_nan) for key, value, is_nan in con.execute(
+                    "SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,))}
                 records.append(RunRecord(run_id, tags.get(TAG_STAGE, "?"), run_status, tags.get(TAG_KEY, ""),
                                          (start or 0) / 1000, artifact_uri, tags, metrics))
         return records
@@ -337,6 +338,15 @@ class StageRun:
             self.client.delete_run(self.run_id)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _metric_value(value: float, is_nan) -> float:
+    """A metric as MLflow's SQL store keeps it: NaN as a flag (value 0), +-inf as +-float max."""
+    if is_nan:
+        return float("nan")
+    if abs(value) >= 1.7976931348623157e308:
+        return float("inf") if value > 0 else float("-inf")
+    return value
 
 
 def work_dir(stage: str, cache_key: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from typing import Iterator
 
@@ -30,7 +31,9 @@ class UI:
             self.out.print(renderable)
 
     def emit_json(self, value: dict) -> None:
-        sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+        """One strict JSON object on stdout: NaN and infinities become the strings "nan", "inf", "-inf"
+        (JSON has no such numbers, and a bare NaN token breaks jq and most parsers)."""
+        sys.stdout.write(json.dumps(_finite(value), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
         sys.stdout.flush()
 
     def status(self, message: str):
@@ -47,6 +50,16 @@ class UI:
         with Progress(*columns, console=self.err, disable=self.json_mode, transient=False) as progress:
             task = progress.add_task(description, total=total, rate="")
             yield Bar(progress, task, unit)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Bar:

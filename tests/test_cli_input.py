@@ -1,0 +1,46 @@
+"""Input the CLI refuses before any run exists, and numbers it never rounds to something else."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vgfcli.cli import app
+from vgfcli.tracking import Store
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("policy.steps=-5", "policy.steps must be at least 1, got -5"),
+    ("policy.batch_size=0", "policy.batch_size must be at least 1, got 0"),
+    ("policy.lr=-1", "policy.lr must be positive, got -1.0"),
+    ("policy.activation=tanh", "policy.activation must be one of relu, gelu, swish"),
+    ("critic.reward_transform=log", "critic.reward_transform must be one of"),
+    ("evaluate.num_envs=0", "evaluate.num_envs must be at least 1"),
+    ("critic.hidden=[]", "critic.hidden must be a non-empty list of widths >= 1"),
+])
+def test_out_of_range_config_values_are_refused_before_any_run(override, message):
+    result = runner.invoke(app, ["pipeline", "preset=smoke", override])
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert Store("vgf").find(status=None) == []  # nothing ran, nothing was left behind
+
+
+def test_runs_filters_are_checked():
+    for args, message in ((["--stage", "evalute"], "unknown stage 'evalute'"),
+                          (["--status", "done"], "unknown status 'done'"), (["--limit", "0"], "--limit")):
+        result = runner.invoke(app, ["runs", *args])
+        assert result.exit_code == 2 and message in result.stderr
+
+
+def test_nan_and_inf_metrics_stay_nan_and_inf_in_runs_json():
+    store = Store("vgf")
+    run = store.start_run("evaluate", "k" * 64, {})
+    run.log_metrics({"best_score": float("nan"), "reference_score": float("inf"), "return_mean/x": 1.5}, flush=True)
+    run.finish("FINISHED")
+    result = runner.invoke(app, ["runs", "--json"])
+    assert result.exit_code == 0
+    metrics = json.loads(result.stdout)["runs"][0]["metrics"]  # strict JSON: no bare NaN token
+    assert metrics == {"best_score": "nan", "reference_score": "inf", "return_mean/x": 1.5}
+    table = runner.invoke(app, ["runs"])
+    assert "best_score=nan" in table.stdout and "reference_score=inf" in table.stdout
