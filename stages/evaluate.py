@@ -47,11 +47,13 @@ class EvaluateStage(Stage):
         return Inputs(upstream=records)
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
+        from stages.train_critic import checked_method
         from vgfcli.config import to_dict
 
         # A trained method's config is in its critic's digest; one with nothing to train is keyed here.
         method = {"name": cfg.method.name} if "critic" in inputs.upstream else to_dict(cfg.method)
-        return {"evaluate": to_dict(cfg.evaluate), "method": method, "seed": cfg.seed}
+        return {"evaluate": evaluate_key(cfg.evaluate, checked_method(cfg).Agent), "method": method,
+                "seed": cfg.seed}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
@@ -167,6 +169,28 @@ class EvaluateStage(Stage):
         out["compute_plot"] = str(outcome.outputs["compute_plot"]) if "compute_plot" in outcome.outputs else None
         out["results_file"] = str(outcome.outputs["results"]) if "results" in outcome.outputs else None
         return out
+
+
+# evaluate.* keys that only some methods read (Agent.eval_knobs says which).
+METHOD_KNOBS = ("particles", "budgets", "budget_max", "stop_quantile", "stop_gain", "guidance")
+
+
+def evaluate_key(evaluate_cfg, agent_class) -> dict:
+    """The evaluate section as the cache key sees it: without the knobs this method ignores."""
+    from vgfcli.config import to_dict
+
+    return {k: v for k, v in to_dict(evaluate_cfg).items() if k not in METHOD_KNOBS or k in agent_class.eval_knobs}
+
+
+def ignored_knobs(cfg, given: dict[str, bool]) -> list[str]:
+    """Warnings for the sweep flags (``--budget``, ``--guidance``, ``--particles``) given to a method
+    that does not read them."""
+    from stages.train_critic import checked_method
+
+    knobs = checked_method(cfg).Agent.eval_knobs
+    return [f"{flag} is ignored by method {cfg.method.name} (it reads {', '.join(knobs) or 'no evaluate knobs'})"
+            for flag, key in (("--budget", "budgets"), ("--guidance", "guidance"), ("--particles", "particles"))
+            if given.get(flag) and key not in knobs]
 
 
 def load_agent(cfg, inputs: Inputs, device):

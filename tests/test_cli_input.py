@@ -44,3 +44,14 @@ def test_nan_and_inf_metrics_stay_nan_and_inf_in_runs_json():
     assert metrics == {"best_score": "nan", "reference_score": "inf", "return_mean/x": 1.5}
     table = runner.invoke(app, ["runs"])
     assert "best_score=nan" in table.stdout and "reference_score=inf" in table.stdout
+
+
+def test_a_knob_the_method_ignores_is_warned_about_and_left_out_of_its_cache_key():
+    first = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc", "--json"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["evaluate", "preset=smoke", "method=bc", "--guidance", "0.5", "--budget", "2",
+                                "--json"])
+    assert again.exit_code == 0, again.output
+    assert "--guidance is ignored by method bc" in again.stderr and "--budget is ignored" in again.stderr
+    assert json.loads(again.stdout)["cache_hit"] and json.loads(again.stdout)["run_id"] == \
+        json.loads(first.stdout)["run_id"]

@@ -70,7 +70,8 @@ def _user_errors(func):
     return wrapper
 
 
-def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool) -> None:
+def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool,
+               flags: dict[str, bool] | None = None) -> None:
     from vgfcli.config import compose, to_yaml
     from vgfcli.stage import execute, load_stage, report
     from vgfcli.ui import UI
@@ -81,7 +82,20 @@ def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bo
         typer.echo(to_yaml(cfg), nl=False)
         return
     ui = UI(json_mode=json_out)
+    _warn_ignored(cfg, flags, ui)
     report(stage, execute(stage, cfg, ui, force=force), ui)
+
+
+def _warn_ignored(cfg, flags: dict[str, bool] | None, ui) -> None:
+    if flags:
+        from stages.evaluate import ignored_knobs
+
+        for message in ignored_knobs(cfg, flags):
+            ui.warn(message)
+
+
+def _given(budget, guidance, particles) -> dict[str, bool]:
+    return {"--budget": budget is not None, "--guidance": guidance is not None, "--particles": particles is not None}
 
 
 @app.command()
@@ -139,7 +153,7 @@ def evaluate(overrides: Optional[List[str]] = OVERRIDES,
     """Roll out the policy in the real environment, one row per budget (vgf) or guidance weight (qgf) after
     the reference policy's row; table, metrics and a plot."""
     _run_stage("evaluate", [*(overrides or []), *_sweep_overrides(budget, guidance, particles)], force, json_out,
-               show_cfg)
+               show_cfg, _given(budget, guidance, particles))
 
 
 @app.command()
@@ -164,6 +178,7 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
         typer.echo(to_yaml(cfg), nl=False)
         return
     ui = UI(json_mode=json_out)
+    _warn_ignored(cfg, _given(budget, guidance, particles), ui)
     upstream = Upstream(cfg, ui, make=True, force=frozenset(PRODUCERS.values()) if force else frozenset())
     stage = load_stage("evaluate")
     outcome = execute(stage, cfg, ui, force=force, upstream=upstream)

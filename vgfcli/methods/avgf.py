@@ -121,6 +121,7 @@ class AVGFAgent(Agent):
     """Critic ensemble + gradient field + frozen reference flow. See the module docstring."""
 
     name = "avgf"
+    eval_knobs = ("particles", "budgets")
     checkpoint_parts = ("critic", "target_critic", "field", "optimizer", "field_optimizer", "reference")
 
     def __init__(self, cfg: AVGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):

@@ -218,6 +218,9 @@ class Agent(ABC):
     """Base class of the methods; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
+    # The method-specific evaluate.* keys ``eval_settings`` reads; evaluate's other method-specific keys
+    # (another method's budgets or guidance) are left out of its cache key.
+    eval_knobs: ClassVar[tuple[str, ...]] = ("particles",)
     # False for a method with nothing to learn after pretraining (BC): the pipeline then skips
     # train-critic and evaluate acts from the reference policy alone.
     trains: ClassVar[bool] = True

@@ -32,6 +32,7 @@ Config = BCConfig
 
 class BCAgent(Agent):
     name = "bc"
+    eval_knobs = ()
     trains = False
     checkpoint_parts = ("reference",)
 

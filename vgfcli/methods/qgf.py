@@ -218,6 +218,7 @@ class QGFAgent(Agent):
     """IQL critic (twin Q, target Q, V) + frozen reference flow guided by grad Q when acting."""
 
     name = "qgf"
+    eval_knobs = ("particles", "guidance")
     checkpoint_parts = ("critic", "target_critic", "value", "critic_optimizer", "value_optimizer", "reference")
     checkpoint_generators = ("act_generator",)
 

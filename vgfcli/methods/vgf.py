@@ -250,6 +250,7 @@ class VGFAgent(Agent):
     """Critic ensemble + frozen reference flow + particle transport. See the module docstring."""
 
     name = "vgf"
+    eval_knobs = ("particles", "budgets", "budget_max", "stop_quantile", "stop_gain")
     checkpoint_parts = ("critic", "target_critic", "optimizer", "reference")
 
     def __init__(self, cfg: VGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
