@@ -55,3 +55,15 @@ def test_a_knob_the_method_ignores_is_warned_about_and_left_out_of_its_cache_key
     assert "--guidance is ignored by method bc" in again.stderr and "--budget is ignored" in again.stderr
     assert json.loads(again.stdout)["cache_hit"] and json.loads(again.stdout)["run_id"] == \
         json.loads(first.stdout)["run_id"]
+
+
+def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    from vgfcli import ui as ui_mod
+
+    monkeypatch.setattr(ui_mod, "LOG_EVERY_S", 0.0)  # a line at every advance
+    with ui_mod.UI(json_mode=True).progress("train-critic (vgf)", 6000, unit="updates") as bar:
+        bar.advance(2000)
+        bar.advance(1000)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("train-critic (vgf): 2,000/6,000 updates (33 %), ") and "updates/s, ETA" in lines[0]
+    assert lines[1].startswith("train-critic (vgf): 3,000/6,000 updates (50 %)")

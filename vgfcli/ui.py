@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import sys
+import time
 from typing import Iterator
 
 from rich.console import Console
@@ -42,7 +43,13 @@ class UI:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: float | None, unit: str = "it") -> Iterator["Bar"]:
-        """A progress bar with a rate column; silent under ``--json``."""
+        """A progress bar with a rate column on a terminal; under ``--json`` or when stderr is not a
+        terminal (a CI log, a job's log file), one plain line on stderr every ``LOG_EVERY_S`` seconds."""
+        if self.json_mode or not self.err.is_terminal:
+            bar = LogBar(description, total, unit)
+            yield bar
+            bar.finish()
+            return
         columns = [
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -50,6 +57,54 @@ class UI:
         with Progress(*columns, console=self.err, disable=self.json_mode, transient=False) as progress:
             task = progress.add_task(description, total=total, rate="")
             yield Bar(progress, task, unit)
+
+
+LOG_EVERY_S = 30.0
+
+
+class LogBar:
+    """Progress as log lines: ``train-critic (vgf): 2,000/6,000 updates (33 %), 41.2 updates/s, ETA 1m37s``."""
+
+    def __init__(self, description: str, total: float | None, unit: str, every_s: float | None = None):
+        self.description, self.total, self.unit = description, total, unit
+        self.every_s = LOG_EVERY_S if every_s is None else every_s
+        self.done = 0.0
+        self._start = self._last = time.monotonic()
+
+    def advance(self, amount: float = 1, **fields) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self._line(now)
+
+    def update(self, completed: float | None = None, **fields) -> None:
+        if completed is not None:
+            self.advance(completed - self.done)
+
+    def finish(self) -> None:
+        if self.done and time.monotonic() - self._start >= self.every_s:
+            self._line(time.monotonic())
+
+    def _line(self, now: float) -> None:
+        rate = self.done / max(now - self._start, 1e-9)
+        parts = [f"{self.description}: {self.done:,.0f}"]
+        if self.total:
+            parts[0] += f"/{self.total:,.0f} {self.unit} ({100 * self.done / self.total:.0f} %)"
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta = f", ETA {_duration(left)}" if math.isfinite(left) else ""
+        else:
+            parts[0] += f" {self.unit}"
+            eta = ""
+        sys.stderr.write(f"{parts[0]}, {rate:,.1f} {self.unit}/s{eta}\n")
+        sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _finite(value):
