@@ -67,3 +67,33 @@ def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(monkeypatch, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("train-critic (vgf): 2,000/6,000 updates (33 %), ") and "updates/s, ETA" in lines[0]
     assert lines[1].startswith("train-critic (vgf): 3,000/6,000 updates (50 %)")
+
+
+def test_an_unusable_home_or_an_unreachable_server_is_the_users_to_fix(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("VGF_HOME", str(blocker / "home"))
+    result = runner.invoke(app, ["pipeline", "preset=smoke"])
+    assert result.exit_code == 2 and "is not writable" in result.stderr and "set VGF_HOME" in result.stderr
+    monkeypatch.setenv("VGF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    result = runner.invoke(app, ["runs"])
+    assert result.exit_code == 2 and "does not answer" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
+
+
+def test_a_dead_runs_staging_folder_is_removed_by_the_next_run(vgf_home):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = vgf_home / "staging" / "0123456789abcdef"
+    folder.mkdir(parents=True)
+    (folder / "critic.pt").write_bytes(b"half")
+    import socket
+
+    (folder / ".owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    mine = vgf_home / "staging" / "alive"
+    mine.mkdir()
+    (mine / ".owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": __import__("os").getpid()}))
+    assert runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"]).exit_code == 0
+    assert not folder.exists() and mine.exists()

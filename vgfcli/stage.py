@@ -20,7 +20,16 @@ from vgfcli import config as config_mod
 from vgfcli.cache import cache_key, file_sha256, path_digest
 from vgfcli.errors import VgfError
 from vgfcli.locks import key_lock
-from vgfcli.tracking import TAG_SUMMARY, TAG_UPSTREAM, RunRecord, StageRun, Store, tracking_uri, vgf_home
+from vgfcli.tracking import (
+    TAG_SUMMARY,
+    TAG_UPSTREAM,
+    RunRecord,
+    StageRun,
+    Store,
+    check_home_writable,
+    tracking_uri,
+    vgf_home,
+)
 from vgfcli.ui import UI
 
 # Stage name -> module holding ``STAGE``; imported only when needed (start-up stays fast).
@@ -108,6 +117,8 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
     ``lookup_only``: never run; a missing run is an error that names the command that makes it.
     ``upstream``: how the stage finds its upstream runs (default: look them up by config).
     """
+    if not lookup_only:
+        check_home_writable()
     if upstream is None:
         from vgfcli.upstream import Upstream
 

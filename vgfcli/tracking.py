@@ -30,6 +30,7 @@ TAG_OUTPUTS = "vgf.outputs"
 TAG_SUMMARY = "vgf.summary"
 TAG_UPSTREAM = "vgf.upstream"
 FINISHED = "FINISHED"
+OWNER_FILE = ".owner.json"  # in a staging folder: the host and pid of the run writing it
 
 
 def vgf_home() -> Path:
@@ -198,6 +199,8 @@ class Store:
     def client(self):
         if self._client is None:
             _quiet_mlflow_logs()
+            if self.uri.startswith(("http://", "https://")):
+                _check_server(self.uri)
             from mlflow.tracking import MlflowClient
 
             db = _sqlite_path(self.uri)
@@ -245,6 +248,7 @@ class Store:
             base["mlflow.source.git.commit"] = commit
         base.update({"vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
         self._close_abandoned(stage, cache_key)
+        _clear_dead_staging()
         run = self.client().create_run(self.experiment_id(), tags={**base, **tags})
         return StageRun(self, run.info.run_id, run.info.artifact_uri, stage, cache_key)
 
@@ -265,6 +269,8 @@ class StageRun:
         self.stage, self.cache_key = stage, cache_key
         self.staging = vgf_home() / "staging" / run_id
         self.staging.mkdir(parents=True, exist_ok=True)
+        # who owns the folder, so that a later run can remove it if this process dies without cleaning up
+        (self.staging / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         self._metrics: list = []
         self._last_flush = time.monotonic()
         self.latest_metrics: dict[str, float] = {}  # what a cache hit reads back from the store
@@ -338,6 +344,51 @@ class StageRun:
             self.client.delete_run(self.run_id)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """A tracking server that does not answer within ``timeout_s`` is the user's to fix: say so at once
+    (MLflow itself retries for minutes without a word). Its later requests fail fast too."""
+    import urllib.error
+    import urllib.request
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise VgfError(f"tracking server {uri} does not answer ({reason}); start it, or unset MLFLOW_TRACKING_URI "
+                       "to use the local store") from None
+
+
+def check_home_writable() -> Path:
+    """``VGF_HOME``, made if missing; a folder that cannot be written is the user's to fix."""
+    home = vgf_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise VgfError(f"VGF_HOME {home} is not writable ({exc.strerror}); set VGF_HOME to a folder you can "
+                       "write") from None
+    return home
+
+
+def _clear_dead_staging() -> None:
+    """Remove the staging folders of runs whose process on this host is gone (a kill -9 leaves them)."""
+    root = vgf_home() / "staging"
+    if not root.is_dir():
+        return
+    host = socket.gethostname()
+    for folder in root.iterdir():
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # being made right now, or not vgf's
+        if owner.get("host") == host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _metric_value(value: float, is_nan) -> float:
