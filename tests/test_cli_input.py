@@ -1,6 +1,7 @@
 """Input the CLI refuses before any run exists, and numbers it never rounds to something else."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -97,3 +98,19 @@ def test_a_dead_runs_staging_folder_is_removed_by_the_next_run(vgf_home):
     (mine / ".owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": __import__("os").getpid()}))
     assert runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"]).exit_code == 0
     assert not folder.exists() and mine.exists()
+
+
+def test_an_output_changed_on_disk_is_never_reused_and_runs_says_so():
+    first = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc", "--json"])
+    assert first.exit_code == 0, first.output
+    policy_run = json.loads(first.stdout)["stages"]["policy"]["run_id"]
+    path = next(Path(p) for p in Store("vgf").get(policy_run).output_paths().values())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped, same size
+    path.write_bytes(bytes(data))
+    again = runner.invoke(app, ["pretrain-policy", "preset=smoke", "method=bc", "--json"])
+    assert again.exit_code == 0, again.output
+    assert f"run {policy_run[:8]} is not reused" in again.stderr and "sha256" in again.stderr
+    assert not json.loads(again.stdout)["cache_hit"]
+    runs = {r["run_id"]: r["status"] for r in json.loads(runner.invoke(app, ["runs", "--json"]).stdout)["runs"]}
+    assert runs[policy_run] == "DAMAGED"

@@ -67,6 +67,19 @@ def _memo_digest(path: Path, memo: dict) -> str:
     return memo[str(path)][3]
 
 
+def remember_digest(path: Path, digest: str, memo_file: Path | None = None) -> None:
+    """Record ``digest`` as the sha256 of ``path`` as it is now (its size, mtime and inode): a file
+    just written with a known digest is never hashed again until it changes."""
+    from vgfcli.tracking import vgf_home
+
+    memo_file = memo_file or vgf_home() / "digests.json"
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo = _load_memo(memo_file)
+    memo[str(path)] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, digest]
+    write_json_atomic(memo_file, memo)
+
+
 def _load_memo(memo_file: Path | None) -> dict:
     if memo_file is None or not memo_file.exists():
         return {}

@@ -284,8 +284,9 @@ def runs(
     ui = UI(json_mode=json_out)
     records = Store(experiment).find(stage=stage, status=status.upper() if status else None, limit=limit)
     if json_out:
-        ui.emit_json({"runs": [{"run_id": r.run_id, "stage": r.stage, "status": r.status, "cache_key": r.cache_key,
-                                "start_time": r.start_time, "metrics": r.metrics} for r in records]})
+        ui.emit_json({"runs": [{"run_id": r.run_id, "stage": r.stage, "status": _shown_status(r),
+                                "cache_key": r.cache_key, "start_time": r.start_time, "metrics": r.metrics}
+                               for r in records]})
         return
     table = Table(title=f"vgf runs ({len(records)})", title_justify="left")
     for column in ("stage", "run", "key", "status", "age"):
@@ -294,8 +295,9 @@ def runs(
     for r in records:
         shown = _main_metrics(r.stage)
         metrics = " ".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)
-        colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(r.status, "red")
-        table.add_row(r.stage, r.run_id[:8], r.cache_key[:8], f"[{colour}]{r.status}[/]", _age(r.start_time), metrics)
+        status = _shown_status(r)
+        colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(status, "red")
+        table.add_row(r.stage, r.run_id[:8], r.cache_key[:8], f"[{colour}]{status}[/]", _age(r.start_time), metrics)
     ui.show(table)
 
 
@@ -324,6 +326,16 @@ def report(
         return
     ui.show(reporting.rich_table(result))
     ui.note("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _shown_status(record) -> str:
+    """A finished run whose outputs are missing or changed on disk is DAMAGED: never a cache hit."""
+    from vgfcli.tracking import _local_dir
+
+    # checked where the artifacts are local files (a remote store would download every run's)
+    if record.status == "FINISHED" and _local_dir(record.artifact_uri) and record.check_outputs()[1] is not None:
+        return "DAMAGED"
+    return record.status
 
 
 def _main_metrics(stage: str) -> tuple[str, ...]:

@@ -127,7 +127,7 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
     store = Store(cfg.tracking.experiment)
     upstream_ids = {name: record.run_id for name, record in inputs.upstream.items()}
 
-    hit = None if force else _cache_hit(store, stage.name, key)
+    hit = None if force else _cache_hit(store, stage.name, key, ui.warn)
     if hit is not None:
         return hit
     if lookup_only:
@@ -163,8 +163,8 @@ def cached_run(stage: Stage, cfg, key: str) -> Outcome | None:
     return _cache_hit(Store(cfg.tracking.experiment), stage.name, key)
 
 
-def _cache_hit(store: Store, stage: str, key: str) -> Outcome | None:
-    hit = store.cached(stage, key)
+def _cache_hit(store: Store, stage: str, key: str, warn=None) -> Outcome | None:
+    hit = store.cached(stage, key, warn)
     if hit is None:
         return None
     record, paths = hit

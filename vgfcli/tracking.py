@@ -81,18 +81,28 @@ class RunRecord:
         return json.loads(self.tags.get(TAG_UPSTREAM, "{}"))
 
     def output_paths(self) -> dict[str, Path] | None:
-        """Local paths of the run's outputs; None when any is missing or of the wrong size."""
+        """Local paths of the run's outputs; None when any is missing or damaged (``damage``)."""
+        paths, problem = self.check_outputs()
+        return None if problem else paths
+
+    def check_outputs(self) -> tuple[dict[str, Path], str | None]:
+        """The run's outputs and what is wrong with them (None: nothing). A file whose size, mtime or
+        inode changed since it was recorded is hashed again and must still have its recorded sha256
+        (``cache.path_digest`` remembers digests by those stamps, so an untouched file costs a stat)."""
+        from vgfcli.cache import path_digest
+
         local = _local_dir(self.artifact_uri)
         paths = {}
         for name, meta in self.outputs_meta.items():
-            if local is not None:
-                path = local / meta["file"]
-            else:
-                path = _download(self.run_id, meta["file"])
-            if path is None or not path.is_file() or path.stat().st_size != meta["bytes"]:
-                return None
+            path = local / meta["file"] if local is not None else _download(self.run_id, meta["file"])
+            if path is None or not path.is_file():
+                return paths, f"output {name} is missing ({meta['file']})"
+            if path.stat().st_size != meta["bytes"]:
+                return paths, f"output {path} has {path.stat().st_size} bytes, {meta['bytes']} were recorded"
+            if path_digest(path, vgf_home() / "digests.json") != meta["sha256"]:
+                return paths, f"output {path} no longer has its recorded sha256 (changed on disk)"
             paths[name] = path
-        return paths
+        return paths, None
 
 
 def _download(run_id: str, rel: str) -> Path | None:
@@ -131,12 +141,15 @@ class Store:
                 pass  # a schema this code does not know: take the slow, general path
         return self._find_client(stage, cache_key, status, limit)
 
-    def cached(self, stage: str, cache_key: str) -> tuple[RunRecord, dict[str, Path]] | None:
-        """The newest finished run with this key whose outputs are all present."""
+    def cached(self, stage: str, cache_key: str, warn=None) -> tuple[RunRecord, dict[str, Path]] | None:
+        """The newest finished run with this key whose outputs are all present and intact; a damaged
+        one is passed over, with ``warn(message)`` naming the file."""
         for record in self.find(stage=stage, cache_key=cache_key):
-            paths = record.output_paths()
-            if paths is not None:
+            paths, problem = record.check_outputs()
+            if problem is None:
                 return record, paths
+            if warn is not None:
+                warn(f"{stage} run {record.run_id[:8]} is not reused: {problem}")
         return None
 
     def get(self, run_id: str) -> RunRecord:
@@ -323,6 +336,9 @@ class StageRun:
                 partial = target.with_name(target.name + ".partial")
                 shutil.move(path, partial)  # a rename on one filesystem, a copy across two
                 os.replace(partial, target)
+                from vgfcli.cache import remember_digest
+
+                remember_digest(target, digests[name])
                 final[name] = target
             else:
                 self.client.log_artifact(self.run_id, str(path), os.path.dirname(rel) or None)
