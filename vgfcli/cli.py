@@ -177,11 +177,18 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
         return
+    from vgfcli.lineage import pipeline_run
+    from vgfcli.tracking import Store, check_home_writable
+
     ui = UI(json_mode=json_out)
     _warn_ignored(cfg, _given(budget, guidance, particles), ui)
+    check_home_writable()
     upstream = Upstream(cfg, ui, make=True, force=frozenset(PRODUCERS.values()) if force else frozenset())
     stage = load_stage("evaluate")
-    outcome = execute(stage, cfg, ui, force=force, upstream=upstream)
+    done: dict = {}
+    with pipeline_run(Store(cfg.tracking.experiment), cfg, lambda: {**upstream.outcomes, **done}):
+        outcome = execute(stage, cfg, ui, force=force, upstream=upstream)
+        done["evaluate"] = outcome
     stages = [(name, o) for name, o in upstream.outcomes.items()] + [("evaluate", outcome)]
     if json_out:
         ui.emit_json(stage.to_json(outcome) | {"stages": {name: {"run_id": o.run_id, "cache_hit": o.cache_hit}
@@ -285,19 +292,24 @@ def runs(
     records = Store(experiment).find(stage=stage, status=status.upper() if status else None, limit=limit)
     if json_out:
         ui.emit_json({"runs": [{"run_id": r.run_id, "stage": r.stage, "status": _shown_status(r),
-                                "cache_key": r.cache_key, "start_time": r.start_time, "metrics": r.metrics}
+                                "cache_key": r.cache_key, "start_time": r.start_time, "metrics": r.metrics,
+                                "name": r.tags.get("mlflow.runName"),
+                                **{k: r.tags[f"vgf.{k}"] for k in ("task", "method", "preset", "seed")
+                                   if f"vgf.{k}" in r.tags}}
                                for r in records]})
         return
     table = Table(title=f"vgf runs ({len(records)})", title_justify="left")
-    for column in ("stage", "run", "key", "status", "age"):
-        table.add_column(column, no_wrap=True)
+    for column in ("stage", "run", "what", "key", "status", "age"):
+        table.add_column(column, no_wrap=column != "what")
     table.add_column("metrics", overflow="fold")
     for r in records:
         shown = _main_metrics(r.stage)
         metrics = " ".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)
         status = _shown_status(r)
         colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(status, "red")
-        table.add_row(r.stage, r.run_id[:8], r.cache_key[:8], f"[{colour}]{status}[/]", _age(r.start_time), metrics)
+        what = r.tags.get("mlflow.runName", r.stage).removeprefix(r.stage).strip()  # method, task, seed
+        table.add_row(r.stage, r.run_id[:8], what, r.cache_key[:8], f"[{colour}]{status}[/]", _age(r.start_time),
+                      metrics)
     ui.show(table)
 
 

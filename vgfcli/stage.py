@@ -174,8 +174,19 @@ def _cache_hit(store: Store, stage: str, key: str, warn=None) -> Outcome | None:
 
 def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, upstream_ids: dict) -> Outcome:
     """A new run of ``stage``: logged config, the stage's work, outputs moved in, FINISHED (or not)."""
+    from vgfcli import lineage
+
     threads = apply_threads(cfg)
-    run = store.start_run(stage.name, key, {TAG_UPSTREAM: json.dumps(upstream_ids), "vgf.threads": threads})
+    name, tags = lineage.describe(stage.name, cfg)
+    tags |= {TAG_UPSTREAM: json.dumps(upstream_ids), "vgf.threads": threads}
+    note = lineage.upstream_note(store.experiment_id(), upstream_ids)
+    if note:
+        tags["mlflow.note.content"] = note
+    if lineage.parent_run_id():
+        tags["mlflow.parentRunId"] = lineage.parent_run_id()
+    run = store.start_run(stage.name, key, tags, name)
+    if "dataset" in inputs.upstream:
+        lineage.log_dataset_input(store.client(), run.run_id, inputs.upstream["dataset"])
     try:
         run.log_params(config_mod.flatten(config_mod.to_dict(cfg)))
         run.log_text(config_mod.to_yaml(cfg), "config.yaml")

@@ -172,6 +172,9 @@ class Store:
         if status:
             where.append("r.status = ?")
             args.append(status)
+        if stage is None:  # stage runs only (a pipeline's parent run has no stage)
+            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ?)")
+            args.append(TAG_STAGE)
         for tag, value in ((TAG_STAGE, stage), (TAG_KEY, cache_key)):
             if value is not None:
                 where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
@@ -252,10 +255,10 @@ class Store:
                 raise
             return experiment.experiment_id
 
-    def start_run(self, stage: str, cache_key: str, tags: dict[str, str]) -> "StageRun":
+    def start_run(self, stage: str, cache_key: str, tags: dict[str, str], name: str | None = None) -> "StageRun":
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-        base = {TAG_STAGE: stage, TAG_KEY: cache_key, "vgf.version": __version__, MLFLOW_RUN_NAME: stage}
+        base = {TAG_STAGE: stage, TAG_KEY: cache_key, "vgf.version": __version__, MLFLOW_RUN_NAME: name or stage}
         commit = _git_commit()
         if commit:
             base["mlflow.source.git.commit"] = commit
