@@ -435,7 +435,12 @@ def _alive(pid: int) -> bool:
 
 
 def _quiet_mlflow_logs() -> None:
-    # MLflow and alembic announce every schema migration at INFO on first use of a store.
+    # MLflow and alembic announce every schema migration at INFO on first use of a store, and against
+    # a tracking server MLflow prints "View run ... at" on STDOUT, which is --json's.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401  (its import sets its loggers' levels: ours must come after)
+
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
