@@ -139,3 +139,18 @@ def test_runs_are_named_tagged_linked_and_nested_under_their_pipeline():
     assert again.exit_code == 0 and len(client.search_runs([store.experiment_id()])) == 7
     listed = json.loads(runner.invoke(app, ["runs", "--json"]).stdout)["runs"]
     assert len(listed) == 6 and {r.get("method") for r in listed if r["stage"] == "evaluate"} == {"vgf"}
+
+
+def test_a_store_that_cannot_be_opened_is_named_and_a_stray_half_made_one_is_ignored(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("VGF_HOME", str(home))
+    (home / ".mlflow.db.creating-999999").write_bytes(b"half a schema")  # a kill -9 during creation
+    assert runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"]).exit_code == 0
+    assert not list(home.glob(".mlflow.db.creating-*")) and (home / "mlflow.db").is_file()
+    other = tmp_path / "broken"
+    other.mkdir()
+    (other / "mlflow.db").write_bytes(b"not a database at all" * 100)
+    monkeypatch.setenv("VGF_HOME", str(other))
+    result = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"])
+    assert result.exit_code == 2 and "cannot be opened" in result.stderr and "mlflow.db" in result.stderr

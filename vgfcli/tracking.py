@@ -222,13 +222,8 @@ class Store:
             db = _sqlite_path(self.uri)
             if db is None:
                 self._client = MlflowClient(tracking_uri=self.uri)
-            else:  # the first use of a new store creates its schema: one process at a time
-                from vgfcli.locks import store_lock
-
-                db.parent.mkdir(parents=True, exist_ok=True)
-                with store_lock():
-                    self._client = MlflowClient(tracking_uri=self.uri)
-                    self._client.search_experiments(max_results=1)  # builds the schema here, under the lock
+            else:
+                self._client = _open_sqlite_store(db, self.uri)
         return self._client
 
     def experiment_id(self) -> str:
@@ -363,6 +358,33 @@ class StageRun:
             self.client.delete_run(self.run_id)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _open_sqlite_store(db: Path, uri: str):
+    """A client of the local store. A new store's schema is made under a temporary name and moved
+    into place only when complete, one process at a time: a kill -9 while MLflow creates and migrates
+    it leaves a stray temporary file (removed by the next process), never a half-made store. A file
+    that is not a store MLflow can open is named in a clear error."""
+    from mlflow.tracking import MlflowClient
+
+    from vgfcli.locks import store_lock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with store_lock():
+        for stray in db.parent.glob(f".{db.name}.creating-*"):
+            stray.unlink(missing_ok=True)  # we hold the lock: nobody else is making one
+        if not db.exists():
+            tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+            os.replace(tmp, db)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # not a database, a schema from another MLflow, ...
+            detail = " ".join(str(exc).split())[:200]
+            raise VgfError(f"the tracking store {db} cannot be opened ({type(exc).__name__}: {detail}); move it "
+                           "away to start a new store, or use the MLflow version that made it") from None
+    return client
 
 
 def _check_server(uri: str, timeout_s: float = 10.0) -> None:
