@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 
 
-OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (e.g. dataset=d4rl dataset.path=FILE).",
+OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (--cfg prints every key this command takes).",
                            show_default=False)
 FORCE = typer.Option(False, "--force", help="Recompute even when a finished run with the same inputs exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (run id, cache hit, outputs, metrics) on stdout.")
