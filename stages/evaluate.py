@@ -140,7 +140,7 @@ class EvaluateStage(Stage):
         sweep = s.get("sweep", [])
         steps = any("steps_mean" in r.get("compute", {}) for r in s["results"])
         for column in ("policy", *sweep, "particles", "episodes", s["metric"], "95% interval", "return mean",
-                       "actions/s", "critic evals/action", *(["steps (mean)"] if steps else [])):
+                       "actions/s", "critic evals/action", *(["steps: mean (per k)"] if steps else [])):
             table.add_column(column, justify="right")
         best = max((r["score"] for r in s["results"][1:]), default=None)
         for r in s["results"]:
@@ -150,7 +150,7 @@ class EvaluateStage(Stage):
                 score = f"[bold green]{score}[/]"
             lo, hi = r.get("interval", (float("nan"), float("nan")))
             cost = r.get("compute", {})
-            mean_steps = [f"{cost['steps_mean']:.2f}" if "steps_mean" in cost else "-"] if steps else []
+            mean_steps = [_steps_text(cost) if "steps_mean" in cost else "-"] if steps else []
             table.add_row(r["label"], *(f"{r['sweep'].get(k, '-')}" for k in sweep), str(r["particles"]),
                           str(r["episodes"]), score, f"[{lo:{fmt}}, {hi:{fmt}}]", f"{r['return_mean']:.2f}",
                           f"{r.get('actions_per_s', float('nan')):.0f}", f"{cost.get('critic_evals', 0.0):.1f}",
@@ -259,6 +259,16 @@ def compute_columns(result, counter) -> dict:
     and the network passes per action (``ComputeCounter.per_action``)."""
     per_s = result.policy_states / result.policy_seconds if result.policy_seconds > 0 else float("nan")
     return {"actions_per_s": float(per_s), "compute": counter.per_action()}
+
+
+def _steps_text(cost: dict) -> str:
+    """Mean steps per state and, for a row whose states took different numbers of steps, the share of
+    states that took 0, 1, 2, ... steps: ``0.69 (55/6/2/36 %)``."""
+    hist = cost.get("steps_hist") or []
+    if sum(c > 0 for c in hist) <= 1:
+        return f"{cost['steps_mean']:.2f}"
+    total = sum(hist)
+    return f"{cost['steps_mean']:.2f} ({'/'.join(f'{100 * c / total:.0f}' for c in hist)} %)"
 
 
 def network_passes(row: dict) -> float:
