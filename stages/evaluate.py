@@ -32,7 +32,9 @@ from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 class EvaluateStage(Stage):
     name = "evaluate"
     config_name = "train"
-    code_version = 5  # 4: compute per action on every row; 5: adaptive rows skip the backward of rejected steps
+    # 4: compute per action on every row; 5: adaptive rows skip the backward of rejected steps;
+    # 6: adaptive rows run the critic in fp32 (rules and choice)
+    code_version = 6
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:

@@ -34,7 +34,12 @@ class TrainCriticStage(Stage):
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
 
-        return {"critic": to_dict(cfg.critic), "method": to_dict(cfg.method), "seed": cfg.seed}
+        key = {"critic": to_dict(cfg.critic), "method": to_dict(cfg.method), "seed": cfg.seed}
+        if cfg.method.get("train_budget", "fixed") != "fixed":
+            # the adaptive TD target's own code version (2: its rules read fp32 Q), so that a change
+            # to it does not invalidate every fixed-budget critic
+            key["adaptive_target_version"] = 2
+        return key
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch

@@ -122,7 +122,8 @@ class VGFConfig:
     closed_form: bool = True
     # Matmuls of the gradient-free-of-weights passes (reference sampling, particle transport) in
     # bfloat16: "off" | "bf16" | "auto" (bf16 where the device has native bf16 matmul, else off).
-    # TD targets, losses and weights stay fp32. Only pays on hardware with native bf16 matmul
+    # TD targets, losses, weights, the choice among particles and the adaptive budget's rules (which
+    # compare Q differences of the size of bf16's error in Q) stay fp32. Only pays on native bf16 matmul
     # (AVX512-BF16/AMX CPUs, GPUs); on AVX2-only CPUs it is ~50x SLOWER. auto is the default since
     # its score check (quick preset, cube-single task2, 3 seeds: bf16 within fp32's seed spread).
     amp: str = "auto"
@@ -412,7 +413,8 @@ class VGFAgent(Agent):
         target critic's Q at them. The disagreement ceiling is the ``stop_quantile`` of the online
         members' std at this batch's dataset actions: it follows the critic as it learns."""
         cfg = self.cfg
-        online, shape = self._online_tensors(), closed_form.CriticShape.of(self.critic)
+        # fp32 whatever amp says: the rules compare Q differences of the size of bf16's error in Q
+        online, shape = closed_form.critic_tensors(self.critic), closed_form.CriticShape.of(self.critic)
         at_data = closed_form.q_values(online, shape, batch["observations"], batch["actions"].unsqueeze(1))
         ceiling = torch.quantile(at_data.float().std(0).reshape(-1), cfg.stop_quantile).item()
         stop = StopRule.named(cfg.train_budget, ceiling, cfg.stop_gain)
@@ -512,8 +514,10 @@ class VGFAgent(Agent):
                               cfg.stop_gain if stop_gain is None else stop_gain)
         noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
         start = euler_sample(self._sampling_flow(), obs.unsqueeze(1), noise, cfg.flow_steps)
-        result = adaptive_transport(self._online_tensors(), closed_form.CriticShape.of(self.critic), obs, start,
-                                    max_steps, stop, **self._adaptive_options())
+        # The critic in fp32 whatever amp says: the rules compare Q differences of the size of bf16's
+        # error in Q, and the choice among particles reads the same fp32 Q as the fixed budgets' rows.
+        result = adaptive_transport(closed_form.critic_tensors(self.critic), closed_form.CriticShape.of(self.critic),
+                                    obs, start, max_steps, stop, **self._adaptive_options())
         self.compute.add(obs.shape[0], result.forward, result.backward)
         self.compute.add_steps(result.steps)
         q = torch.nan_to_num(aggregate_members(result.member_q.float(), cfg.q_agg), nan=float("-inf"))

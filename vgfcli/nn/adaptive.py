@@ -19,7 +19,8 @@ pass; the backward pass that drives the next step runs only for the states that 
 that stops early really costs less: one that rejects its first proposal costs 3 passes per particle
 (forward + backward at the start, a forward at the proposal) against best-of-N's one, and one that
 never stops costs exactly a fixed budget's (L forward + backward, plus the forward that selects).
-The counts returned are those critic passes over one particle each. The per-step arithmetic is
+The counts returned are those critic passes over one particle each. Run the critic in fp32: the
+rules compare Q differences (a step's gain, a few tenths) of the size of bf16's error in Q. The per-step arithmetic is
 ``closed_form.transport``'s: a state that never stops ends where a fixed budget of ``max_steps`` would.
 """
 
