@@ -154,3 +154,17 @@ def test_a_store_that_cannot_be_opened_is_named_and_a_stray_half_made_one_is_ign
     monkeypatch.setenv("VGF_HOME", str(other))
     result = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"])
     assert result.exit_code == 2 and "cannot be opened" in result.stderr and "mlflow.db" in result.stderr
+
+
+def test_a_full_disk_is_exit_2_and_leaves_the_run_failed(monkeypatch):
+    import errno
+
+    from vgfcli import tracking
+
+    def full(self, outputs, digests):
+        raise OSError(errno.ENOSPC, "No space left on device", str(next(iter(outputs.values()))))
+
+    monkeypatch.setattr(tracking.StageRun, "commit_outputs", full)
+    result = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"])
+    assert result.exit_code == 2 and "no space left on the device" in result.stderr
+    assert [r.status for r in Store("vgf").find(status=None)] == ["FAILED"]  # the collect run, marked

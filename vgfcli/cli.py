@@ -8,6 +8,7 @@ imported inside the commands that need them, so ``vgf --help`` and cache hits st
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -59,15 +60,27 @@ def _user_errors(func):
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                return _internal_error(exc)
+            # the run that was writing is already FAILED (the stage runner marks every error so)
+            typer.echo(f"error: no space left on the device ({exc.filename or 'writing'}); free some space or set "
+                       "VGF_HOME to another disk, then run the command again", err=True)
+            raise typer.Exit(2) from None
         except Exception as exc:  # a bug, not the user's fault: say so, keep the traceback on request
-            if os.environ.get("VGF_DEBUG"):
-                raise
-            detail = " ".join(str(exc).split())[:300]
-            typer.echo(f"error: internal error ({type(exc).__name__}: {detail}); rerun with VGF_DEBUG=1 for the "
-                       "traceback", err=True)
-            raise typer.Exit(1) from None
+            return _internal_error(exc)
 
     return wrapper
+
+
+def _internal_error(exc: Exception):
+    """A bug, not the user's fault: one line and exit 1 (the traceback with VGF_DEBUG=1)."""
+    if os.environ.get("VGF_DEBUG"):
+        raise exc
+    detail = " ".join(str(exc).split())[:300]
+    typer.echo(f"error: internal error ({type(exc).__name__}: {detail}); rerun with VGF_DEBUG=1 for the "
+               "traceback", err=True)
+    raise typer.Exit(1) from None
 
 
 def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool,
