@@ -136,9 +136,7 @@ class AVGFAgent(Agent):
         self.field = MLP((obs_dim, act_dim), cfg.critic_hidden, act_dim, cfg.activation, cfg.critic_norm).to(dev)
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.field_optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.field_lr)
-        self.reference = reference.to(dev).eval().requires_grad_(False)
-        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
+        self._frozen_reference(reference, cfg.seed)
 
     @classmethod
     def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,

@@ -237,6 +237,13 @@ class Agent(ABC):
         # The members' std of Q at dataset actions, percentiles 0..100 (``calibrate``; None before).
         self.member_std_percentiles: Tensor | None = None
 
+    def _frozen_reference(self, reference, seed: int) -> None:
+        """The pretrained reference flow on the agent's device, frozen, and the agent's two random
+        streams: ``generator`` (training noise) and ``act_generator`` (acting)."""
+        self.reference = reference.to(self.device).eval().requires_grad_(False)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.act_generator = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
+
     def calibrate(self, batches) -> Info:
         """Once after training, on dataset batches: store what acting needs to know about the trained
         critic (the percentiles of its members' disagreement at dataset actions, for the adaptive

@@ -40,9 +40,7 @@ class BCAgent(Agent):
         super().__init__(cfg, obs_dim, act_dim, device, chunk)
         if cfg.flow_steps < 1:
             raise ValueError("flow_steps must be >= 1")
-        self.reference = reference.to(self.device).eval().requires_grad_(False)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.act_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
+        self._frozen_reference(reference, cfg.seed)
 
     @classmethod
     def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,

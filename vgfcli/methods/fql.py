@@ -104,9 +104,7 @@ class FQLAgent(Agent):
         self.target_critic.requires_grad_(False)
         self.onestep = MLP((obs_dim, act_dim), cfg.onestep_hidden, act_dim, cfg.activation, cfg.actor_norm).to(dev)
         self.optimizer = torch.optim.Adam([*self.critic.parameters(), *self.onestep.parameters()], lr=cfg.lr)
-        self.reference = reference.to(dev).eval().requires_grad_(False)
-        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
+        self._frozen_reference(reference, cfg.seed)
 
     @classmethod
     def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,
