@@ -55,6 +55,7 @@ class Job:
     key: str
     overrides: list[str]
     combos: list[int]
+    rest: list[str] = field(default_factory=list)  # later steps of its one combination, run in the same job
     state: str = "pending"  # pending | running | done | cached | failed
     run_id: str | None = None
     error: str | None = None
@@ -63,7 +64,8 @@ class Job:
     handle: object = None
 
     def row(self) -> dict:
-        return {"step": self.step, "stage": self.stage, "key": self.key[:12], "overrides": self.overrides,
+        return {"step": "+".join([self.step, *self.rest]), "stage": self.stage, "key": self.key[:12],
+                "overrides": self.overrides,
                 "combos": self.combos, "state": self.state, "run_id": self.run_id, "error": self.error,
                 "seconds": None if self.seconds is None else round(self.seconds, 1)}
 
@@ -75,6 +77,22 @@ class SweepResult:
     failed: dict[int, str] = field(default_factory=dict)  # combination -> why it stopped
     evaluate_runs: dict[int, str] = field(default_factory=dict)  # combination -> its evaluate run
     seconds: float = 0.0
+
+
+def run_steps(steps: list[str], overrides: list[str], env: dict[str, str]) -> dict:
+    """A job for the rest of one combination's chain (``steps`` in order, in one process): what a wave
+    becomes once no later run can be shared (see ``run_sweep``). Returns the last step's run."""
+    from stages.train_critic import checked_method
+    from vgfcli.config import compose
+
+    os.environ.update(env)
+    out = {}
+    trains = checked_method(compose("train", overrides)).Agent.trains
+    for step in steps:
+        if step == "critic" and not trains:
+            continue
+        out = run_step(step, overrides, env)
+    return out
 
 
 def run_step(step: str, overrides: list[str], env: dict[str, str]) -> dict:
@@ -128,10 +146,11 @@ def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
     from vgfcli.tracking import vgf_home
 
     env["VGF_HOME"] = str(vgf_home())
-    for step in STEPS:
+    finished: set[int] = set()  # combinations whose whole chain a job already ran
+    for k, step in enumerate(STEPS):
         wave: dict[tuple[str, str], Job] = {}
         for i, combo in enumerate(combos):
-            if i in result.failed:
+            if i in result.failed or i in finished:
                 continue
             try:
                 planned = _plan_step(step, combo)
@@ -143,13 +162,19 @@ def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
             stage, key, run_id = planned
             job = wave.get((stage, key))
             if job is None:
-                job = wave[(stage, key)] = Job(step, stage, key, combo, [], "cached" if run_id else "pending",
-                                               run_id)
+                job = wave[(stage, key)] = Job(step, stage, key, combo, [], state="cached" if run_id else "pending",
+                                               run_id=run_id)
                 result.jobs.append(job)
             job.combos.append(i)
             if step == "evaluate" and run_id:
                 result.evaluate_runs[i] = run_id
         pending = [j for j in wave.values() if j.state == "pending"]
+        # A run that serves one combination makes every later run of that combination unique too (each
+        # hashes its upstream's output): from here on, one job runs the combination's whole tail, which
+        # saves a process start per step (seconds each, most of a small stage's time).
+        for job in pending:
+            if len(job.combos) == 1 and step != "evaluate":
+                job.rest = list(STEPS[k + 1:])
         if on_change:
             on_change(result)
         launcher.run(pending, env, lambda: on_change and on_change(result))
@@ -157,8 +182,9 @@ def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
             if job.state == "failed":
                 for i in job.combos:
                     result.failed.setdefault(i, f"{job.step}: {job.error}")
-            elif step == "evaluate":
+            elif step == "evaluate" or job.rest:
                 result.evaluate_runs.update({i: job.run_id for i in job.combos})
+                finished.update(job.combos if job.rest else ())
     result.seconds = time.monotonic() - start
     if on_change:
         on_change(result)
@@ -206,7 +232,7 @@ class Launcher:
         if self.parallel is None:
             with self.executor.batch():
                 for job in jobs:
-                    job.handle = self.executor.submit(run_step, job.step, job.overrides, env)
+                    job.handle = self._submit(job, env)
             for job in jobs:
                 job.state, job.started = "running", time.monotonic()
             changed()
@@ -216,7 +242,7 @@ class Launcher:
             while queue and len(running) < self.parallel:
                 job = queue.pop(0)
                 job.state, job.started = "running", time.monotonic()
-                job.handle = self.executor.submit(run_step, job.step, job.overrides, env)
+                job.handle = self._submit(job, env)
                 running.append(job)
                 changed()
             for job in [j for j in running if j.handle.done()]:
@@ -225,6 +251,11 @@ class Launcher:
                 changed()
             if running:
                 time.sleep(self.poll_s)
+
+    def _submit(self, job: Job, env: dict[str, str]):
+        if job.rest:
+            return self.executor.submit(run_steps, [job.step, *job.rest], job.overrides, env)
+        return self.executor.submit(run_step, job.step, job.overrides, env)
 
     @staticmethod
     def _collect(job: Job) -> None:
