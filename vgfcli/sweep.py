@@ -360,7 +360,8 @@ def jobs_table(result: SweepResult, varying: list[str]):
         values = dict(o.split("=", 1) for o in job.overrides)
         elapsed = job.seconds if job.seconds is not None else (
             time.monotonic() - job.started if job.started else None)
-        table.add_row(job.step, job.stage, str(len(job.combos)), *(values.get(k, "-") for k in varying),
+        table.add_row("+".join([job.step, *job.rest]), job.stage, str(len(job.combos)),
+                      *(values.get(k, "-") for k in varying),
                       f"[{colours[job.state]}]{job.state}[/]", f"{elapsed:.0f}s" if elapsed is not None else "")
     return table
 
