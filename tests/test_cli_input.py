@@ -43,7 +43,7 @@ def test_nan_and_inf_metrics_stay_nan_and_inf_in_runs_json():
     assert result.exit_code == 0
     metrics = json.loads(result.stdout)["runs"][0]["metrics"]  # strict JSON: no bare NaN token
     assert metrics == {"best_score": "nan", "reference_score": "inf", "return_mean/x": 1.5}
-    table = runner.invoke(app, ["runs"])
+    table = runner.invoke(app, ["runs"], env={"COLUMNS": "250"})  # wide enough that cells do not wrap
     assert "best_score=nan" in table.stdout and "reference_score=inf" in table.stdout
 
 
