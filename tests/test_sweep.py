@@ -81,3 +81,21 @@ def test_local_processes_through_submitit():
     out = sweep_json(*SMOKE, "method=bc", "seed=0,1", "--parallel", "2")
     assert out["launcher"] == "local" and not out["failed"] and len(out["evaluate_runs"]) == 2
     assert all(j["state"] == "done" for j in out["jobs"])
+
+
+def test_steps_a_combination_does_not_have_are_skipped_in_a_tail_job(tmp_path):
+    from tests.datafiles import make_d4rl_hdf5
+    from vgfcli.sweep import run_steps
+
+    path = make_d4rl_hdf5(tmp_path / "hopper-medium-v2.hdf5")
+    combo = ["preset=smoke", "data.source=file", "data.kind=d4rl", f"data.path={path}", "method=bc"]
+    # a D4RL file has no val split, and bc has no critic: nothing to run, nothing to crash on
+    assert run_steps(["val_dataset", "critic"], combo, {}) == {}
+
+
+def test_an_unwritable_home_stops_a_sweep_before_planning(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("VGF_HOME", str(blocker / "home"))
+    result = runner.invoke(app, ["sweep", *SMOKE, "seed=0,1", "launcher=debug"])
+    assert result.exit_code == 2 and "is not writable" in result.stderr

@@ -82,57 +82,60 @@ class SweepResult:
 def run_steps(steps: list[str], overrides: list[str], env: dict[str, str]) -> dict:
     """A job for the rest of one combination's chain (``steps`` in order, in one process): what a wave
     becomes once no later run can be shared (see ``run_sweep``). Returns the last step's run."""
-    from stages.train_critic import checked_method
-    from vgfcli.config import compose
-
-    os.environ.update(env)
     out = {}
-    trains = checked_method(compose("train", overrides)).Agent.trains
     for step in steps:
-        if step == "critic" and not trains:
-            continue
-        out = run_step(step, overrides, env)
+        out = run_step(step, overrides, env) or out
     return out
 
 
-def run_step(step: str, overrides: list[str], env: dict[str, str]) -> dict:
-    """A job: make ``step`` of the pipeline ``overrides`` describes (its upstream runs exist). Runs in a
-    submitit worker (a local process, a SLURM task, or in-process for the debug launcher)."""
+def run_step(step: str, overrides: list[str], env: dict[str, str]) -> dict | None:
+    """A job: make ``step`` of the pipeline ``overrides`` describes (its upstream runs exist); None
+    when the combination has no such step. Runs in a submitit worker (a local process, a SLURM task,
+    or in-process for the debug launcher)."""
     os.environ.update(env)
-    from vgfcli.config import compose
-    from vgfcli.stage import execute, load_stage
-    from vgfcli.ui import UI
-    from vgfcli.upstream import PRODUCERS, Upstream
+    from vgfcli.stage import execute
 
-    cfg = compose("train", overrides)
-    ui = UI(json_mode=True)  # no progress bars in job logs
-    upstream = Upstream(cfg, ui)
-    stage = load_stage("evaluate" if step == "evaluate" else PRODUCERS[step])
-    stage_cfg = cfg if step == "evaluate" else upstream.stage_config(step)
+    resolved = _resolve_step(step, overrides)
+    if resolved is None:
+        return None
+    stage, stage_cfg, upstream, ui = resolved
     outcome = execute(stage, stage_cfg, ui, upstream=upstream)
     return {"run_id": outcome.run_id, "cache_hit": outcome.cache_hit, "key": outcome.cache_key}
 
 
 def _plan_step(step: str, overrides: list[str]):
     """(stage name, key, finished run id or None) of ``step`` for one combination; None when the
-    combination has no such step (no val split, nothing to train)."""
+    combination has no such step."""
+    from vgfcli.stage import cached_run, plan
+
+    resolved = _resolve_step(step, overrides)
+    if resolved is None:
+        return None
+    stage, stage_cfg, upstream, _ = resolved
+    _, key = plan(stage, stage_cfg, upstream)
+    hit = cached_run(stage, stage_cfg, key)
+    return stage.name, key, hit.run_id if hit is not None else None
+
+
+def _resolve_step(step: str, overrides: list[str]):
+    """The stage that makes ``step`` of one combination's pipeline, its config, the combination's
+    upstream finder and a quiet UI; None when the combination has no such step (nothing to train,
+    no val split, a dataset from a file)."""
     from stages.train_critic import checked_method
     from vgfcli.config import compose
-    from vgfcli.stage import cached_run, load_stage, plan
+    from vgfcli.stage import load_stage
     from vgfcli.ui import UI
     from vgfcli.upstream import PRODUCERS, Upstream
 
     cfg = compose("train", overrides)
     if step == "critic" and not checked_method(cfg).Agent.trains:
         return None
-    upstream = Upstream(cfg, UI(json_mode=True))
+    ui = UI(json_mode=True)  # no progress bars in job logs
+    upstream = Upstream(cfg, ui)
     stage_cfg = cfg if step == "evaluate" else upstream.stage_config(step)
     if stage_cfg is None:
         return None
-    stage = load_stage("evaluate" if step == "evaluate" else PRODUCERS[step])
-    _, key = plan(stage, stage_cfg, upstream)
-    hit = cached_run(stage, stage_cfg, key)
-    return stage.name, key, hit.run_id if hit is not None else None
+    return load_stage("evaluate" if step == "evaluate" else PRODUCERS[step]), stage_cfg, upstream, ui
 
 
 def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
@@ -304,10 +307,11 @@ def sweep_command(overrides: list[str], parallel: int | None, json_mode: bool) -
     from rich.live import Live
 
     from vgfcli.config import compose
-    from vgfcli.tracking import vgf_home
+    from vgfcli.tracking import check_home_writable, vgf_home
     from vgfcli.ui import UI
 
     ui = UI(json_mode=json_mode)
+    check_home_writable()  # job logs and the store live there: say so before planning anything
     launcher_args = [o for o in overrides if o.split("=", 1)[0].split(".")[0] == "launcher"]
     grid = [o for o in overrides if o not in launcher_args]
     sweep_cfg = compose("sweep", launcher_args)
