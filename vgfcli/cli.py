@@ -191,11 +191,10 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
         typer.echo(to_yaml(cfg), nl=False)
         return
     from vgfcli.lineage import pipeline_run
-    from vgfcli.tracking import Store, check_home_writable
+    from vgfcli.tracking import Store
 
     ui = UI(json_mode=json_out)
     _warn_ignored(cfg, _given(budget, guidance, particles), ui)
-    check_home_writable()
     upstream = Upstream(cfg, ui, make=True, force=frozenset(PRODUCERS.values()) if force else frozenset())
     stage = load_stage("evaluate")
     done: dict = {}

@@ -182,8 +182,9 @@ def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, 
     note = lineage.upstream_note(store.experiment_id(), upstream_ids)
     if note:
         tags["mlflow.note.content"] = note
-    if lineage.parent_run_id():
-        tags["mlflow.parentRunId"] = lineage.parent_run_id()
+    parent = lineage.parent_run_id()
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     run = store.start_run(stage.name, key, tags, name)
     if "dataset" in inputs.upstream:
         lineage.log_dataset_input(store.client(), run.run_id, inputs.upstream["dataset"])
@@ -216,11 +217,9 @@ def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, 
 def apply_threads(cfg) -> str:
     """Set torch's thread count from ``cfg.threads`` (where the config has one; None leaves torch's
     default) and return what the run records."""
-    threads = cfg.get("threads") if hasattr(cfg, "get") else None
+    threads = cfg.get("threads") if hasattr(cfg, "get") else None  # >= 1: checked when the config is composed
     if threads is None:
         return "default"
-    if int(threads) < 1:
-        raise VgfError(f"threads must be at least 1 (or null for torch's default), got {threads}")
     import os
 
     import torch

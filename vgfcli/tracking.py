@@ -81,7 +81,7 @@ class RunRecord:
         return json.loads(self.tags.get(TAG_UPSTREAM, "{}"))
 
     def output_paths(self) -> dict[str, Path] | None:
-        """Local paths of the run's outputs; None when any is missing or damaged (``damage``)."""
+        """Local paths of the run's outputs; None when any is missing or damaged (``check_outputs``)."""
         paths, problem = self.check_outputs()
         return None if problem else paths
 

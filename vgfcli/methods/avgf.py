@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, frozen_call
-from vgfcli.methods.vgf import aggregate_particles, td_target
+from vgfcli.methods.vgf import aggregate_particles, parse_budgets, td_target
 from vgfcli.nn.closed_form import particle_update
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic
@@ -219,13 +219,12 @@ class AVGFAgent(Agent):
         """One row per number of steps L in ``evaluate.budgets`` (N = ``evaluate.particles``, null =
         ``num_particles``). A-VGF has no adaptive rows: its steps need no critic pass to stop on."""
         n = int(evaluate_cfg.get("particles") or self.cfg.num_particles)
-        rows = []
-        for b in evaluate_cfg.get("budgets") or [self.cfg.test_steps]:
-            if not str(b).strip().isdigit():
-                raise ValueError(f"avgf takes budgets that are steps >= 0 (adaptive budgets are vgf's), got {b!r}")
-            b = int(str(b).strip())
-            rows.append(EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": b, "num_particles": n}, {"budget": b}))
-        return rows
+        budgets = parse_budgets(evaluate_cfg.get("budgets") or [self.cfg.test_steps])
+        named = [b for b in budgets if isinstance(b, str)]
+        if named:
+            raise ValueError(f"avgf takes budgets that are steps >= 0 (adaptive budgets are vgf's), got {named}")
+        return [EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": b, "num_particles": n}, {"budget": b})
+                for b in budgets]
 
 
 Agent = AVGFAgent

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, percentile_at
 from vgfcli.nn import closed_form
-from vgfcli.nn.adaptive import RULES, StopRule, adaptive_transport
+from vgfcli.nn.adaptive import RULES, StopRule, adaptive_transport, reads_disagreement
 from vgfcli.nn.bank import ParticleBank, RollingBank, build_bank, fill_bank, refresh_bank
 from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
@@ -510,8 +510,8 @@ class VGFAgent(Agent):
         if not self._closed_form():
             raise ValueError("an adaptive budget needs method.closed_form=true")
         quantile = cfg.stop_quantile if stop_quantile is None else stop_quantile
-        stop = StopRule.named(budget, self.disagreement_ceiling(quantile) if budget != "auto_gain" else float("inf"),
-                              cfg.stop_gain if stop_gain is None else stop_gain)
+        ceiling = self.disagreement_ceiling(quantile) if reads_disagreement(budget) else float("inf")
+        stop = StopRule.named(budget, ceiling, cfg.stop_gain if stop_gain is None else stop_gain)
         noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
         start = euler_sample(self._sampling_flow(), obs.unsqueeze(1), noise, cfg.flow_steps)
         # The critic in fp32 whatever amp says: the rules compare Q differences of the size of bf16's
@@ -561,7 +561,7 @@ class VGFAgent(Agent):
             if isinstance(b, int):
                 rows.append(EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": b, "num_particles": n}, {"budget": b}))
                 continue
-            if b != "auto_gain":
+            if reads_disagreement(b):
                 self.disagreement_ceiling(0.5)  # a clear error now, not after the fixed rows ran
             if self.critic.members < 2:
                 raise ValueError("adaptive budgets need a critic ensemble (method.num_critics >= 2)")

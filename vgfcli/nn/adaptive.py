@@ -38,6 +38,11 @@ from vgfcli.nn.particles import aggregate_members
 RULES = {"auto": ("disagreement", "gain"), "auto_std": ("disagreement",), "auto_gain": ("gain",)}
 
 
+def reads_disagreement(name: str) -> bool:
+    """Whether the named budget applies rule (a), which needs the critic's calibration."""
+    return "disagreement" in RULES.get(name, ())
+
+
 @dataclass(frozen=True)
 class StopRule:
     """When a state stops. ``rules``: a subset of ("disagreement", "gain")."""
