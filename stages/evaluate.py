@@ -38,7 +38,7 @@ class EvaluateStage(Stage):
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
-        from stages.train_critic import checked_method
+        from vgfcli.stages.train_critic import checked_method
 
         if cfg.evaluate.particles is not None and cfg.evaluate.particles < 1:
             raise VgfError(f"evaluate.particles must be at least 1, got {cfg.evaluate.particles}")
@@ -49,7 +49,7 @@ class EvaluateStage(Stage):
         return Inputs(upstream=records)
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
-        from stages.train_critic import checked_method
+        from vgfcli.stages.train_critic import checked_method
         from vgfcli.config import to_dict
 
         # A trained method's config is in its critic's digest; one with nothing to train is keyed here.
@@ -187,7 +187,7 @@ def evaluate_key(evaluate_cfg, agent_class) -> dict:
 def ignored_knobs(cfg, given: dict[str, bool]) -> list[str]:
     """Warnings for the sweep flags (``--budget``, ``--guidance``, ``--particles``) given to a method
     that does not read them."""
-    from stages.train_critic import checked_method
+    from vgfcli.stages.train_critic import checked_method
 
     knobs = checked_method(cfg).Agent.eval_knobs
     return [f"{flag} is ignored by method {cfg.method.name} (it reads {', '.join(knobs) or 'no evaluate knobs'})"
@@ -200,8 +200,8 @@ def load_agent(cfg, inputs: Inputs, device):
     agent, or (for a method with nothing to train) the method built around the reference policy."""
     import torch
 
-    from stages.pretrain_policy import load_policy
-    from stages.train_critic import build_method_config, check_compatible
+    from vgfcli.stages.pretrain_policy import load_policy
+    from vgfcli.stages.train_critic import build_method_config, check_compatible
     from vgfcli import methods
 
     flow, saved_policy = load_policy(inputs.upstream["policy"].output_paths()["policy"], device)

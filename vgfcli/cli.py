@@ -21,6 +21,7 @@ from typing import List, Optional
 import typer
 
 from vgfcli import __version__
+from vgfcli.completion import complete_overrides
 from vgfcli.errors import VgfError
 
 app = typer.Typer(
@@ -28,14 +29,14 @@ app = typer.Typer(
     help="Behaviour-regularized offline RL with flow policies (Value Gradient Flow and siblings), as cached, "
     "MLflow-tracked pipeline stages.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
 
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides, key=value (--cfg prints every key this command takes).",
-                           show_default=False)
+                           show_default=False, autocompletion=complete_overrides)
 FORCE = typer.Option(False, "--force", help="Recompute even when a finished run with the same inputs exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (run id, cache hit, outputs, metrics) on stdout.")
 CFG = typer.Option(False, "--cfg", help="Print the resolved config and exit.")
@@ -101,7 +102,7 @@ def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bo
 
 def _warn_ignored(cfg, flags: dict[str, bool] | None, ui) -> None:
     if flags:
-        from stages.evaluate import ignored_knobs
+        from vgfcli.stages.evaluate import ignored_knobs
 
         for message in ignored_knobs(cfg, flags):
             ui.warn(message)

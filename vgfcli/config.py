@@ -16,7 +16,7 @@ from vgfcli.errors import VgfError
 
 def config_dir() -> Path:
     """The ``conf/`` folder, found as package data so an installed vgf finds it too."""
-    return Path(str(resources.files("conf")))
+    return Path(str(resources.files("vgfcli.conf")))
 
 
 def compose(config_name: str, overrides: list[str] | None = None):

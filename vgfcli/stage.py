@@ -34,8 +34,8 @@ from vgfcli.ui import UI
 
 # Stage name -> module holding ``STAGE``; imported only when needed (start-up stays fast).
 STAGE_MODULES = {
-    "collect": "stages.collect", "ingest": "stages.ingest", "pretrain-policy": "stages.pretrain_policy",
-    "train-critic": "stages.train_critic", "evaluate": "stages.evaluate",
+    "collect": "vgfcli.stages.collect", "ingest": "vgfcli.stages.ingest", "pretrain-policy": "vgfcli.stages.pretrain_policy",
+    "train-critic": "vgfcli.stages.train_critic", "evaluate": "vgfcli.stages.evaluate",
 }
 
 
