@@ -96,8 +96,15 @@ def test_a_dead_runs_staging_folder_is_removed_by_the_next_run(vgf_home):
     mine = vgf_home / "staging" / "alive"
     mine.mkdir()
     (mine / ".owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": __import__("os").getpid()}))
+    unnamed = vgf_home / "staging" / f".new-{int(dead.stdout)}-0123"  # killed before its rename
+    unnamed.mkdir()
+    # a pipeline's parent run whose process was killed: no stage tag, left RUNNING
+    store = Store("vgf")
+    parent = store.client().create_run(store.experiment_id(), tags={
+        "vgf.pipeline": "1", "vgf.host": socket.gethostname(), "vgf.pid": dead.stdout.strip()}).info.run_id
     assert runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"]).exit_code == 0
-    assert not folder.exists() and mine.exists()
+    assert not folder.exists() and not unnamed.exists() and mine.exists()
+    assert store.client().get_run(parent).info.status == "KILLED"
 
 
 def test_an_output_changed_on_disk_is_never_reused_and_runs_says_so():

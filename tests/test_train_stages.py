@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +44,8 @@ def test_pipeline_runs_every_stage_then_is_all_cache_hits():
     out = vgf_json("pipeline", *SMOKE)
     assert set(out["stages"]) == {"collect", "dataset", "val_dataset", "policy", "critic", "evaluate"}
     assert not any(s["cache_hit"] for s in out["stages"].values())
+    assert all(Path(p).is_file() for s in out["stages"].values() for p in s["outputs"].values())
+    assert {"policy", "critic"} <= set(out["stages"]["critic"]["outputs"]) | set(out["stages"]["policy"]["outputs"])
     rows = out["results"]
     assert [(r["budget"], r["particles"], r["reference"]) for r in rows] == [(0, 1, True), (0, 4, False), (1, 4, False)]
     assert all(0.0 <= r["success"] <= 1.0 and r["episodes"] == 2 for r in rows)

@@ -204,8 +204,9 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
         done["evaluate"] = outcome
     stages = [(name, o) for name, o in upstream.outcomes.items()] + [("evaluate", outcome)]
     if json_out:
-        ui.emit_json(stage.to_json(outcome) | {"stages": {name: {"run_id": o.run_id, "cache_hit": o.cache_hit}
-                                                          for name, o in stages}})
+        ui.emit_json(stage.to_json(outcome) | {"stages": {
+            name: {"run_id": o.run_id, "cache_hit": o.cache_hit, "outputs": {k: str(v) for k, v in o.outputs.items()}}
+            for name, o in stages}})
         return
     ui.show(_stages_table(stages))
     report(stage, outcome, ui)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import os
 import re
+import socket
 
 _PARENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("vgf_pipeline_parent", default=None)
 
@@ -91,7 +93,8 @@ class _Parent:
             _, tags = describe("pipeline", self.cfg)
             name = f"pipeline {self.cfg.method.name} {short_task(task_label(self.cfg))} s{self.cfg.seed}"
             run = self.store.client().create_run(self.store.experiment_id(),
-                                                 tags={MLFLOW_RUN_NAME: name, "vgf.pipeline": "1", **tags})
+                                                 tags={MLFLOW_RUN_NAME: name, "vgf.pipeline": "1", **tags,
+                                                       "vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
             self.run_id = run.info.run_id
         return self.run_id
 

@@ -258,18 +258,21 @@ class Store:
         if commit:
             base["mlflow.source.git.commit"] = commit
         base.update({"vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
-        self._close_abandoned(stage, cache_key)
+        self._close_abandoned()
         _clear_dead_staging()
         run = self.client().create_run(self.experiment_id(), tags={**base, **tags})
         return StageRun(self, run.info.run_id, run.info.artifact_uri, stage, cache_key)
 
-    def _close_abandoned(self, stage: str, cache_key: str) -> None:
-        """Mark KILLED the RUNNING runs of this key whose process on this host is gone (kill -9, power loss)."""
-        host = socket.gethostname()
-        for record in self.find(stage=stage, cache_key=cache_key, status="RUNNING"):
-            pid = record.tags.get("vgf.pid", "")
-            if record.tags.get("vgf.host") == host and pid.isdigit() and not _alive(int(pid)):
-                self.client().set_terminated(record.run_id, "KILLED")
+    def _close_abandoned(self) -> None:
+        """Mark KILLED the RUNNING runs whose process on this host is gone (kill -9, power loss), whatever
+        their stage: the next run on the store tidies up after any dead one."""
+        host, client = socket.gethostname(), self.client()
+        # stage runs and pipeline parent runs alike (both carry vgf.host and vgf.pid)
+        for run in client.search_runs([self.experiment_id()], "attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            pid = tags.get("vgf.pid", "")
+            if tags.get("vgf.host") == host and pid.isdigit() and not _alive(int(pid)):
+                client.set_terminated(run.info.run_id, "KILLED")
 
 
 class StageRun:
@@ -279,9 +282,12 @@ class StageRun:
         self.store, self.run_id, self.artifact_uri = store, run_id, artifact_uri
         self.stage, self.cache_key = stage, cache_key
         self.staging = vgf_home() / "staging" / run_id
-        self.staging.mkdir(parents=True, exist_ok=True)
-        # who owns the folder, so that a later run can remove it if this process dies without cleaning up
-        (self.staging / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        # Made under a name that carries the pid, with its owner file, then renamed: a kill -9 at any moment
+        # leaves either a folder that names its owner or a `.new-<pid>-...` one, and a later run removes both.
+        making = self.staging.with_name(f".new-{os.getpid()}-{run_id}")
+        making.mkdir(parents=True, exist_ok=True)
+        (making / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        os.replace(making, self.staging)
         self._metrics: list = []
         self._last_flush = time.monotonic()
         self.latest_metrics: dict[str, float] = {}  # what a cache hit reads back from the store
@@ -424,6 +430,11 @@ def _clear_dead_staging() -> None:
         return
     host = socket.gethostname()
     for folder in root.iterdir():
+        if folder.name.startswith(".new-"):  # killed between its mkdir and its rename
+            pid = folder.name.split("-")[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+            continue
         try:
             owner = json.loads((folder / OWNER_FILE).read_text())
         except (OSError, ValueError):
