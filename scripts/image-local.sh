@@ -50,6 +50,8 @@ podman image ls "$IMAGE"
 if [[ -z "${SKIP_SMOKE:-}" ]]; then
     echo "== inside $IMAGE: vgf --help, then the smoke pipeline (no network)"
     printf 'FROM %s\nRUN vgf --help && vgf pipeline preset=smoke && vgf runs --limit 6\n' "$IMAGE" > "$WORK/Containerfile"
-    podman build --isolation chroot --network none --no-cache -f "$WORK/Containerfile" -t localhost/vgf-smoke "$WORK"
+    # chroot isolation only knows the host's network, so the build runs in a new, empty network namespace
+    unshare --net podman build --isolation chroot --network host --no-cache -f "$WORK/Containerfile" \
+        -t localhost/vgf-smoke "$WORK"
     podman rmi -f localhost/vgf-smoke > /dev/null
 fi
