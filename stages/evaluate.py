@@ -50,6 +50,7 @@ class EvaluateStage(Stage):
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.stages.train_critic import checked_method
+
         from vgfcli.config import to_dict
 
         # A trained method's config is in its critic's digest; one with nothing to train is keyed here.
@@ -195,13 +196,15 @@ def ignored_knobs(cfg, given: dict[str, bool]) -> list[str]:
             if given.get(flag) and key not in knobs]
 
 
-def load_agent(cfg, inputs: Inputs, device):
+def load_agent(cfg, inputs: Inputs, device, fp32_eager: bool = False):
     """The agent to evaluate and the facts saved with what it was built from: the trained critic run's
-    agent, or (for a method with nothing to train) the method built around the reference policy."""
+    agent, or (for a method with nothing to train) the method built around the reference policy.
+    ``fp32_eager``: no torch.compile and no reduced precision, whatever the method's config says
+    (``vgf export`` traces this agent)."""
     import torch
-
     from vgfcli.stages.pretrain_policy import load_policy
     from vgfcli.stages.train_critic import build_method_config, check_compatible
+
     from vgfcli import methods
 
     flow, saved_policy = load_policy(inputs.upstream["policy"].output_paths()["policy"], device)
@@ -217,6 +220,8 @@ def load_agent(cfg, inputs: Inputs, device):
     module = methods.load(saved["method"])
     # acting is compiled by evaluate's own switch, whatever the training run chose
     speed = {"compile": bool(cfg.evaluate.get("compile", False))} if "compile" in saved["config"] else {}
+    if fp32_eager:
+        speed = {k: v for k, v in (("compile", False), ("amp", "off")) if k in saved["config"]}
     agent = module.Agent.create(saved["config"], saved["obs_dim"], saved["act_dim"], device, reference=flow,
                                 chunk=saved.get("chunk", 1), **speed)
     agent.load_state_dict(saved["agent"])

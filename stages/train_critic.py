@@ -43,8 +43,8 @@ class TrainCriticStage(Stage):
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
-
         from vgfcli.stages.pretrain_policy import load_policy
+
         from vgfcli.cache import save_output
         from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop, transform_rewards
 

@@ -233,6 +233,7 @@ def test_compiled_update_and_acting_match_eager():
 
 def test_stage_switches_reach_the_method():
     from vgfcli.stages.train_critic import build_method_config
+
     from vgfcli.config import compose
 
     policy = {"hidden": [8], "flow_steps": 2}

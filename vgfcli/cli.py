@@ -172,6 +172,20 @@ def evaluate(overrides: Optional[List[str]] = OVERRIDES,
 
 @app.command()
 @_user_errors
+def export(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
+           show_cfg: bool = CFG) -> None:
+    """The acting policy as one self-contained program: policy.pt2 (torch.export; plain torch loads it) or
+    also policy.onnx (export.format=onnx, for acting without critic gradients).
+
+    Maps observations [B, obs_dim] and noise [B, noise_dim] ~ N(0, 1) to actions, with the settings of
+    [bold]export.budget[/] (vgf L), [bold]export.guidance[/] (qgf w) and [bold]export.particles[/] (N); checked against
+    agent.act before the run finishes. Example: [bold]vgf export method=vgf export.budget=3[/].
+    """
+    _run_stage("export", overrides, force, json_out, show_cfg)
+
+
+@app.command()
+@_user_errors
 def pipeline(overrides: Optional[List[str]] = OVERRIDES,
              budget: Optional[str] = BUDGET, guidance: Optional[str] = GUIDANCE, particles: Optional[int] = PARTICLES,
              force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,

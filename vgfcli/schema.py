@@ -146,6 +146,16 @@ class EvaluateConfig:
 
 
 @dataclass
+class ExportConfig:
+    budget: Optional[int] = None  # vgf/avgf: transport steps L (None = the method's test_steps)
+    guidance: Optional[float] = None  # qgf: guidance weight w (None = the method's)
+    particles: Optional[int] = None  # candidates per state (None = the method's)
+    format: str = "pt2"  # pt2 | onnx (policy.onnx too, for acting without critic gradients)
+    parity_states: int = 64  # dataset observations of the parity check
+    tolerance: float = 1e-5  # largest |action difference| between the program and agent.act
+
+
+@dataclass
 class UpstreamRuns:
     """Run ids to read instead of the runs the config itself leads to (a prefix will do)."""
 
@@ -170,6 +180,7 @@ class TrainConfig:
     policy: PolicyConfig = MISSING
     critic: CriticLoopConfig = MISSING
     evaluate: EvaluateConfig = MISSING
+    export: ExportConfig = MISSING
     # The method's hyperparameters; their types and meanings are the method's Config dataclass
     # (vgfcli/methods/<name>.py), checked when the stage builds the agent.
     method: Any = MISSING
@@ -234,6 +245,9 @@ CHECKS = {
         "evaluate.max_episode_steps": _at_least(1), "evaluate.budget_max": _at_least(0),
         "evaluate.stop_quantile": ((lambda v: v is None or 0 < v <= 1), "in (0, 1]"),
         "evaluate.stop_gain": _at_least(0),
+        "export.budget": _at_least(0), "export.guidance": _at_least(0), "export.particles": _at_least(1),
+        "export.format": _one_of("pt2", "onnx"), "export.parity_states": _at_least(1),
+        "export.tolerance": _positive(),
     },
     "collect": {
         "episodes": _at_least(1), "val_episodes": _at_least(0), "episode_length": _at_least(1), "seed": _at_least(0),

@@ -121,9 +121,9 @@ def _resolve_step(step: str, overrides: list[str]):
     """The stage that makes ``step`` of one combination's pipeline, its config, the combination's
     upstream finder and a quiet UI; None when the combination has no such step (nothing to train,
     no val split, a dataset from a file)."""
-    from vgfcli.stages.train_critic import checked_method
     from vgfcli.config import compose
     from vgfcli.stage import load_stage
+    from vgfcli.stages.train_critic import checked_method
     from vgfcli.ui import UI
     from vgfcli.upstream import PRODUCERS, Upstream
 

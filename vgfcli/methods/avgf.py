@@ -35,6 +35,7 @@ from vgfcli.methods.vgf import aggregate_particles, parse_budgets, td_target
 from vgfcli.nn.closed_form import particle_update
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members, value_grad
 
 
@@ -148,7 +149,7 @@ class AVGFAgent(Agent):
         return cls(cfg, obs_dim, act_dim, device, reference, chunk)
 
     def reference_samples(self, obs: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
+        noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
         with torch.no_grad():
             return euler_sample(self.reference, obs.unsqueeze(1), noise, self.cfg.flow_steps)
 

@@ -172,6 +172,17 @@ class ComputeCounter:
         return out
 
 
+class NullCounter(ComputeCounter):
+    """Counts nothing: acting being traced into a program (``vgf export``), where a Python int made of
+    the batch size would fix the program's batch size."""
+
+    def add(self, *args, **kwargs) -> None:
+        pass
+
+    def add_steps(self, *args, **kwargs) -> None:
+        pass
+
+
 def member_std_percentiles(critic, batches) -> Tensor | None:
     """Percentiles 0, 1, ..., 100 ``[101]`` of the critic members' std of Q at the DATASET's
     (state, action) pairs of ``batches``: the calibration of the adaptive budget's disagreement rule.

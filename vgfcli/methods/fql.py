@@ -21,6 +21,7 @@ from torch import Tensor
 from vgfcli.methods.base import Agent, Batch, Info, best_by_q, config_from, frozen_call
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members
 
 
@@ -119,7 +120,7 @@ class FQLAgent(Agent):
         return self.onestep(obs, noise)
 
     def _noise(self, lead: tuple[int, ...], generator: torch.Generator) -> Tensor:
-        return torch.randn((*lead, self.act_dim), generator=generator, device=self.device)
+        return normal((*lead, self.act_dim), generator, self.device)
 
     # --- contract ---------------------------------------------------------------------------------
 

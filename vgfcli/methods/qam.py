@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, frozen_call
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic, activation_fn
+from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import value_grad
 
 Velocity = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -238,7 +239,7 @@ class EditPolicy(nn.Module):
         """A reparameterised sample and its log-probability (with the tanh correction)."""
         feat = self.act(self.trunk(obs, actions))
         mean, log_std = self.mean(feat), self.log_std(feat).clamp(-20.0, 2.0)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        eps = normal(mean.shape, generator, mean.device, mean.dtype)
         u = mean + log_std.exp() * eps
         log_prob = (-0.5 * eps.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         # log |d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), the stable form tfp's Tanh bijector uses
@@ -323,7 +324,7 @@ class QAMAgent(Agent):
         return v + self.reference(obs, x, t) if self.cfg.residual else v
 
     def _noise(self, lead: tuple[int, ...], generator: torch.Generator) -> Tensor:
-        return torch.randn((*lead, self.act_dim), generator=generator, device=self.device)
+        return normal((*lead, self.act_dim), generator, self.device)
 
     @torch.no_grad()
     def candidates(self, obs: Tensor, n: int, generator: torch.Generator) -> Tensor:

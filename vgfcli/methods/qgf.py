@@ -33,6 +33,7 @@ from torch import Tensor
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from
 from vgfcli.nn.flow import FlowPolicy, VelocityFn, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members
 
 
@@ -342,10 +343,10 @@ class QGFAgent(Agent):
             obs = obs.unsqueeze(0) if single else obs
             if n == 1:
                 cond = obs
-                noise = torch.randn((obs.shape[0], self.act_dim), generator=generator, device=self.device)
+                noise = normal((obs.shape[0], self.act_dim), generator, self.device)
             else:
                 cond = obs.unsqueeze(1)                                       # [B, 1, D] vs [B, N, d]
-                noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=self.device)
+                noise = normal((obs.shape[0], n, self.act_dim), generator, self.device)
             actions = guided_sample(self.reference, q_fn, cond, noise, cfg.flow_steps, w, point)
             # guidance: a critic forward + backward per particle at each Euler step; then the selection
             b, guided = obs.shape[0], cfg.flow_steps * n * (w != 0)

@@ -33,6 +33,7 @@ from vgfcli.nn.bank import ParticleBank, RollingBank, build_bank, fill_bank, ref
 from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import CastCopy, EnsembleCritic
+from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members, transport
 from vgfcli.nn.precision import autocast, cpu_has_bf16, resolve_amp
 
@@ -320,7 +321,7 @@ class VGFAgent(Agent):
         generator = generator or self.generator
         if self.bank is not None and indices is not None:
             return self.bank.draw(indices, n, generator, device=self.device)
-        noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
+        noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
         with torch.no_grad():
             return euler_sample(self._compiled_fn("flow", self._sampling_flow()), obs.unsqueeze(1), noise,
                                 self.cfg.flow_steps)
@@ -512,7 +513,7 @@ class VGFAgent(Agent):
         quantile = cfg.stop_quantile if stop_quantile is None else stop_quantile
         ceiling = self.disagreement_ceiling(quantile) if reads_disagreement(budget) else float("inf")
         stop = StopRule.named(budget, ceiling, cfg.stop_gain if stop_gain is None else stop_gain)
-        noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
+        noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
         start = euler_sample(self._sampling_flow(), obs.unsqueeze(1), noise, cfg.flow_steps)
         # The critic in fp32 whatever amp says: the rules compare Q differences of the size of bf16's
         # error in Q, and the choice among particles reads the same fp32 Q as the fixed budgets' rows.
@@ -536,7 +537,7 @@ class VGFAgent(Agent):
         """Reference samples, transport and best-of-N under the online Q as one graph (what ``act``
         does for select=max, with the same random draws)."""
         cfg = self.cfg
-        noise = torch.randn((obs.shape[0], n, self.act_dim), generator=generator, device=obs.device)
+        noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
         return self._compiled_fn("act", _act_best)(
             self._sampling_flow(), self._online_tensors(), closed_form.critic_tensors(self.critic),
             closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),

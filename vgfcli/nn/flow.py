@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from vgfcli.nn.networks import MLP
+from vgfcli.nn.noise import normal
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -39,7 +40,7 @@ def flow_matching_loss(velocity_fn: VelocityFn, obs: Tensor, actions: Tensor,
     Draws one ``x0 ~ N(0, I)`` and one t per row from ``generator``: ``t ~ U[0, 1]``, or uniformly
     from the grid {0, 1/K, ..., 1} when ``t_grid`` = K (QGF's reference code).
     """
-    x0 = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
+    x0 = normal(actions.shape, generator, actions.device, actions.dtype)
     shape = (*actions.shape[:-1], 1)
     if t_grid is None:
         t = torch.rand(shape, generator=generator, device=actions.device, dtype=actions.dtype)
@@ -119,6 +120,6 @@ class FlowPolicy(nn.Module):
                generator: torch.Generator | None = None, clip: float | None = 1.0) -> Tensor:
         """Actions for ``obs`` ``[B, obs_dim]``: ``[B, act_dim]``, or ``[B, num, act_dim]`` if ``num``."""
         shape = (*obs.shape[:-1], self.act_dim) if num is None else (*obs.shape[:-1], num, self.act_dim)
-        noise = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
+        noise = normal(shape, generator, obs.device, obs.dtype)
         cond = obs if num is None else obs.unsqueeze(-2)
         return euler_sample(self, cond, noise, steps, clip)
