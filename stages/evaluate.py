@@ -33,8 +33,8 @@ class EvaluateStage(Stage):
     name = "evaluate"
     config_name = "train"
     # 4: compute per action on every row; 5: adaptive rows skip the backward of rejected steps;
-    # 6: adaptive rows run the critic in fp32 (rules and choice)
-    code_version = 6
+    # 6: adaptive rows run the critic in fp32 (rules and choice); 7: value checks (calibration, val TD)
+    code_version = 7
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
@@ -46,7 +46,14 @@ class EvaluateStage(Stage):
         if checked_method(cfg).Agent.trains:
             # The critic's digest already covers the dataset and the policy it was trained from.
             records["critic"] = upstream.record("critic")
+            val = upstream.record("val_dataset")  # the critic's TD loss on data it never trained on
+            if val is not None:
+                records["val_dataset"] = val
         return Inputs(upstream=records)
+
+    def accepts(self, cfg, hit: Outcome) -> bool:
+        """A cached evaluation has the same scores whatever ``--video`` says, but not the videos asked for."""
+        return int(cfg.evaluate.video) <= int(hit.summary.get("videos_per_row", 0))
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.stages.train_critic import checked_method
@@ -66,6 +73,8 @@ class EvaluateStage(Stage):
         from vgfcli.protocols import task_label
         from vgfcli.rollout import evaluate_policy, release_envs
         from vgfcli.training import resolve_device
+        from vgfcli.value_checks import calibration, plot_calibration, reward_map, validation_loss
+        from vgfcli.video import write_mp4
 
         e = cfg.evaluate
         device = resolve_device(cfg.device)
@@ -82,7 +91,11 @@ class EvaluateStage(Stage):
         sweep_keys = sorted({k for st in settings for k in st.sweep})
         reference = EvalSetting("reference", "reference", 1, {}, {k: 0 for k in sweep_keys})
         generator = torch.Generator(device=device).manual_seed(cfg.seed + 7_000_003)
-        results, outcomes = [], []
+        results, outcomes, value_pairs, videos = [], [], [], {}
+        q_fn = value_q_fn(agent, device)
+        rewards_fn = reward_map(inputs.upstream["critic"].summary) if "critic" in inputs.upstream else None
+        discount = float(getattr(agent.cfg, "discount", 0.99))
+        render_seconds = 0.0
         with ui.progress("evaluate", e.episodes * (1 + len(settings)), unit="episodes") as bar:
             for setting in [reference, *settings]:
                 def policy(obs, setting=setting):
@@ -102,18 +115,41 @@ class EvaluateStage(Stage):
 
                 result = evaluate_policy(env_id, policy, episodes=e.episodes, num_envs=e.num_envs, seed=cfg.seed,
                                          max_episode_steps=e.max_episode_steps, action_repeat_chunk=agent.chunk,
-                                         progress=progress)
+                                         progress=progress, render_episodes=int(e.video), render_size=e.video_size,
+                                         record=q_fn is not None)
                 row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
                 row |= compute_columns(result, agent.compute)
+                if q_fn is not None:
+                    row["value_check"], pairs = calibration(q_fn, result.trace, discount, rewards_fn)
+                    value_pairs.append(pairs)
+                for i, frames in sorted((result.frames or {}).items()):
+                    path = run.staging / "videos" / f"{setting.key}_episode{i}.mp4"
+                    path.parent.mkdir(exist_ok=True)
+                    write_mp4(frames, path, e.video_fps)
+                    videos[f"video_{setting.key}_{i}"] = path
+                render_seconds += result.render_seconds
                 results.append(row)
                 outcomes.append(episodes)
         release_envs()  # the pooled env copies served every row of this evaluation
+        val_loss = None
+        if "val_dataset" in inputs.upstream and e.value_batches > 0:
+            with ui.status("critic loss on the validation split"):
+                val_loss = validation_loss(agent, inputs.upstream["val_dataset"].output_paths()["dataset"],
+                                           chunk=agent.chunk, discount=discount, rewards_fn=rewards_fn,
+                                           batches=e.value_batches, batch_size=cfg.critic.batch_size,
+                                           seed=cfg.seed + 9_000_011, device=device)
         metric_name = results[0]["metric"]
         metrics = {f"{r['metric']}/{r['key']}": r["score"] for r in results}
         metrics |= {f"return_mean/{r['key']}": r["return_mean"] for r in results}
         metrics |= {f"actions_per_s/{r['key']}": r["actions_per_s"] for r in results}
         metrics |= {f"critic_evals_per_action/{r['key']}": r["compute"]["critic_evals"] for r in results}
         metrics |= {f"steps_mean/{r['key']}": r["compute"]["steps_mean"] for r in results if "steps_mean" in r["compute"]}
+        for r in results:
+            for name, value in r.get("value_check", {}).items():
+                if name != "decisions":
+                    metrics[f"value_{name}/{r['key']}"] = value
+        if val_loss is not None:
+            metrics["val_critic_loss"] = val_loss
         best = max(results[1:] or results, key=lambda r: r["score"])
         metrics |= {"best_score": best["score"], "reference_score": results[0]["score"]}
         plot = run.staging / "score_vs_budget.png"
@@ -121,19 +157,25 @@ class EvaluateStage(Stage):
         plot_scores(results, sweep_keys, plot, title, metric_name)
         compute_plot = run.staging / "score_vs_compute.png"
         plot_score_vs_compute(results, compute_plot, title, metric_name)
+        plots = {"plot": plot, "compute_plot": compute_plot}
+        if q_fn is not None:
+            plots["value_plot"] = run.staging / "value_calibration.png"
+            plot_calibration(results, value_pairs, plots["value_plot"], f"{title}: Q against the return that followed")
         summary = {"env_id": env_id, "method": cfg.method.name, "metric": metric_name, "results": results,
                    "best": best["label"], "chunk": agent.chunk, "sweep": sweep_keys, "task": task,
-                   "seed": cfg.seed, "preset": preset}
+                   "seed": cfg.seed, "preset": preset, "videos_per_row": min(int(e.video), int(e.episodes)),
+                   **({"val_critic_loss": val_loss} if val_loss is not None else {})}
+        if e.video:  # what recording cost, apart from the scores' own time
+            summary["render_s"] = round(render_seconds, 1)
         if getattr(agent, "compile_seconds", 0):  # one-off torch.compile cost (evaluate.compile)
             summary["compile_s"] = round(agent.compile_seconds, 1)
         results_json = run.staging / "results.json"
         # The file is the same bytes for the same inputs: timings stay in the summary and MLflow.
-        full = {**{k: v for k, v in summary.items() if k != "compile_s"},
+        full = {**{k: v for k, v in summary.items() if k not in ("compile_s", "render_s", "videos_per_row")},
                 "results": [{k: v for k, v in r.items() if k != "actions_per_s"} | {"outcomes": o}
                             for r, o in zip(results, outcomes)]}
         write_bytes_atomic(results_json, json.dumps(full, indent=1).encode())
-        return StageResult(outputs={"plot": plot, "compute_plot": compute_plot, "results": results_json},
-                           metrics=metrics, summary=summary)
+        return StageResult(outputs={**plots, "results": results_json, **videos}, metrics=metrics, summary=summary)
 
     def render(self, outcome: Outcome):
         from rich.table import Table
@@ -142,8 +184,12 @@ class EvaluateStage(Stage):
         table = Table(title=f"evaluate: {s['method']} on {s['env_id']} ({s['metric']})", title_justify="left")
         sweep = s.get("sweep", [])
         steps = any("steps_mean" in r.get("compute", {}) for r in s["results"])
+        values = any("value_check" in r for r in s["results"])
+        if "val_critic_loss" in s:
+            table.caption = f"critic loss on the validation split: {s['val_critic_loss']:.4g}"
         for column in ("policy", *sweep, "particles", "episodes", s["metric"], "95% interval", "return mean",
-                       "actions/s", "critic evals/action", *(["steps: mean (per k)"] if steps else [])):
+                       "actions/s", "critic evals/action", *(["steps: mean (per k)"] if steps else []),
+                       *(["Q - return (r)"] if values else [])):
             table.add_column(column, justify="right")
         best = max((r["score"] for r in s["results"][1:]), default=None)
         for r in s["results"]:
@@ -154,10 +200,12 @@ class EvaluateStage(Stage):
             lo, hi = r.get("interval", (float("nan"), float("nan")))
             cost = r.get("compute", {})
             mean_steps = [_steps_text(cost) if "steps_mean" in cost else "-"] if steps else []
+            check = r.get("value_check") or {}
+            value = [f"{check['bias']:+.2f} ({check['corr']:.2f})" if check else "-"] if values else []
             table.add_row(r["label"], *(f"{r['sweep'].get(k, '-')}" for k in sweep), str(r["particles"]),
                           str(r["episodes"]), score, f"[{lo:{fmt}}, {hi:{fmt}}]", f"{r['return_mean']:.2f}",
                           f"{r.get('actions_per_s', float('nan')):.0f}", f"{cost.get('critic_evals', 0.0):.1f}",
-                          *mean_steps)
+                          *mean_steps, *value)
         return table
 
     def to_json(self, outcome: Outcome) -> dict:
@@ -165,12 +213,14 @@ class EvaluateStage(Stage):
         out["results"] = [
             {**r["sweep"], "particles": r["particles"], "episodes": r["episodes"], r["metric"]: r["score"],
              "interval": r.get("interval"), "return_mean": r["return_mean"], "reference": r["label"] == "reference",
-             "label": r["label"], "actions_per_s": r.get("actions_per_s"), "compute": r.get("compute")}
+             "label": r["label"], "actions_per_s": r.get("actions_per_s"), "compute": r.get("compute"),
+             "value_check": r.get("value_check")}
             for r in outcome.summary["results"]
         ]
         out["plot"] = str(outcome.outputs["plot"])
         out["compute_plot"] = str(outcome.outputs["compute_plot"]) if "compute_plot" in outcome.outputs else None
         out["results_file"] = str(outcome.outputs["results"]) if "results" in outcome.outputs else None
+        out["videos"] = sorted(str(p) for name, p in outcome.outputs.items() if name.startswith("video_"))
         return out
 
 
@@ -178,11 +228,35 @@ class EvaluateStage(Stage):
 METHOD_KNOBS = ("particles", "budgets", "budget_max", "stop_quantile", "stop_gain", "guidance")
 
 
+# evaluate.* keys that change no score: videos are extra artifacts of the same evaluation.
+VIDEO_KEYS = ("video", "video_size", "video_fps")
+
+
 def evaluate_key(evaluate_cfg, agent_class) -> dict:
-    """The evaluate section as the cache key sees it: without the knobs this method ignores."""
+    """The evaluate section as the cache key sees it: without the knobs this method ignores, and
+    without the video settings."""
     from vgfcli.config import to_dict
 
-    return {k: v for k, v in to_dict(evaluate_cfg).items() if k not in METHOD_KNOBS or k in agent_class.eval_knobs}
+    return {k: v for k, v in to_dict(evaluate_cfg).items()
+            if (k not in METHOD_KNOBS or k in agent_class.eval_knobs) and k not in VIDEO_KEYS}
+
+
+def value_q_fn(agent, device):
+    """``(obs, actions) -> Q`` in numpy for the value checks, batched; None for a method without a critic."""
+    import torch
+
+    if getattr(agent, "critic", None) is None:
+        return None
+
+    def q_fn(obs, actions):
+        out = []
+        for start in range(0, len(obs), 4096):
+            o = torch.as_tensor(obs[start:start + 4096], dtype=torch.float32, device=device)
+            a = torch.as_tensor(actions[start:start + 4096], dtype=torch.float32, device=device)
+            out.append(agent.q_values(o, a).cpu().numpy())
+        return np.concatenate(out)
+
+    return q_fn
 
 
 def ignored_knobs(cfg, given: dict[str, bool]) -> list[str]:

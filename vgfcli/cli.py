@@ -44,6 +44,8 @@ BUDGET = typer.Option(None, "--budget", help="vgf: test-time budgets, comma-sepa
                      "auto_gain for an adaptive per-state budget (default: evaluate.budgets).")
 GUIDANCE = typer.Option(None, "--guidance", help="qgf: guidance weights w, comma-separated (default: evaluate.guidance).")
 PARTICLES = typer.Option(None, "--particles", help="Best-of-N by Q: candidates per state (default: the method's).")
+VIDEO = typer.Option(None, "--video", help="Render the first K episodes of every row to mp4 (evaluate.video; not part "
+                     "of the scores' cache key).", show_default=False)
 
 
 def _user_errors(func):
@@ -163,11 +165,11 @@ def train_critic(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE
 @_user_errors
 def evaluate(overrides: Optional[List[str]] = OVERRIDES,
              budget: Optional[str] = BUDGET, guidance: Optional[str] = GUIDANCE, particles: Optional[int] = PARTICLES,
-             force: bool = FORCE, json_out: bool = JSON, show_cfg: bool = CFG) -> None:
+             video: Optional[int] = VIDEO, force: bool = FORCE, json_out: bool = JSON, show_cfg: bool = CFG) -> None:
     """Roll out the policy in the real environment, one row per budget (vgf) or guidance weight (qgf) after
-    the reference policy's row; table, metrics and a plot."""
-    _run_stage("evaluate", [*(overrides or []), *_sweep_overrides(budget, guidance, particles)], force, json_out,
-               show_cfg, _given(budget, guidance, particles))
+    the reference policy's row; table, metrics, plots, value checks of the critic and, with --video K, videos."""
+    _run_stage("evaluate", [*(overrides or []), *_sweep_overrides(budget, guidance, particles, video)], force,
+               json_out, show_cfg, _given(budget, guidance, particles))
 
 
 @app.command()
@@ -188,6 +190,7 @@ def export(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json
 @_user_errors
 def pipeline(overrides: Optional[List[str]] = OVERRIDES,
              budget: Optional[str] = BUDGET, guidance: Optional[str] = GUIDANCE, particles: Optional[int] = PARTICLES,
+             video: Optional[int] = VIDEO,
              force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,
              show_cfg: bool = CFG) -> None:
     """The whole chain: collect -> ingest -> pretrain-policy -> train-critic -> evaluate, each from cache.
@@ -201,7 +204,7 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     from vgfcli.ui import UI
     from vgfcli.upstream import PRODUCERS, Upstream
 
-    cfg = compose("train", [*(overrides or []), *_sweep_overrides(budget, guidance, particles)])
+    cfg = compose("train", [*(overrides or []), *_sweep_overrides(budget, guidance, particles, video)])
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
         return
@@ -259,8 +262,9 @@ def _stages_table(stages):
     return table
 
 
-def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | None) -> list[str]:
-    out = []
+def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | None,
+                     video: int | None = None) -> list[str]:
+    out = [] if video is None else [f"evaluate.video={video}"]
     if budget is not None:
         out.append(f"evaluate.budgets=[{','.join(_budgets(budget))}]")
     if guidance is not None:

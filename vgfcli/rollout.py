@@ -91,7 +91,8 @@ def _resolve(env_id: str) -> tuple[str, bool]:
     return env_id, isinstance(entry, str) and entry.startswith("ogbench.")
 
 
-def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | None = None):
+def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | None = None,
+             render_size: int | None = None):
     """Build one environment the way its benchmark evaluates it.
 
     OGBench ids (e.g. 'cube-single-singletask-task2-v0') go through ``gymnasium.make`` after ``import ogbench``.
@@ -99,7 +100,8 @@ def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | N
     dataset name (it strips the dataset type and calls ``gymnasium.make(env_name, **env_kwargs)``, no extra
     wrappers); OGBench dataset names are accepted too and mapped the same way. Any other id is a gymnasium env
     (MuJoCo v4 for D4RL data, v5 for Minari data, e.g. 'Hopper-v5'). ``max_episode_steps`` overrides the
-    registered time limit. Unknown ids raise VgfError.
+    registered time limit. ``render_size``: frames of that many pixels a side from ``env.render()``
+    (MuJoCo offscreen; ``MUJOCO_GL`` picks EGL or OSMesa). Unknown ids raise VgfError.
     """
     import gymnasium
 
@@ -107,6 +109,8 @@ def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | N
     kwargs: dict[str, Any] = {}
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = int(max_episode_steps)
+    if render_size is not None:
+        kwargs |= {"render_mode": "rgb_array", "width": int(render_size), "height": int(render_size)}
     try:
         with warnings.catch_warnings():
             # v4 MuJoCo ids warn that they are out of date; they are chosen on purpose to match D4RL's dynamics.
@@ -135,6 +139,11 @@ class EvalResult:
     policy_seconds: float  # part of ``seconds`` spent inside the policy
     policy_calls: int  # batched policy calls
     policy_states: int = 0  # observations the policy acted on, over all its calls (actions/s = this / policy_seconds)
+    frames: dict[int, list] | None = None  # episode -> its rendered frames (render_episodes), reset frame first
+    render_seconds: float = 0.0  # part of ``seconds`` spent rendering
+    # record=True: episode -> {"obs": [decisions, obs_dim], "actions": [decisions, H * act_dim] as executed
+    # (clipped), "t": [decisions] step of each decision, "rewards": [length]}
+    trace: dict[int, dict[str, np.ndarray]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready scalars for logging."""
@@ -161,15 +170,15 @@ def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
     return int(env_ss.generate_state(1)[0]), int(legacy_ss.generate_state(1)[0])
 
 
-# Idle env copies by (env id, time limit), reused across evaluate_policy calls in this process.
-_POOL: dict[tuple[str, int | None], list] = {}
+# Idle env copies by (env id, time limit, render size), reused across evaluate_policy calls in this process.
+_POOL: dict[tuple[str, int | None, int | None], list] = {}
 
 
-def _take_envs(env_id: str, max_episode_steps: int | None, n: int) -> list:
-    idle = _POOL.setdefault((env_id, max_episode_steps), [])
+def _take_envs(env_id: str, max_episode_steps: int | None, n: int, render_size: int | None = None) -> list:
+    idle = _POOL.setdefault((env_id, max_episode_steps, render_size), [])
     envs = [idle.pop() for _ in range(min(n, len(idle)))]
     while len(envs) < n:
-        envs.append(make_env(env_id, max_episode_steps=max_episode_steps))
+        envs.append(make_env(env_id, max_episode_steps=max_episode_steps, render_size=render_size))
     return envs
 
 
@@ -189,7 +198,7 @@ def _steps_draw_global_rng(env) -> bool:
 class _Slot:
     """One env copy and the episode it is running."""
 
-    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "swap_steps")
+    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "swap_steps", "trace")
 
     def __init__(self, env):
         self.env = env
@@ -200,6 +209,7 @@ class _Slot:
         self.ret = 0.0
         self.length = 0
         self.legacy = None  # this episode's copy of numpy's global RNG state
+        self.trace: dict[str, list] | None = None  # record=True: this episode's decisions and rewards
 
     def call(self, fn, *args, **kwargs):
         # Swap the episode's own global-RNG state in, so that OGBench's np.random draws do not depend on what
@@ -229,6 +239,9 @@ def evaluate_policy(
     max_episode_steps: int | None = None,
     action_repeat_chunk: int = 1,
     progress: Callable[[int], None] | None = None,
+    render_episodes: int = 0,
+    render_size: int = 256,
+    record: bool = False,
 ) -> EvalResult:
     """Run exactly ``episodes`` episodes of ``policy`` on ``num_envs`` lockstepped copies of ``env_id``.
 
@@ -236,7 +249,9 @@ def evaluate_policy(
     when ``action_repeat_chunk`` = H > 1: the H actions then run open loop, one per step, and an episode that
     ends mid-chunk drops the rest. Each step makes at most one policy call, over the copies whose chunk is used
     up. Actions are clipped to the action space, as OGBench/FQL evaluation clips to [-1, 1].
-    ``progress(n_finished)`` is called each time an episode finishes.
+    ``progress(n_finished)`` is called each time an episode finishes. Episodes ``0 .. render_episodes-1``
+    are rendered frame by frame (``EvalResult.frames``); rendering reads the simulator's state and changes
+    no outcome. ``record`` keeps every episode's decisions and rewards (``EvalResult.trace``).
     """
     if episodes < 1:
         raise VgfError(f"evaluation needs at least one episode, got episodes={episodes}")
@@ -252,7 +267,18 @@ def evaluate_policy(
     t0 = time.perf_counter()
     env_id, _ = _resolve(env_id)
     H = int(action_repeat_chunk)
-    slots = [_Slot(env) for env in _take_envs(env_id, max_episode_steps, min(num_envs, episodes))]
+    render = render_size if render_episodes > 0 else None
+    slots = [_Slot(env) for env in _take_envs(env_id, max_episode_steps, min(num_envs, episodes), render)]
+    frames: dict[int, list] = {}
+    traces: dict[int, dict[str, np.ndarray]] = {}
+    render_seconds = 0.0
+
+    def snap(slot: _Slot) -> None:
+        nonlocal render_seconds
+        if slot.episode is not None and slot.episode < render_episodes:
+            tr = time.perf_counter()
+            frames.setdefault(slot.episode, []).append(np.asarray(slot.env.render(), dtype=np.uint8))
+            render_seconds += time.perf_counter() - tr
     space = slots[0].env.action_space
     act_shape = tuple(space.shape)
     act_dim = int(np.prod(act_shape))
@@ -282,6 +308,8 @@ def evaluate_policy(
         slot.env.action_space.seed(env_seed)
         obs, _ = slot.call(slot.env.reset, seed=env_seed)
         slot.obs = np.asarray(obs, np.float32).reshape(-1)
+        slot.trace = {"obs": [], "actions": [], "t": [], "rewards": []} if record else None
+        snap(slot)
 
     try:
         for slot in slots:
@@ -308,6 +336,10 @@ def evaluate_policy(
                 chunks = np.clip(actions.reshape(len(need), H, act_dim), low, high)
                 for s, chunk in zip(need, chunks):
                     s.queue = list(chunk)
+                    if s.trace is not None:
+                        s.trace["obs"].append(s.obs)
+                        s.trace["actions"].append(chunk.reshape(-1).astype(np.float32))
+                        s.trace["t"].append(s.length)
             for s in live:
                 action = s.queue.pop(0).reshape(act_shape)
                 if s.swap_steps:
@@ -318,9 +350,14 @@ def evaluate_policy(
                 s.ret += float(reward)
                 s.length += 1
                 s.obs = np.asarray(obs, np.float32).reshape(-1)
+                if s.trace is not None:
+                    s.trace["rewards"].append(float(reward))
+                snap(s)
                 if terminated or truncated:
                     i = s.episode
                     returns[i], lengths[i] = s.ret, s.length
+                    if s.trace is not None:
+                        traces[i] = {k: np.asarray(v) for k, v in s.trace.items()}
                     if "success" in info:
                         successes[i] = float(bool(info["success"]))
                     finished += 1
@@ -329,7 +366,7 @@ def evaluate_policy(
                     start(s)
     finally:
         # Back to the pool even after an error: the next use starts every episode with a seeded reset.
-        _POOL[(env_id, max_episode_steps)].extend(slot.env for slot in slots)
+        _POOL[(env_id, max_episode_steps, render)].extend(slot.env for slot in slots)
 
     has_success = not np.all(np.isnan(successes))
     # An env that reports success on some final steps but not others did not succeed on the others.
@@ -348,4 +385,7 @@ def evaluate_policy(
         policy_seconds=policy_seconds,
         policy_calls=policy_calls,
         policy_states=policy_states,
+        frames=frames if render_episodes > 0 else None,
+        render_seconds=render_seconds,
+        trace=traces if record else None,
     )

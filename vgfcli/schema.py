@@ -143,6 +143,10 @@ class EvaluateConfig:
     particles: Optional[int] = None  # best-of-N by Q (--particles N); None = the method's default
     max_episode_steps: Optional[int] = None  # None = the env's own limit
     compile: bool = False  # torch.compile acting (vgf); each budget compiles once, so it pays on long evaluations
+    value_batches: int = 8  # val-split batches for the critic's TD loss (0 = skip)
+    video: int = 0  # episodes per row rendered to mp4; not in the scores' cache key
+    video_size: int = 256  # pixels a side
+    video_fps: int = 30
 
 
 @dataclass
@@ -244,7 +248,8 @@ CHECKS = {
         "evaluate.episodes": _at_least(1), "evaluate.num_envs": _at_least(1), "evaluate.particles": _at_least(1),
         "evaluate.max_episode_steps": _at_least(1), "evaluate.budget_max": _at_least(0),
         "evaluate.stop_quantile": ((lambda v: v is None or 0 < v <= 1), "in (0, 1]"),
-        "evaluate.stop_gain": _at_least(0),
+        "evaluate.stop_gain": _at_least(0), "evaluate.value_batches": _at_least(0), "evaluate.video": _at_least(0),
+        "evaluate.video_size": _at_least(16), "evaluate.video_fps": _at_least(1),
         "export.budget": _at_least(0), "export.guidance": _at_least(0), "export.particles": _at_least(1),
         "export.format": _one_of("pt2", "onnx"), "export.parity_states": _at_least(1),
         "export.tolerance": _positive(),

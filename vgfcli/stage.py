@@ -83,6 +83,11 @@ class Stage:
     def run(self, cfg, inputs: Inputs, run: StageRun, ui: UI) -> StageResult:
         raise NotImplementedError
 
+    def accepts(self, cfg, hit: "Outcome") -> bool:
+        """Whether a cached run with the right key also has what this config asks for beyond its key
+        (evaluate: the videos asked for). False: the stage runs again under the same key."""
+        return True
+
     def render(self, outcome: "Outcome"):
         """A rich renderable for the human output (fresh runs and cache hits alike)."""
         raise NotImplementedError
@@ -129,8 +134,11 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
     upstream_ids = {name: record.run_id for name, record in inputs.upstream.items()}
 
     hit = None if force else _cache_hit(store, stage.name, key, ui.warn)
-    if hit is not None:
+    if hit is not None and stage.accepts(cfg, hit):
         return hit
+    if hit is not None and not lookup_only:
+        ui.note(f"the cached {stage.name} run {hit.run_id[:8]} lacks what this config asks for beyond its key "
+                "(e.g. videos): running it again")
     if lookup_only:
         raise VgfError(f"no finished {stage.name} run for this config (key {key[:12]}); `vgf pipeline` with the same "
                        "overrides makes it (or pin one with upstream.<name>=RUN_ID)")
@@ -142,7 +150,7 @@ def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool
     # One computation per key: whoever waited here finds the holder's run in the cache.
     with key_lock(stage.name, key, waiting):
         hit = None if force else _cache_hit(store, stage.name, key)
-        if hit is not None:
+        if hit is not None and stage.accepts(cfg, hit):
             return hit
         return _compute(stage, cfg, inputs, ui, store, key, upstream_ids)
 

@@ -255,6 +255,15 @@ class Agent(ABC):
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.act_generator = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
 
+    @torch.no_grad()
+    def q_values(self, obs: Tensor, actions: Tensor) -> Tensor | None:
+        """The critic's value of ``actions`` ``[B, act_dim]`` at ``obs``: the mean over its members,
+        ``[B]`` (``vgf evaluate``'s value checks); None for a method without a critic."""
+        critic = getattr(self, "critic", None)
+        if critic is None:
+            return None
+        return critic(obs, actions).float().mean(dim=0)
+
     def calibrate(self, batches) -> Info:
         """Once after training, on dataset batches: store what acting needs to know about the trained
         critic (the percentiles of its members' disagreement at dataset actions, for the adaptive
