@@ -188,12 +188,26 @@ def export(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json
 
 @app.command()
 @_user_errors
+def finetune(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
+             show_cfg: bool = CFG) -> None:
+    """Offline-to-online fine-tuning after train-critic: one env step and one method update per online step,
+    the replay buffer seeded with the dataset, learning curves every online.eval_every steps.
+
+    Example: [bold]vgf finetune method=vgf online.steps=50000[/]. Kill -9 safe: the run resumes from its last
+    checkpoint, replay buffer included.
+    """
+    _run_stage("finetune", overrides, force, json_out, show_cfg)
+
+
+@app.command()
+@_user_errors
 def pipeline(overrides: Optional[List[str]] = OVERRIDES,
              budget: Optional[str] = BUDGET, guidance: Optional[str] = GUIDANCE, particles: Optional[int] = PARTICLES,
              video: Optional[int] = VIDEO,
              force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,
              show_cfg: bool = CFG) -> None:
-    """The whole chain: collect -> ingest -> pretrain-policy -> train-critic -> evaluate, each from cache.
+    """The whole chain: collect -> ingest -> pretrain-policy -> train-critic -> evaluate (-> finetune with
+    [bold]finetune=true[/]), each from cache.
 
     A stage whose config and inputs are unchanged is reused; [bold]data.source=file data.path=...[/] starts
     from a given dataset instead of collecting. Example:
@@ -219,7 +233,9 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     with pipeline_run(Store(cfg.tracking.experiment), cfg, lambda: {**upstream.outcomes, **done}):
         outcome = execute(stage, cfg, ui, force=force, upstream=upstream)
         done["evaluate"] = outcome
-    stages = [(name, o) for name, o in upstream.outcomes.items()] + [("evaluate", outcome)]
+        if cfg.finetune:  # offline-to-online after the offline evaluation
+            done["finetune"] = execute(load_stage("finetune"), cfg, ui, force=force, upstream=upstream)
+    stages = [(name, o) for name, o in upstream.outcomes.items()] + list(done.items())
     if json_out:
         ui.emit_json(stage.to_json(outcome) | {"stages": {
             name: {"run_id": o.run_id, "cache_hit": o.cache_hit, "outputs": {k: str(v) for k, v in o.outputs.items()}}
@@ -227,6 +243,8 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
         return
     ui.show(_stages_table(stages))
     report(stage, outcome, ui)
+    if "finetune" in done:
+        report(load_stage("finetune"), done["finetune"], ui)
 
 
 @app.command()

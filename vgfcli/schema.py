@@ -150,6 +150,17 @@ class EvaluateConfig:
 
 
 @dataclass
+class OnlineConfig:
+    steps: int = 50000  # online env steps, one update each
+    eval_every: int = 10000  # learning-curve points (and step 0, and the end)
+    eval_episodes: int = 10  # episodes per evaluate row per point
+    balanced: bool = False  # half dataset / half online batches; False: uniform over the buffer
+    max_episode_steps: Optional[int] = None  # None = the env's own limit
+    checkpoint_every: int = 5000
+    log_every: int = 1000
+
+
+@dataclass
 class ExportConfig:
     budget: Optional[int] = None  # vgf/avgf: transport steps L (None = the method's test_steps)
     guidance: Optional[float] = None  # qgf: guidance weight w (None = the method's)
@@ -185,6 +196,8 @@ class TrainConfig:
     critic: CriticLoopConfig = MISSING
     evaluate: EvaluateConfig = MISSING
     export: ExportConfig = MISSING
+    finetune: bool = False  # vgf pipeline: add the finetune stage
+    online: OnlineConfig = MISSING
     # The method's hyperparameters; their types and meanings are the method's Config dataclass
     # (vgfcli/methods/<name>.py), checked when the stage builds the agent.
     method: Any = MISSING
@@ -253,6 +266,9 @@ CHECKS = {
         "export.budget": _at_least(0), "export.guidance": _at_least(0), "export.particles": _at_least(1),
         "export.format": _one_of("pt2", "onnx"), "export.parity_states": _at_least(1),
         "export.tolerance": _positive(),
+        "online.steps": _at_least(1), "online.eval_every": _at_least(1), "online.eval_episodes": _at_least(1),
+        "online.max_episode_steps": _at_least(1), "online.checkpoint_every": _at_least(1),
+        "online.log_every": _at_least(1),
     },
     "collect": {
         "episodes": _at_least(1), "val_episodes": _at_least(0), "episode_length": _at_least(1), "seed": _at_least(0),

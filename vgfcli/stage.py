@@ -36,7 +36,7 @@ from vgfcli.ui import UI
 STAGE_MODULES = {
     "collect": "vgfcli.stages.collect", "ingest": "vgfcli.stages.ingest", "pretrain-policy": "vgfcli.stages.pretrain_policy",
     "train-critic": "vgfcli.stages.train_critic", "evaluate": "vgfcli.stages.evaluate",
-    "export": "vgfcli.stages.export",
+    "export": "vgfcli.stages.export", "finetune": "vgfcli.stages.finetune",
 }
 
 

@@ -216,6 +216,11 @@ class AVGFAgent(Agent):
         actions = best_by_q(self.critic, obs, moved, cfg.q_agg)
         return actions[0] if single else actions
 
+    def explore_options(self) -> dict:
+        """Online data collection moves the N particles the training budget L_train (the TD target's
+        transport), as the reference off2on code acts; evaluation keeps test_steps."""
+        return {"steps": self.cfg.train_steps}
+
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         """One row per number of steps L in ``evaluate.budgets`` (N = ``evaluate.particles``, null =
         ``num_particles``). A-VGF has no adaptive rows: its steps need no critic pass to stop on."""

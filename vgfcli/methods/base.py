@@ -255,6 +255,11 @@ class Agent(ABC):
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.act_generator = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
 
+    def explore_options(self) -> dict[str, Any]:
+        """``act`` options while collecting online data (``vgf finetune``): the method's own acting rule,
+        whose fresh noise per call is the reference code's exploration. Default: ``act``'s defaults."""
+        return {}
+
     @torch.no_grad()
     def q_values(self, obs: Tensor, actions: Tensor) -> Tensor | None:
         """The critic's value of ``actions`` ``[B, act_dim]`` at ``obs``: the mean over its members,

@@ -543,6 +543,11 @@ class VGFAgent(Agent):
             closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),
             cfg.q_agg)
 
+    def explore_options(self) -> dict:
+        """Online data collection moves the N particles the training budget L_train (the TD target's
+        transport), as the reference off2on code acts; evaluation keeps test_steps."""
+        return {"steps": self.cfg.train_steps}
+
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         """One row per test-time budget in ``evaluate.budgets`` with N particles (``evaluate.particles``,
         null = ``num_particles``): a number L is L steps for every state (L = 0: best-of-N under the

@@ -1,0 +1,296 @@
+"""`vgf finetune`: offline-to-online fine-tuning, after train-critic.
+
+The method's trained agent (critic, policy and the frozen reference flow) keeps learning from the
+environment, as the reference codebases' off2on runs do (FQL's main.py, reused by VGF and QAM): one
+env step, then one update of the method's own ``update`` on a batch from the replay buffer, per step.
+The buffer starts as the offline dataset and grows by each transition (``vgfcli.replay``; batches
+uniform over it, or ``online.balanced`` half dataset / half online). Acting while collecting is the
+method's own acting rule with fresh noise at every call, the reference code's exploration (it samples
+with temperature 1 and adds nothing else): ``Agent.explore_options`` (VGF and A-VGF: N particles moved
+their training budget L_train). Rewards are mapped as in offline training; a goal reached ends the
+episode without bootstrapping, a time limit ends it with bootstrapping.
+
+Every ``online.eval_every`` steps (and at step 0, before any online data, and at the end) the policy is
+scored in separate env copies on ``online.eval_episodes`` episodes per row of ``vgf evaluate`` (one row
+per budget for vgf, per guidance weight for qgf): the learning curves, as metrics ``online/<metric>/<row>``
+and ``curves.json`` / ``finetune_curve.png``.
+
+Kill -9 safe: a checkpoint every ``online.checkpoint_every`` steps holds the agent (with its random
+streams), the sampler's stream, the online rows of the buffer and the episode in progress; episode i
+starts from a reset seeded by (seed, i), so resuming replays the open episode's actions from that reset
+to the same simulator state and carries on exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from vgfcli.errors import VgfError
+from vgfcli.stage import Inputs, Outcome, Stage, StageResult
+
+_ONLINE_STREAM = 3  # spawn-key tag of the online episodes' seeds (collect: 0/1, evaluation: 2)
+
+
+class FinetuneStage(Stage):
+    name = "finetune"
+    config_name = "train"
+    code_version = 1
+    main_metrics = ("final_score", "offline_score")
+
+    def resolve_inputs(self, cfg, upstream) -> Inputs:
+        from vgfcli.stages.train_critic import checked_method
+
+        if not checked_method(cfg).Agent.trains:
+            raise VgfError(f"method {cfg.method.name} has no critic to fine-tune online")
+        return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy"),
+                                "critic": upstream.record("critic")})
+
+    def key_config(self, cfg, inputs: Inputs) -> dict:
+        from vgfcli.stages.evaluate import evaluate_key
+        from vgfcli.stages.train_critic import checked_method
+
+        from vgfcli.config import to_dict
+
+        rows = evaluate_key(cfg.evaluate, checked_method(cfg).Agent)  # which rows the curves score
+        rows = {k: v for k, v in rows.items() if k not in ("episodes", "num_envs", "compile", "value_batches")}
+        return {"online": to_dict(cfg.online), "evaluate": rows, "batch_size": cfg.critic.batch_size,
+                "method": cfg.method.name, "seed": cfg.seed}
+
+    def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
+        import time
+
+        import torch
+        from vgfcli.stages.evaluate import evaluation_env, load_agent
+
+        from vgfcli.cache import save_output, write_bytes_atomic
+        from vgfcli.replay import ReplayBuffer, ReplaySampler
+        from vgfcli.rollout import release_envs
+        from vgfcli.training import load_tensors, resolve_device, train_loop
+        from vgfcli.value_checks import reward_map
+
+        o = cfg.online
+        device = resolve_device(cfg.device)
+        run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
+        agent, saved = load_agent(cfg, inputs, device)
+        env_id = evaluation_env(cfg, saved["dataset_attrs"])
+        rewards_fn = reward_map(inputs.upstream["critic"].summary)
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
+        data.rewards.copy_(torch.as_tensor(rewards_fn(data.rewards.cpu().numpy()), dtype=data.rewards.dtype))
+        buffer = ReplayBuffer(data, o.steps)
+        sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + 13_000_003, chunk=agent.chunk,
+                                discount=float(agent.cfg.discount), balanced=o.balanced)
+        actor = OnlineActor(env_id, agent, buffer, rewards_fn, cfg.seed, o.max_episode_steps, run.log_metrics)
+        try:
+            settings = agent.eval_settings(cfg.evaluate)
+        except ValueError as exc:
+            raise VgfError(f"finetune: {exc}") from None
+        curves: list[dict] = []
+
+        def evaluate_now(step: int) -> dict:
+            with ui.status(f"evaluating at online step {step}"):
+                rows = score_rows(agent, settings, env_id, o, cfg.seed, step, saved["dataset_attrs"])
+            curves.append({"step": step, "rows": rows})
+            return {f"online/{r['metric']}/{r['key']}": r["score"] for r in rows}
+
+        def step_fn(step: int) -> dict:
+            if step == 0:
+                run.log_metrics(evaluate_now(0), step=0)  # the offline agent, before any online data
+            actor.step()
+            return agent.update(sampler.sample())
+
+        def state_fn() -> dict:
+            return {"agent": agent.state_dict(), "sampler": sampler.generator.get_state(),
+                    "buffer": buffer.online_state(), "actor": actor.state(), "curves": list(curves)}
+
+        def load_fn(state: dict) -> int:
+            agent.load_state_dict(state["agent"])
+            sampler.generator.set_state(state["sampler"])
+            buffer.load_online_state(state["buffer"])
+            actor.load_state(state["actor"])
+            curves[:] = state["curves"]
+            return int(state["step"])
+
+        start = time.perf_counter()
+        loop = train_loop(run, ui, f"finetune ({cfg.method.name}, online steps)", steps=o.steps, step_fn=step_fn,
+                          state_fn=state_fn, load_fn=load_fn, checkpoint_every=o.checkpoint_every,
+                          log_every=o.log_every, every={o.eval_every: evaluate_now})
+        seconds = time.perf_counter() - start
+        release_envs()
+        out = run.staging / "finetuned.pt"
+        save_output({"method": cfg.method.name, "config": saved["config"], "agent": agent.state_dict(),
+                     "obs_dim": saved["obs_dim"], "act_dim": saved["act_dim"], "chunk": agent.chunk,
+                     "dataset_digest": saved["dataset_digest"], "policy_digest": saved["policy_digest"],
+                     "env_id": saved.get("env_id"), "dataset_attrs": saved["dataset_attrs"],
+                     "online_steps": o.steps}, out)
+        curves_path = run.staging / "curves.json"
+        episodes = actor.finished
+        write_bytes_atomic(curves_path, json.dumps({"env_id": env_id, "method": cfg.method.name, "curves": curves,
+                                                    "episodes": episodes}, indent=1).encode())
+        plot = run.staging / "finetune_curve.png"
+        plot_curves(curves, plot, f"{cfg.method.name} fine-tuned online on {env_id}")
+        first, last = curves[0]["rows"], curves[-1]["rows"]
+        best_first, best_last = max(r["score"] for r in first), max(r["score"] for r in last)
+        summary = {"method": cfg.method.name, "env_id": env_id, "online_steps": o.steps, "seed": cfg.seed,
+                   "offline": first, "final": last, "episodes": len(episodes), "resumed_from_step": loop.resumed_from,
+                   "online_success": float(np.mean([e["success"] for e in episodes])) if episodes else None,
+                   "env_steps_per_s": round((o.steps - loop.resumed_from) / max(seconds, 1e-9), 1),
+                   "seconds": round(seconds, 1)}
+        metrics = {"offline_score": best_first, "final_score": best_last,
+                   "env_steps_per_s": summary["env_steps_per_s"]}
+        return StageResult(outputs={"agent": out, "curves": curves_path, "plot": plot}, metrics=metrics,
+                           summary=summary)
+
+    def render(self, outcome: Outcome):
+        from rich.table import Table
+
+        s = outcome.summary
+        table = Table(title=f"finetune: {s['method']} on {s['env_id']}, {s['online_steps']} online steps "
+                            f"({s['env_steps_per_s']} env steps/s)", title_justify="left")
+        for column in ("policy", "metric", "before (offline)", "after", "95% interval after"):
+            table.add_column(column, justify="right")
+        for before, after in zip(s["offline"], s["final"]):
+            lo, hi = after["interval"]
+            table.add_row(after["label"], after["metric"], f"{before['score']:.3f}", f"{after['score']:.3f}",
+                          f"[{lo:.3f}, {hi:.3f}]")
+        return table
+
+
+class OnlineActor:
+    """One env copy stepped by the agent, transition by transition, into the replay buffer."""
+
+    def __init__(self, env_id: str, agent, buffer, rewards_fn, seed: int, max_episode_steps, log):
+        from vgfcli.rollout import make_env
+
+        self.env = make_env(env_id, max_episode_steps=max_episode_steps)
+        self.agent, self.buffer, self.rewards_fn, self.seed, self.log = agent, buffer, rewards_fn, seed, log
+        space = self.env.action_space
+        self.low, self.high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+        self.options = agent.explore_options()
+        self.episode, self.obs, self.queue, self.actions = 0, None, [], []
+        self.ret, self.length, self.legacy = 0.0, 0, None
+        self.finished: list[dict] = []
+
+    def _call(self, fn, *args, **kwargs):
+        # The episode's own copy of numpy's global RNG (OGBench draws from it), as in evaluation.
+        saved = np.random.get_state()
+        np.random.set_state(self.legacy)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.legacy = np.random.get_state()
+            np.random.set_state(saved)
+
+    def _start(self) -> None:
+        env_ss, legacy_ss = np.random.SeedSequence(entropy=self.seed, spawn_key=(_ONLINE_STREAM, self.episode)).spawn(2)
+        env_seed = int(env_ss.generate_state(1)[0])
+        self.legacy = np.random.RandomState(int(legacy_ss.generate_state(1)[0])).get_state()
+        self.env.action_space.seed(env_seed)
+        obs, _ = self._call(self.env.reset, seed=env_seed)
+        self.obs = np.asarray(obs, np.float32).reshape(-1)
+        self.queue, self.actions, self.ret, self.length = [], [], 0.0, 0
+
+    def step(self) -> None:
+        import torch
+
+        if self.obs is None:
+            self._start()
+        if not self.queue:
+            with torch.no_grad():
+                obs = torch.as_tensor(self.obs, device=self.agent.device).unsqueeze(0)
+                chunk = self.agent.act(obs, **self.options).detach().cpu().numpy().astype(np.float64)
+            self.queue = list(np.clip(chunk.reshape(self.agent.chunk, -1), self.low, self.high))
+        action = self.queue.pop(0)
+        next_obs, reward, terminated, truncated, info = self._call(self.env.step, action)
+        next_obs = np.asarray(next_obs, np.float32).reshape(-1)
+        done = bool(terminated or truncated)
+        self.buffer.add(self.obs, action, float(self.rewards_fn(np.asarray([reward]))[0]), next_obs,
+                        0.0 if terminated else 1.0, done)
+        self.actions.append(action)
+        self.ret += float(reward)
+        self.length += 1
+        self.obs = next_obs
+        if done:
+            success = float(bool(info.get("success", False)))
+            self.finished.append({"return": self.ret, "length": self.length, "success": success})
+            self.log({"online/episode_return": self.ret, "online/episode_success": success},
+                     step=self.buffer.online)
+            self.episode, self.obs = self.episode + 1, None
+
+    def state(self) -> dict:
+        return {"episode": self.episode, "actions": np.asarray(self.actions), "queue": np.asarray(self.queue),
+                "ret": self.ret, "length": self.length, "obs": self.obs, "finished": list(self.finished),
+                "open": self.obs is not None}
+
+    def load_state(self, state: dict) -> None:
+        """Back to the checkpoint's step: the open episode replayed from its seeded reset."""
+        self.episode, self.finished = int(state["episode"]), list(state["finished"])
+        self.obs = None
+        if state["open"]:
+            self._start()
+            for action in state["actions"]:
+                obs, *_ = self._call(self.env.step, action)
+                self.obs = np.asarray(obs, np.float32).reshape(-1)
+            if not np.array_equal(self.obs, state["obs"]):
+                raise VgfError("finetune: replaying the open episode did not reach the checkpoint's state "
+                               "(the environment is not deterministic); delete the checkpoint to start over")
+            self.actions = list(state["actions"])
+            self.queue = list(state["queue"])
+            self.ret, self.length = float(state["ret"]), int(state["length"])
+
+
+def score_rows(agent, settings, env_id: str, o, seed: int, step: int, dataset_attrs: dict) -> list[dict]:
+    """Every row's score on ``o.eval_episodes`` episodes, acting from its own generator (so scoring
+    leaves the exploration's random stream alone)."""
+    import torch
+    from vgfcli.stages.evaluate import score_row
+
+    from vgfcli.rollout import evaluate_policy
+
+    rows = []
+    for setting in settings:
+        generator = torch.Generator(device=agent.device).manual_seed(seed + 17_000_003 + step)
+
+        def policy(obs, setting=setting, generator=generator):
+            with torch.inference_mode():
+                obs = torch.as_tensor(obs, device=agent.device)
+                return agent.act(obs, generator=generator, **setting.options).cpu().numpy()
+
+        result = evaluate_policy(env_id, policy, episodes=o.eval_episodes, num_envs=min(o.eval_episodes, 10),
+                                 seed=seed, max_episode_steps=o.max_episode_steps, action_repeat_chunk=agent.chunk)
+        row, _ = score_row(setting, result, dataset_attrs, env_id)
+        rows.append(row)
+    return rows
+
+
+def plot_curves(curves: list[dict], path, title: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vgfcli.cache import write_bytes_atomic
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    steps = [c["step"] for c in curves]
+    for i, first in enumerate(curves[0]["rows"]):
+        scores = np.array([c["rows"][i]["score"] for c in curves])
+        lo = np.array([c["rows"][i]["interval"][0] for c in curves])
+        hi = np.array([c["rows"][i]["interval"][1] for c in curves])
+        ax.plot(steps, scores, marker="o", label=first["label"])
+        ax.fill_between(steps, lo, hi, alpha=0.15)
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel(curves[0]["rows"][0]["metric"])
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+STAGE = FinetuneStage()
