@@ -25,18 +25,18 @@ def _vgf(args: list[str], home) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vgfcli", *args], env=env, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("method", ["vgf", "qam", "fql"])
-def test_finetune_resumes_exactly_after_kill(method, tmp_path, empty_store):
+@pytest.mark.parametrize("method,extra", [("vgf", []), ("qam", ["chunk=5"]), ("fql", [])])  # qam: action chunks
+def test_finetune_resumes_exactly_after_kill(method, extra, tmp_path, empty_store):
     """A kill -9 mid-run resumes from the checkpoint (buffer, open episode, random streams) and ends with
     the same agent, curves and episodes as a run never interrupted."""
     import shutil
 
     homes = {name: tmp_path / name for name in ("whole", "killed")}
-    args = ["finetune", f"method={method}", *SMOKE, "online.steps=120", "online.checkpoint_every=25", "--json"]
+    args = ["finetune", f"method={method}", *SMOKE, *extra, "online.steps=120", "online.checkpoint_every=25", "--json"]
     for home in homes.values():
         home.mkdir()
         shutil.copy(empty_store, home / "mlflow.db")
-        made = _vgf(["pipeline", f"method={method}", *SMOKE], home)
+        made = _vgf(["pipeline", f"method={method}", *SMOKE, *extra], home)
         assert made.returncode == 0, made.stderr[-2000:]
     whole = _vgf(args, homes["whole"])
     assert whole.returncode == 0, whole.stderr[-2000:]
