@@ -173,19 +173,16 @@ class OnlineActor:
         self.finished: list[dict] = []
 
     def _call(self, fn, *args, **kwargs):
-        # The episode's own copy of numpy's global RNG (OGBench draws from it), as in evaluation.
-        saved = np.random.get_state()
-        np.random.set_state(self.legacy)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.legacy = np.random.get_state()
-            np.random.set_state(saved)
+        from vgfcli.rollout import call_with_rng
+
+        out, self.legacy = call_with_rng(self.legacy, fn, *args, **kwargs)
+        return out
 
     def _start(self) -> None:
-        env_ss, legacy_ss = np.random.SeedSequence(entropy=self.seed, spawn_key=(_ONLINE_STREAM, self.episode)).spawn(2)
-        env_seed = int(env_ss.generate_state(1)[0])
-        self.legacy = np.random.RandomState(int(legacy_ss.generate_state(1)[0])).get_state()
+        from vgfcli.rollout import episode_seeds
+
+        env_seed, legacy_seed = episode_seeds(self.seed, self.episode, _ONLINE_STREAM)
+        self.legacy = np.random.RandomState(legacy_seed).get_state()
         self.env.action_space.seed(env_seed)
         obs, _ = self._call(self.env.reset, seed=env_seed)
         self.obs = np.asarray(obs, np.float32).reshape(-1)

@@ -164,10 +164,22 @@ class EvalResult:
         return out
 
 
-def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
-    """(env seed for reset, seed of numpy's legacy global RNG) for one evaluation episode."""
-    env_ss, legacy_ss = np.random.SeedSequence(entropy=seed, spawn_key=(_EVAL_STREAM, episode)).spawn(2)
+def episode_seeds(seed: int, episode: int, stream: int = _EVAL_STREAM) -> tuple[int, int]:
+    """(env seed for reset, seed of numpy's legacy global RNG) for one episode of ``stream`` (evaluation
+    by default; online fine-tuning has its own)."""
+    env_ss, legacy_ss = np.random.SeedSequence(entropy=seed, spawn_key=(stream, episode)).spawn(2)
     return int(env_ss.generate_state(1)[0]), int(legacy_ss.generate_state(1)[0])
+
+
+def call_with_rng(legacy: dict, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with numpy's global RNG set to the episode's own state ``legacy`` (OGBench
+    draws from it), so other episodes in between do not change it; returns (result, the state after)."""
+    saved = np.random.get_state()
+    np.random.set_state(legacy)
+    try:
+        return fn(*args, **kwargs), np.random.get_state()
+    finally:
+        np.random.set_state(saved)
 
 
 # Idle env copies by (env id, time limit, render size), reused across evaluate_policy calls in this process.
@@ -212,15 +224,8 @@ class _Slot:
         self.trace: dict[str, list] | None = None  # record=True: this episode's decisions and rewards
 
     def call(self, fn, *args, **kwargs):
-        # Swap the episode's own global-RNG state in, so that OGBench's np.random draws do not depend on what
-        # the other copies did in between.
-        saved = np.random.get_state()
-        np.random.set_state(self.legacy)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.legacy = np.random.get_state()
-            np.random.set_state(saved)
+        out, self.legacy = call_with_rng(self.legacy, fn, *args, **kwargs)
+        return out
 
 
 def _as_numpy(x) -> np.ndarray:
