@@ -78,3 +78,20 @@ def test_videos_are_extra_artifacts_of_the_same_scores():
     assert second["summary"]["render_s"] > 0
     no_video = runner.invoke(app, ["evaluate", *SMOKE, "--json"])  # the newest run of the key, videos and all
     assert json.loads(no_video.stdout)["run_id"] == second["run_id"]
+
+
+def test_a_missing_gl_backend_is_a_clear_error(tmp_path):
+    """MUJOCO_GL=osmesa where OSMesa is not installed: exit 2 naming MUJOCO_GL, not an internal error."""
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    if ctypes.util.find_library("OSMesa"):
+        pytest.skip("OSMesa is installed here: the backend loads")
+    assert runner.invoke(app, ["pipeline", *SMOKE]).exit_code == 0
+    env = {**os.environ, "MUJOCO_GL": "osmesa"}
+    out = subprocess.run([sys.executable, "-m", "vgfcli", "evaluate", *SMOKE, "--video", "1"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "MUJOCO_GL=osmesa" in out.stderr and "libosmesa6" in out.stderr and "Traceback" not in out.stderr

@@ -23,6 +23,7 @@ the goal reports success and terminates, and a TimeLimit truncates at the family
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -118,6 +119,17 @@ def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | N
             env = gymnasium.make(env_id, **kwargs)
     except gymnasium.error.Error as e:  # missing dependency, deprecated version, ...
         raise VgfError(f"cannot build environment '{env_id}': {e}") from None
+    except (ImportError, AttributeError, OSError) as e:
+        # MuJoCo loads the OpenGL backend MUJOCO_GL names when it is first imported; a missing one
+        # (osmesa without libOSMesa, egl without libEGL) fails there, deep inside PyOpenGL.
+        import os
+
+        gl = os.environ.get("MUJOCO_GL")
+        if not gl or not re.search(r"\bgl|opengl|egl|osmesa", f"{e}", re.IGNORECASE):
+            raise
+        raise VgfError(f"cannot build environment '{env_id}': MuJoCo's OpenGL backend MUJOCO_GL={gl} does not load "
+                       f"({type(e).__name__}: {' '.join(str(e).split())[:120]}); use MUJOCO_GL=egl (libegl1), or "
+                       "osmesa with libosmesa6 installed") from None
     if seed is not None:
         env.reset(seed=int(seed))
         env.action_space.seed(int(seed))
@@ -282,7 +294,15 @@ def evaluate_policy(
         nonlocal render_seconds
         if slot.episode is not None and slot.episode < render_episodes:
             tr = time.perf_counter()
-            frames.setdefault(slot.episode, []).append(np.asarray(slot.env.render(), dtype=np.uint8))
+            try:
+                frame = slot.env.render()
+            except Exception as exc:  # no EGL device, no OSMesa library, ...
+                import os
+
+                raise VgfError(f"rendering '{env_id}' failed with MUJOCO_GL={os.environ.get('MUJOCO_GL', '(unset)')} "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); try MUJOCO_GL=egl, or "
+                               "MUJOCO_GL=osmesa with OSMesa installed (Debian: libosmesa6)") from None
+            frames.setdefault(slot.episode, []).append(np.asarray(frame, dtype=np.uint8))
             render_seconds += time.perf_counter() - tr
     space = slots[0].env.action_space
     act_shape = tuple(space.shape)
