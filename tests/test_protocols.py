@@ -68,3 +68,18 @@ def test_qgf_paper_preset():
     assert cfg.chunk == 5 and cfg.method.discount == 0.999 and cfg.critic.batch_size == 1024
     assert list(cfg.policy.hidden) == [1024] * 4 and (cfg.policy.activation, cfg.policy.layer_norm) == ("gelu", "pre")
     assert len(cfg.evaluate.guidance) == 9
+
+
+@pytest.mark.parametrize("method", ["method.variant=off2on", "method=avgf"])
+def test_the_off2on_scripts_settings(method):
+    """VGF with variant=off2on and A-VGF take the off2on OGBench script's per-family values."""
+    antmaze = compose("train", [method, "preset=paper", "task=antmaze-giant-navigate-singletask-task1-v0"])
+    assert antmaze.choices.protocol.endswith("_antmaze-giant")
+    m = antmaze.method
+    assert (m.discount, m.q_agg, m.num_particles, m.train_steps, m.vgf_lr) == (0.995, "min", 5, 5, 0.1)
+    cube = compose("train", [method, "preset=paper", "task=cube-double-play-singletask-task1-v0"]).method
+    assert (cube.discount, cube.q_agg, cube.num_particles, cube.train_steps, cube.vgf_lr) == (0.99, "mean", 5, 1, 0.05)
+    soccer = compose("train", [method, "preset=paper", "task=antsoccer-arena-navigate-singletask-task1-v0"]).method
+    assert (soccer.discount, soccer.train_steps) == (0.995, 2)
+    base = compose("train", ["preset=paper", "task=cube-double-play-singletask-task1-v0"])
+    assert base.choices.protocol == "vgf_cube" and base.method.train_steps == 3

@@ -145,6 +145,10 @@ class VGFConfig:
     # after num_states / bank_refresh_rows refreshes). 0 = never renewed.
     bank_refresh_every: int = 100
     bank_refresh_rows: int = 256
+    # Which of the reference code's run scripts the per-task settings (conf/protocol) come from: base
+    # (run_vgf_off_ogbench.sh: N = 10, L_train 3) | off2on (its off2on OGBench script, the one its online
+    # fine-tuning runs use: N = 5 and per-family discount, train_q_agg, L_train and vgf_lr).
+    variant: str = "base"
 
 
     def validate(self) -> None:
@@ -168,6 +172,7 @@ def _validate(cfg: VGFConfig) -> None:
         (cfg.select in ("max", "softmax", "random"),
          f"select must be max, softmax or random, not {cfg.select!r}"),
         (cfg.amp in ("off", "bf16", "auto"), f"amp must be off, bf16 or auto, not {cfg.amp!r}"),
+        (cfg.variant in ("base", "off2on"), f"variant must be base or off2on, not {cfg.variant!r}"),
         (cfg.num_particles >= 1, "num_particles must be >= 1"),
         (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
         (cfg.train_steps >= 0 and cfg.test_steps >= 0, "train_steps and test_steps must be >= 0"),
