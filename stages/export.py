@@ -65,6 +65,13 @@ class ExportStage(Stage):
         method = {"name": cfg.method.name} if "critic" in inputs.upstream else to_dict(cfg.method)
         return {"export": export, "method": method, "seed": cfg.seed}
 
+    def ignored(self, cfg) -> list[str]:
+        from vgfcli.stages.train_critic import checked_method
+
+        knobs = checked_method(cfg).Agent.eval_knobs
+        return [f"export.{k} is ignored by method {cfg.method.name} (it reads {', '.join(knobs) or 'none of them'})"
+                for k, knob in KNOBS.items() if cfg.export[k] is not None and knob not in knobs]
+
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
         from vgfcli.stages.evaluate import load_agent

@@ -103,6 +103,10 @@ def test_export_refuses_what_cannot_be_one_program():
     assert negative.exit_code == 2 and "export.budget" in negative.stderr
     fmt = runner.invoke(app, ["export", "method=vgf", *SMOKE, "export.format=tflite"])
     assert fmt.exit_code == 2 and "export.format" in fmt.stderr
+    ignored = runner.invoke(app, ["export", "method=vgf", *SMOKE, "export.guidance=0.1", "--json"])
+    assert ignored.exit_code == 0 and "export.guidance is ignored by method vgf" in ignored.stderr
+    plain = runner.invoke(app, ["export", "method=vgf", *SMOKE, "--json"])
+    assert json.loads(plain.stdout)["run_id"] == json.loads(ignored.stdout)["run_id"]  # not in the key
     missing = runner.invoke(app, ["export", "method=qgf", *SMOKE])
     assert missing.exit_code == 2 and "train-critic" in missing.stderr  # no critic run yet: says what makes one
 

@@ -99,6 +99,8 @@ def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bo
         return
     ui = UI(json_mode=json_out)
     _warn_ignored(cfg, flags, ui)
+    for message in stage.ignored(cfg):
+        ui.warn(message)
     report(stage, execute(stage, cfg, ui, force=force), ui)
 
 

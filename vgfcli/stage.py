@@ -83,6 +83,10 @@ class Stage:
     def run(self, cfg, inputs: Inputs, run: StageRun, ui: UI) -> StageResult:
         raise NotImplementedError
 
+    def ignored(self, cfg) -> list[str]:
+        """Warnings for settings in ``cfg`` this stage leaves out because the chosen method ignores them."""
+        return []
+
     def accepts(self, cfg, hit: "Outcome") -> bool:
         """Whether a cached run with the right key also has what this config asks for beyond its key
         (evaluate: the videos asked for). False: the stage runs again under the same key."""
