@@ -1,7 +1,7 @@
 """Actions per second of an exported acting program (`vgf export`) against ``agent.act``, quick sizes.
 
 The agent is VGF at the quick preset's sizes (3 x 256 networks, N = 8 particles, obs 28, action 5 as
-cube-single) with untrained weights (speed does not depend on them); the program is what `vgf export`
+cube-single, or --obs-dim / --act-dim) with untrained weights (speed does not depend on them); the program is what `vgf export`
 makes of it (``vgfcli.stages.export.trace_acting``). Three ways to act on the same batch, timed in
 alternating rounds: the program, ``agent.act`` as exported (fp32, eager) and ``agent.act`` as
 `vgf evaluate` runs it (``amp=auto``: bf16 matmuls on CPUs with native bf16). Appends one JSON line per
@@ -29,14 +29,15 @@ from vgfcli.methods.base import NullCounter  # noqa: E402
 from vgfcli.nn.flow import FlowPolicy  # noqa: E402
 from vgfcli.nn.noise import GivenNoise  # noqa: E402
 
-OBS, ACT, HIDDEN, N = 28, 5, (256,) * 3, 8
+HIDDEN, N = (256,) * 3, 8
 
 
-def agent_with(amp: str):
+def agent_with(amp: str, obs_dim: int, act_dim: int):
     torch.manual_seed(0)
-    reference = FlowPolicy(OBS, ACT, HIDDEN)
+    reference = FlowPolicy(obs_dim, act_dim, HIDDEN)
     agent = methods.load("vgf").Agent.create({"critic_hidden": HIDDEN, "actor_hidden": HIDDEN, "num_particles": N,
-                                             "amp": amp, "compile": False}, OBS, ACT, "cpu", reference=reference)
+                                             "amp": amp, "compile": False}, obs_dim, act_dim, "cpu",
+                                            reference=reference)
     agent.compute = NullCounter()
     return agent
 
@@ -58,12 +59,12 @@ def main() -> None:
     add_common_args(parser)
     args = parser.parse_args()
     apply_threads(args)
-    exported, evaluated = agent_with("off"), agent_with("auto")
+    exported, evaluated = (agent_with(amp, args.obs_dim, args.act_dim) for amp in ("off", "auto"))
     evaluated.load_state_dict(exported.state_dict())
     for budget in (int(b) for b in args.budgets.split(",")):
         options = {"steps": budget, "num_particles": N}
         for batch in (int(b) for b in args.batches.split(",")):
-            obs = torch.randn(batch, OBS, generator=torch.Generator().manual_seed(1))
+            obs = torch.randn(batch, args.obs_dim, generator=torch.Generator().manual_seed(1))
             program, noise, expected, _ = trace_acting(exported, options, obs, seed=0)
             program = program.module()
             ways = {

@@ -105,9 +105,8 @@ def check(args: list[str], home: Path, reference: dict[str, str]) -> dict:
     return {"ok": not problems, "problems": problems}
 
 
-def campaign(name: str, args: list[str], setup, trials: int, root: Path) -> dict:
+def campaign(name: str, args: list[str], trials: int, root: Path) -> dict:
     ref_home = root / f"{name}-reference"
-    setup(ref_home)
     start = time.perf_counter()
     ref = run([*args, "--json"], ref_home)
     wall = time.perf_counter() - start
@@ -118,7 +117,6 @@ def campaign(name: str, args: list[str], setup, trials: int, root: Path) -> dict
     for i in range(trials):
         delay = 0.2 + (0.95 * wall - 0.2) * i / max(trials - 1, 1)
         home = root / f"{name}-{i}"
-        setup(home)
         kill_after(args, home, delay)
         row = {"trial": i, "kill_after_s": round(delay, 2), **check(args, home, reference)}
         rows.append(row)
@@ -143,12 +141,9 @@ def main() -> None:
             raise SystemExit(f"collecting the ingest source failed: {made.stderr.strip()[-400:]}")
         npz = root / "cube-single-play-v0.npz"
         shutil.copy(json.loads(made.stdout)["outputs"]["train"], npz)
-        commands = {
-            "collect": (COLLECT, lambda home: None),
-            "ingest": (["ingest", f"dataset.path={npz}", "dataset.task=2"], lambda home: None),
-            "pipeline": (PIPELINE, lambda home: None),
-        }
-        report = {name: campaign(name, *commands[name], opts.trials, root) for name in opts.commands.split(",")}
+        commands = {"collect": COLLECT, "ingest": ["ingest", f"dataset.path={npz}", "dataset.task=2"],
+                    "pipeline": PIPELINE}
+        report = {name: campaign(name, commands[name], opts.trials, root) for name in opts.commands.split(",")}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     Path(opts.out).write_text(json.dumps(report, indent=1))

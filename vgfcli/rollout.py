@@ -23,6 +23,7 @@ the goal reports success and terminates, and a TimeLimit truncates at the family
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -122,8 +123,6 @@ def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | N
     except (ImportError, AttributeError, OSError) as e:
         # MuJoCo loads the OpenGL backend MUJOCO_GL names when it is first imported; a missing one
         # (osmesa without libOSMesa, egl without libEGL) fails there, deep inside PyOpenGL.
-        import os
-
         gl = os.environ.get("MUJOCO_GL")
         if not gl or not re.search(r"\bgl|opengl|egl|osmesa", f"{e}", re.IGNORECASE):
             raise
@@ -297,8 +296,6 @@ def evaluate_policy(
             try:
                 frame = slot.env.render()
             except Exception as exc:  # no EGL device, no OSMesa library, ...
-                import os
-
                 raise VgfError(f"rendering '{env_id}' failed with MUJOCO_GL={os.environ.get('MUJOCO_GL', '(unset)')} "
                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); try MUJOCO_GL=egl, or "
                                "MUJOCO_GL=osmesa with OSMesa installed (Debian: libosmesa6)") from None

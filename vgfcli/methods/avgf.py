@@ -218,7 +218,7 @@ class AVGFAgent(Agent):
 
     def explore_options(self) -> dict:
         """Online data collection moves the N particles the training budget L_train (the TD target's
-        transport), as the reference off2on code acts; evaluation keeps test_steps."""
+        transport), the acting rule issue 15 asks for; evaluation keeps test_steps."""
         return {"steps": self.cfg.train_steps}
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
