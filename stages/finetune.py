@@ -48,13 +48,13 @@ class FinetuneStage(Stage):
                                 "critic": upstream.record("critic")})
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
-        from vgfcli.stages.evaluate import evaluate_key
+        from vgfcli.stages.evaluate import METHOD_KNOBS, evaluate_key
         from vgfcli.stages.train_critic import checked_method
 
         from vgfcli.config import to_dict
 
-        rows = evaluate_key(cfg.evaluate, checked_method(cfg).Agent)  # which rows the curves score
-        rows = {k: v for k, v in rows.items() if k not in ("episodes", "num_envs", "compile", "value_batches")}
+        # which rows the curves score: the evaluate knobs this method reads, nothing else of that section
+        rows = {k: v for k, v in evaluate_key(cfg.evaluate, checked_method(cfg).Agent).items() if k in METHOD_KNOBS}
         return {"online": to_dict(cfg.online), "evaluate": rows, "batch_size": cfg.critic.batch_size,
                 "method": cfg.method.name, "seed": cfg.seed}
 
