@@ -1,19 +1,27 @@
 """`vgf finetune`: offline-to-online fine-tuning, after train-critic.
 
 The method's trained agent (critic, policy and the frozen reference flow) keeps learning from the
-environment, as the reference codebases' off2on runs do (FQL's main.py, reused by VGF and QAM): one
-env step, then one update of the method's own ``update`` on a batch from the replay buffer, per step.
-The buffer starts as the offline dataset and grows by each transition (``vgfcli.replay``; batches
-uniform over it, or ``online.balanced`` half dataset / half online). Acting while collecting is the
-method's own acting rule with fresh noise at every call, the reference code's exploration (it samples
-with temperature 1 and adds nothing else): ``Agent.explore_options`` (VGF and A-VGF: N particles moved
-their training budget L_train). Rewards are mapped as in offline training; a goal reached ends the
-episode without bootstrapping, a time limit ends it with bootstrapping.
+environment, as the reference codebases' off2on loops do (VGF's, FQL's and QAM's main.py): one env step
+per online step, then, once ``online.start_training`` online steps are in the buffer (the method's
+warm-up, ``conf/online/<method>.yaml``: 5000 for VGF, A-VGF and QAM, none for FQL), one update of the
+method's own ``update`` on a batch from the replay buffer (``vgfcli.replay``: ``online.sampling`` uniform,
+balanced or online-only, a ``buffer_size`` ring that wraps around as the reference's does).
+
+Acting while collecting is the method's own acting rule with fresh noise at every call, the reference
+code's exploration (``Agent.explore_options``): VGF and A-VGF take the best of N reference samples with
+no transport step, as VGF's main.py calls ``sample_actions`` without ``eval_vgf_steps``
+(``online.explore_budget`` moves them L or L_train steps instead). Rewards are mapped as in offline
+training (D4RL antmaze: r - 1, online too, as the reference loops do); a goal reached ends the episode
+without bootstrapping, a time limit ends it with bootstrapping.
 
 Every ``online.eval_every`` steps (and at step 0, before any online data, and at the end) the policy is
 scored in separate env copies on ``online.eval_episodes`` episodes per row of ``vgf evaluate`` (one row
-per budget for vgf, per guidance weight for qgf): the learning curves, as metrics ``online/<metric>/<row>``
-and ``curves.json`` / ``finetune_curve.png``.
+per budget for vgf, per guidance weight for qgf), plus the method's own acting rule if no row is it:
+the learning curves, as metrics ``online/<metric>/<row>`` and ``curves.json`` / ``finetune_curve.png``.
+The adaptive rows' calibration (the members' disagreement at buffer actions) is measured again at each
+point after the first, since the critic keeps changing, and saved with the fine-tuned agent. The
+headline metrics are the method's own acting rule's row (``*_score_default_rule``), fixed before any
+score is seen; the best row at each end is kept only as ``*_score_best_row_posthoc``.
 
 Kill -9 safe: a checkpoint every ``online.checkpoint_every`` steps holds the agent (with its random
 streams), the sampler's stream, the online rows of the buffer and the episode in progress; episode i
@@ -36,14 +44,19 @@ _ONLINE_STREAM = 3  # spawn-key tag of the online episodes' seeds (collect: 0/1,
 class FinetuneStage(Stage):
     name = "finetune"
     config_name = "train"
-    code_version = 1
-    main_metrics = ("final_score", "offline_score")
+    code_version = 2  # 2: the reference's warm-up, exploration, sampling styles, buffer ring; recalibration
+    main_metrics = ("final_score_default_rule", "offline_score_default_rule")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
         from vgfcli.stages.train_critic import checked_method
 
-        if not checked_method(cfg).Agent.trains:
+        agent_class = checked_method(cfg).Agent
+        if not agent_class.trains:
             raise VgfError(f"method {cfg.method.name} has no critic to fine-tune online")
+        try:
+            agent_class.check_explore_budget(cfg.online.explore_budget)
+        except ValueError as exc:
+            raise VgfError(str(exc)) from None
         return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy"),
                                 "critic": upstream.record("critic")})
 
@@ -78,26 +91,33 @@ class FinetuneStage(Stage):
         rewards_fn = reward_map(inputs.upstream["critic"].summary)
         data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
         data.rewards.copy_(torch.as_tensor(rewards_fn(data.rewards.cpu().numpy()), dtype=data.rewards.dtype))
-        buffer = ReplayBuffer(data, o.steps)
-        sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + 13_000_003, chunk=agent.chunk,
-                                discount=float(agent.cfg.discount), balanced=o.balanced)
-        actor = OnlineActor(env_id, agent, buffer, rewards_fn, cfg.seed, o.max_episode_steps, run.log_metrics)
         try:
-            settings = agent.eval_settings(cfg.evaluate)
+            buffer = ReplayBuffer(data, o.steps, sampling=o.sampling, buffer_size=o.buffer_size, chunk=agent.chunk)
+            settings, headline = curve_settings(agent, cfg.evaluate)
+            explore = agent.explore_options(o.explore_budget)
         except ValueError as exc:
             raise VgfError(f"finetune: {exc}") from None
+        sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + 13_000_003, chunk=agent.chunk,
+                                discount=float(agent.cfg.discount))
+        actor = OnlineActor(env_id, agent, buffer, rewards_fn, cfg.seed, o.max_episode_steps, run.log_metrics,
+                            explore)
         curves: list[dict] = []
 
         def evaluate_now(step: int) -> dict:
+            metrics = {}
+            if step > 0:  # the critic has moved since train-critic measured its disagreement
+                metrics = {f"online/{k}": float(v) for k, v in recalibrate(agent, buffer, cfg, step).items()}
             with ui.status(f"evaluating at online step {step}"):
                 rows = score_rows(agent, settings, env_id, o, cfg.seed, step, saved["dataset_attrs"])
             curves.append({"step": step, "rows": rows})
-            return {f"online/{r['metric']}/{r['key']}": r["score"] for r in rows}
+            return metrics | {f"online/{r['metric']}/{r['key']}": r["score"] for r in rows}
 
         def step_fn(step: int) -> dict:
             if step == 0:
                 run.log_metrics(evaluate_now(0), step=0)  # the offline agent, before any online data
             actor.step()
+            if step + 1 < o.start_training:  # the warm-up: transitions in, no update yet
+                return {}
             return agent.update(sampler.sample())
 
         def state_fn() -> dict:
@@ -131,13 +151,18 @@ class FinetuneStage(Stage):
         plot = run.staging / "finetune_curve.png"
         plot_curves(curves, plot, f"{cfg.method.name} fine-tuned online on {env_id}")
         first, last = curves[0]["rows"], curves[-1]["rows"]
-        best_first, best_last = max(r["score"] for r in first), max(r["score"] for r in last)
+        default_first, default_last = (next(r for r in rows if r["key"] == headline.key) for rows in (first, last))
         summary = {"method": cfg.method.name, "env_id": env_id, "online_steps": o.steps, "seed": cfg.seed,
-                   "offline": first, "final": last, "episodes": len(episodes), "resumed_from_step": loop.resumed_from,
+                   "offline": first, "final": last, "default_rule": headline.label,
+                   "episodes": len(episodes), "resumed_from_step": loop.resumed_from,
                    "online_success": float(np.mean([e["success"] for e in episodes])) if episodes else None,
                    "env_steps_per_s": round((o.steps - loop.resumed_from) / max(seconds, 1e-9), 1),
                    "seconds": round(seconds, 1)}
-        metrics = {"offline_score": best_first, "final_score": best_last,
+        metrics = {"offline_score_default_rule": default_first["score"],
+                   "final_score_default_rule": default_last["score"],
+                   # the best row at each end, picked after the scores were seen: optimistic
+                   "offline_score_best_row_posthoc": max(r["score"] for r in first),
+                   "final_score_best_row_posthoc": max(r["score"] for r in last),
                    "env_steps_per_s": summary["env_steps_per_s"]}
         return StageResult(outputs={"agent": out, "curves": curves_path, "plot": plot}, metrics=metrics,
                            summary=summary)
@@ -147,27 +172,58 @@ class FinetuneStage(Stage):
 
         s = outcome.summary
         table = Table(title=f"finetune: {s['method']} on {s['env_id']}, {s['online_steps']} online steps "
-                            f"({s['env_steps_per_s']} env steps/s)", title_justify="left")
-        for column in ("policy", "metric", "before (offline)", "after", "95% interval after"):
+                            f"({s['env_steps_per_s']} env steps/s); * = the method's own acting rule",
+                      title_justify="left")
+        for column in ("policy", "metric", "before (offline)", "95% interval before", "after", "95% interval after"):
             table.add_column(column, justify="right")
         for before, after in zip(s["offline"], s["final"]):
-            lo, hi = after["interval"]
-            table.add_row(after["label"], after["metric"], f"{before['score']:.3f}", f"{after['score']:.3f}",
-                          f"[{lo:.3f}, {hi:.3f}]")
+            label = after["label"] + (" *" if after["label"] == s.get("default_rule") else "")
+            table.add_row(label, after["metric"], f"{before['score']:.3f}", _interval(before), f"{after['score']:.3f}",
+                          _interval(after))
         return table
+
+
+def _interval(row: dict) -> str:
+    lo, hi = row["interval"]
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def curve_settings(agent, evaluate_cfg) -> tuple[list, object]:
+    """The rows the curves score: evaluate's rows for this method, plus the method's own acting rule
+    (``Agent.default_setting``) when none of them acts as it does; and that rule's row (the headline)."""
+    import dataclasses
+
+    settings = list(agent.eval_settings(evaluate_cfg))
+    default = agent.default_setting()
+    same = next((s for s in settings if dict(s.options) == dict(default.options)), None)
+    if same is not None:
+        return settings, same
+    if any(s.key == default.key for s in settings):
+        default = dataclasses.replace(default, label=f"{default.label} (default)", key=f"{default.key}_default")
+    return [*settings, default], default
+
+
+def recalibrate(agent, buffer, cfg, step: int) -> dict:
+    """The agent's calibration (``Agent.calibrate``) measured again on 16 batches of the buffer (its own
+    random stream, so training's is left alone); its new percentiles go into checkpoints and the output."""
+    from vgfcli.replay import ReplaySampler
+
+    draws = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + 19_000_003 + step, chunk=agent.chunk,
+                          discount=float(agent.cfg.discount), sampling="uniform")
+    return agent.calibrate([draws.sample() for _ in range(16)])
 
 
 class OnlineActor:
     """One env copy stepped by the agent, transition by transition, into the replay buffer."""
 
-    def __init__(self, env_id: str, agent, buffer, rewards_fn, seed: int, max_episode_steps, log):
+    def __init__(self, env_id: str, agent, buffer, rewards_fn, seed: int, max_episode_steps, log, options: dict):
         from vgfcli.rollout import make_env
 
         self.env = make_env(env_id, max_episode_steps=max_episode_steps)
         self.agent, self.buffer, self.rewards_fn, self.seed, self.log = agent, buffer, rewards_fn, seed, log
         space = self.env.action_space
         self.low, self.high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
-        self.options = agent.explore_options()
+        self.options = options  # act() keywords of exploration (Agent.explore_options)
         self.episode, self.obs, self.queue, self.actions = 0, None, [], []
         self.ret, self.length, self.legacy = 0.0, 0, None
         self.finished: list[dict] = []

@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from vgfcli.cli import app
+from vgfcli.config import compose
 
 runner = CliRunner()
 SMOKE = ["preset=smoke", "evaluate.budgets=[0]", "threads=1", "online.eval_every=20", "online.eval_episodes=2",
@@ -79,21 +80,31 @@ def test_finetune_in_the_pipeline_and_its_table():
     assert bc.exit_code == 2 and "no critic to fine-tune" in bc.stderr
 
 
-def test_replay_buffer_mixing_and_chunks():
-    from vgfcli.replay import ReplayBuffer, ReplaySampler
+def _dataset(n: int = 10):
     from vgfcli.training import TensorData
 
-    n = 10
-    data = TensorData(torch.zeros(n, 2), torch.zeros(n, 1), torch.zeros(n), torch.zeros(n, 2), torch.ones(n),
+    return TensorData(torch.zeros(n, 2), torch.zeros(n, 1), torch.zeros(n), torch.zeros(n, 2), torch.ones(n),
                       torch.tensor([0.0] * 4 + [1.0] + [0.0] * 4 + [1.0]), {})
-    buffer = ReplayBuffer(data, 6)
-    for i in range(6):  # online rows carry reward 1, the dataset's 0
-        buffer.add([0.0, 0.0], [0.5], 1.0, [0.0, 0.0], 1.0, terminal=i in (2, 5))
+
+
+def test_replay_buffer_mixing_and_chunks():
+    from vgfcli.replay import ReplayBuffer, ReplaySampler
+
+    data = _dataset()
+
+    def filled(sampling: str) -> ReplayBuffer:
+        buffer = ReplayBuffer(data, 6, sampling=sampling)
+        for i in range(6):  # online rows carry reward 1, the dataset's 0
+            buffer.add([0.0, 0.0], [0.5], 1.0, [0.0, 0.0], 1.0, terminal=i in (2, 5))
+        return buffer
+
+    buffer = filled("uniform")
     assert buffer.size == 16 and buffer.online == 6
-    balanced = ReplaySampler(buffer, 1000, seed=0, balanced=True).sample()
-    assert balanced["rewards"].sum() == 500  # half the batch online
     uniform = ReplaySampler(buffer, 4000, seed=0).sample()
     assert 1200 < uniform["rewards"].sum() < 1800  # 6 of 16 rows online
+    assert ReplaySampler(filled("balanced"), 1000, seed=0).sample()["rewards"].sum() == 500  # half online (rlpd)
+    assert ReplaySampler(filled("online"), 1000, seed=0).sample()["rewards"].sum() == 1000  # online only (wsrl)
+    assert ReplaySampler(ReplayBuffer(data, 6, sampling="online"), 50, seed=0).sample()["rewards"].sum() == 0
     chunked = ReplaySampler(buffer, 2000, seed=0, chunk=3, discount=1.0)
     starts = set(chunked.sample()["indices"].tolist())  # the last row of each 3-step sequence
     assert starts <= {2, 3, 4, 7, 8, 9, 12, 15}  # never across a trajectory end; online episodes of 3 rows
@@ -101,3 +112,108 @@ def test_replay_buffer_mixing_and_chunks():
     again = ReplayBuffer(data, 6)
     again.load_online_state(saved)
     assert again.size == 16 and torch.equal(again.rewards, buffer.rewards) and again.episode_start == 16
+
+
+def test_replay_buffer_wraps_around_like_the_reference():
+    """uniform: max(buffer_size, |D| + 1) rows seeded with the dataset, then FIFO over the oldest rows,
+    the dataset's first (VGF/FQL utils/datasets.py add_transition); the separate ring of balanced/online
+    keeps the dataset whole; a checkpoint of a wrapped buffer restores it exactly."""
+    from vgfcli.replay import ReplayBuffer, ReplaySampler
+
+    data = _dataset()
+    buffer = ReplayBuffer(data, 8, sampling="uniform", buffer_size=12)
+    assert buffer.observations.shape[0] == 12 and buffer.wraps
+    for i in range(8):
+        buffer.add([0.0, 0.0], [0.5], float(i + 1), [0.0, 0.0], 1.0, terminal=False)
+    # rows 10, 11 took online transitions 1, 2; then rows 0..5 took 3..8, over the dataset's first rows
+    assert buffer.rewards.tolist() == [3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 1, 2] and buffer.size == 12
+    assert buffer.pointer == 6
+    again = ReplayBuffer(data, 8, sampling="uniform", buffer_size=12)
+    again.load_online_state(buffer.online_state())
+    assert torch.equal(again.rewards, buffer.rewards) and again.pointer == 6
+    assert ReplayBuffer(data, 8, sampling="uniform", buffer_size=5).observations.shape[0] == 11  # |D| + 1
+    ring = ReplayBuffer(data, 8, sampling="online", buffer_size=3)
+    for i in range(8):
+        ring.add([0.0, 0.0], [0.5], float(i + 1), [0.0, 0.0], 1.0, terminal=False)
+    assert ring.rewards[:10].sum() == 0 and ring.rewards[10:].tolist() == [7, 8, 6]  # the dataset untouched
+    assert set(ReplaySampler(ring, 300, seed=0).sample()["rewards"].tolist()) == {6.0, 7.0, 8.0}
+    unbounded = ReplayBuffer(data, 8, sampling="uniform", buffer_size=None)
+    assert not unbounded.wraps and unbounded.observations.shape[0] == 18
+    with pytest.raises(ValueError, match="would wrap around"):
+        ReplayBuffer(data, 8, buffer_size=12, chunk=2)
+
+
+def test_exploration_defaults_to_best_of_n_without_transport():
+    """The reference main.py collects with sample_actions(..., temperature=1) and no eval_vgf_steps:
+    L = 0. online.explore_budget keeps L_train (train) or any L as an option."""
+    from vgfcli.methods import avgf, fql, vgf
+
+    agent = vgf.create(vgf.Config(num_particles=3, train_steps=5, critic_hidden=(8,), actor_hidden=(8,),
+                                  bank_size=0), 4, 2, "cpu")
+    assert agent.explore_options() == {"steps": 0}
+    assert agent.explore_options("train") == {"steps": 5} and agent.explore_options("2") == {"steps": 2}
+    with pytest.raises(ValueError, match="explore_budget"):
+        agent.explore_options("-1")
+    a = avgf.create(avgf.Config(num_particles=3, train_steps=4, critic_hidden=(8,), actor_hidden=(8,)), 4, 2, "cpu")
+    assert a.explore_options() == {"steps": 0} and a.explore_options("train") == {"steps": 4}
+    f = fql.create(fql.Config(critic_hidden=(8,), actor_hidden=(8,), onestep_hidden=(8,)), 4, 2, "cpu")
+    assert f.explore_options() == {}
+    with pytest.raises(ValueError, match="transport budget"):
+        f.explore_options("train")
+    out = runner.invoke(app, ["finetune", *SMOKE, "method=fql", "online.explore_budget=train"])
+    assert out.exit_code == 2 and "explore_budget" in out.stderr
+
+
+def test_warm_up_recalibration_and_headline(tmp_path):
+    """No update before online.start_training; the adaptive rows' calibration is measured again as the
+    critic changes and saved with the fine-tuned agent; the headline is the method's own acting rule."""
+    made = runner.invoke(app, ["pipeline", *SMOKE, "--json"])
+    assert made.exit_code == 0, made.output
+    critic = torch.load(json.loads(made.stdout)["stages"]["critic"]["outputs"]["critic"], weights_only=False)
+    out = runner.invoke(app, ["finetune", *SMOKE, "online.steps=40", "online.start_training=31", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    tuned = torch.load(result["outputs"]["agent"], weights_only=False)
+    assert tuned["agent"]["step"] - critic["agent"]["step"] == 40 - 30  # updates after steps 31..40 only
+    before, after = critic["agent"]["member_std_percentiles"], tuned["agent"]["member_std_percentiles"]
+    assert not torch.equal(before, after)
+    m = result["metrics"]
+    # evaluate.budgets=[0] has no row of vgf's own rule (L = test_steps): it is scored as an extra row
+    rows = json.loads(open(result["outputs"]["curves"]).read())["curves"][-1]["rows"]
+    test_steps = compose("train", SMOKE).method.test_steps
+    assert [r["key"] for r in rows] == ["budget_0", f"budget_{test_steps}"]
+    assert m["final_score_default_rule"] == rows[1]["score"]
+    assert m["final_score_best_row_posthoc"] == max(r["score"] for r in rows)
+
+
+def test_online_rewards_are_mapped_as_in_training():
+    """D4RL antmaze's r - 1 (critic.reward_transform=minus_one) reaches the online rows too, as the
+    reference loops shift online rewards (VGF main.py l.209-212, FQL main.py l.140-144)."""
+    from vgfcli.replay import ReplayBuffer
+    from vgfcli.stages.finetune import OnlineActor
+    from vgfcli.training import transform_rewards
+    from vgfcli.value_checks import reward_map
+
+    data = _dataset()
+    data.rewards.fill_(0.0)
+    summary = transform_rewards(data, "minus_one")  # offline, as train-critic does
+    assert torch.all(data.rewards == -1.0)
+
+    class StillAgent:  # acts with zeros: the env's rewards are what matter here
+        chunk, device = 1, torch.device("cpu")
+
+        def act(self, obs, **options):
+            return torch.zeros(obs.shape[0], 5)
+
+    data = _dataset()
+    data.observations = torch.zeros(10, 28)
+    data.next_observations = torch.zeros(10, 28)
+    data.actions = torch.zeros(10, 5)
+    buffer = ReplayBuffer(data, 30)
+    actor = OnlineActor("cube-single-play-singletask-task2-v0", StillAgent(), buffer, reward_map(summary), 0, 10,
+                        lambda *a, **k: None, {})
+    for _ in range(25):  # two 10-step episodes and half of a third
+        actor.step()
+    online = buffer.rewards[10:35]
+    raw = sum(e["return"] for e in actor.finished) + actor.ret  # the env's own rewards
+    assert len(actor.finished) == 2 and abs(float(online.sum()) - (raw - 25)) < 1e-6 and float(online.max()) <= -1.0

@@ -13,6 +13,8 @@ from vgfcli.protocols import family_candidates, task_label
     ("scene-play-singletask-task2-v0", ["scene"]),
     ("hopper-medium-v2", ["d4rl-locomotion"]),
     ("antmaze-large-diverse-v2", ["d4rl-antmaze"]),
+    ("antmaze-medium-play-v2", ["d4rl-antmaze"]),  # not OGBench's antmaze-medium: OGBench has no "play" maze
+    ("antmaze-umaze-v2", ["d4rl-antmaze"]),
     ("pen-cloned-v1", ["d4rl-adroit"]),
     ("something-else", []),
 ])
@@ -60,7 +62,7 @@ def test_d4rl_data_is_tuned_under_its_own_name():
 
 def test_cfg_output_names_the_files_that_chose_the_values():
     head = to_yaml(compose("train", ["method=fql", "task=scene-play-singletask-task2-v0"])).splitlines()[0]
-    assert head.startswith("# composed from: method/fql.yaml, protocol/fql_scene.yaml, preset/quick.yaml")
+    assert head.startswith("# composed from: method/fql.yaml, online/fql.yaml, protocol/fql_scene.yaml, preset/quick.yaml")
 
 
 def test_qgf_paper_preset():
@@ -70,16 +72,80 @@ def test_qgf_paper_preset():
     assert len(cfg.evaluate.guidance) == 9
 
 
-@pytest.mark.parametrize("method", ["method.variant=off2on", "method=avgf"])
-def test_the_off2on_scripts_settings(method):
-    """VGF with variant=off2on and A-VGF take the off2on OGBench script's per-family values."""
-    antmaze = compose("train", [method, "preset=paper", "task=antmaze-giant-navigate-singletask-task1-v0"])
-    assert antmaze.choices.protocol.endswith("_antmaze-giant")
-    m = antmaze.method
-    assert (m.discount, m.q_agg, m.num_particles, m.train_steps, m.vgf_lr) == (0.995, "min", 5, 5, 0.1)
-    cube = compose("train", [method, "preset=paper", "task=cube-double-play-singletask-task1-v0"]).method
-    assert (cube.discount, cube.q_agg, cube.num_particles, cube.train_steps, cube.vgf_lr) == (0.99, "mean", 5, 1, 0.05)
-    soccer = compose("train", [method, "preset=paper", "task=antsoccer-arena-navigate-singletask-task1-v0"]).method
-    assert (soccer.discount, soccer.train_steps) == (0.995, 2)
+# ryanxhr/vgf@3ec8f9b run_scripts/run_vgf_off2on_ogbench.sh, read by hand: every block has
+# vgf_particles 10 (l.12), vgf_lr 0.1 (l.14), vgf_alpha 1.0 (l.16), train_vgf_steps 5 (l.18); per block:
+VGF_OFF2ON = [  # (task, discount, train_q_agg, source lines of discount / train_q_agg)
+    ("antmaze-large-navigate-singletask-task4-v0", 0.995, "min", "l.37 / l.46"),
+    ("antmaze-giant-navigate-singletask-task4-v0", 0.99, "min", "l.71 / l.80"),
+    ("humanoidmaze-medium-navigate-singletask-task4-v0", 0.995, "mean", "l.104 / l.111"),
+    ("humanoidmaze-large-navigate-singletask-task4-v0", 0.995, "mean", "l.134 / l.141"),
+    ("antsoccer-arena-navigate-singletask-task4-v0", 0.995, "mean", "l.164 / l.171"),
+    ("cube-single-play-singletask-task4-v0", 0.99, "mean", "l.194 / l.201"),
+    ("cube-double-play-singletask-task4-v0", 0.99, "mean", "l.224 / l.231"),
+    ("scene-play-singletask-task4-v0", 0.99, "mean", "l.254 / l.261"),
+    ("puzzle-3x3-play-singletask-task4-v0", 0.99, "mean", "l.286 / l.293 (the active block)"),
+    ("puzzle-4x4-play-singletask-task4-v0", 0.99, "mean", "l.319 / l.326"),
+]
+
+
+@pytest.mark.parametrize("task, discount, q_agg, source", VGF_OFF2ON)
+def test_vgf_off2on_takes_its_own_scripts_settings(task, discount, q_agg, source):
+    m = compose("train", ["method.variant=off2on", "preset=paper", f"task={task}"]).method
+    assert (m.num_particles, m.train_steps, m.vgf_lr, m.alpha, m.grad_q_agg) == (10, 5, 0.1, 1.0, "mean")
+    assert (m.discount, m.q_agg) == (discount, q_agg), source
+
+
+# ryanxhr/vgf@3ec8f9b run_scripts/run_a_vgf_off2on_ogbench.sh: vgf_particles 5 (l.12) in every block; per block:
+AVGF_OFF2ON = [  # (task, discount, train_q_agg, train_vgf_steps, vgf_lr, source lines)
+    ("antmaze-large-navigate-singletask-task1-v0", 0.995, "min", 5, 0.1, "l.38 l.46 l.52 l.53"),
+    ("antmaze-giant-navigate-singletask-task1-v0", 0.995, "min", 5, 0.1, "l.73 l.81 l.87 l.88"),
+    ("humanoidmaze-medium-navigate-singletask-task1-v0", 0.995, "mean", 1, 0.05, "l.107 l.115 l.121 l.122"),
+    ("antsoccer-arena-navigate-singletask-task1-v0", 0.995, "mean", 2, 0.05, "l.175 l.183 l.189 l.190"),
+    ("cube-single-play-singletask-task1-v0", 0.99, "mean", 1, 0.05, "l.209 l.217 l.223 l.224"),
+    ("scene-play-singletask-task1-v0", 0.99, "mean", 1, 0.1, "l.277 l.285 l.291 l.292"),
+    ("puzzle-4x4-play-singletask-task1-v0", 0.99, "mean", 5, 0.1, "l.345 l.353 l.359 l.360"),
+]
+
+
+@pytest.mark.parametrize("task, discount, q_agg, steps, lr, source", AVGF_OFF2ON)
+def test_avgf_takes_its_off2on_scripts_settings(task, discount, q_agg, steps, lr, source):
+    m = compose("train", ["method=avgf", "preset=paper", f"task={task}"]).method
+    assert (m.num_particles, m.discount, m.q_agg, m.train_steps, m.vgf_lr) == (5, discount, q_agg, steps, lr), source
+
+
+def test_the_base_variant_keeps_the_offline_script():
     base = compose("train", ["preset=paper", "task=cube-double-play-singletask-task1-v0"])
     assert base.choices.protocol == "vgf_cube" and base.method.train_steps == 3
+
+
+D4RL_ANTMAZE = ["preset=paper", "data.source=file", "data.kind=d4rl", "data.path=/data/antmaze-medium-play-v2.hdf5"]
+
+
+def test_d4rl_antmaze_protocols():
+    """run_vgf_off2on_d4rl.sh (N 10 l.37, vgf_lr 0.1 l.39, vgf_alpha 0.1 l.41, L_train 5 l.43, discount
+    0.99 l.60, train_q_agg min l.68) and run_a_vgf_off2on_d4rl.sh (N 5 l.38, vgf_lr 0.1 l.40, L_train 5
+    l.44, discount 0.99 l.61, min l.68); every method shifts rewards by -1 (FQL envs/d4rl_utils.py l.37,
+    VGF's l.198)."""
+    vgf = compose("train", ["method.variant=off2on", *D4RL_ANTMAZE])
+    m = vgf.method
+    assert (m.num_particles, m.vgf_lr, m.alpha, m.train_steps, m.discount, m.q_agg) == (10, 0.1, 0.1, 5, 0.99, "min")
+    avgf = compose("train", ["method=avgf", *D4RL_ANTMAZE])
+    assert avgf.choices.protocol == "avgf_d4rl-antmaze"
+    m = avgf.method
+    assert (m.num_particles, m.vgf_lr, m.train_steps, m.discount, m.q_agg) == (5, 0.1, 5, 0.99, "min")
+    for cfg in (vgf, avgf, compose("train", ["method=fql", *D4RL_ANTMAZE])):
+        assert cfg.critic.reward_transform == "minus_one", cfg.method.name
+
+
+@pytest.mark.parametrize("method, start, buffer", [("vgf", 5000, 2000000), ("avgf", 5000, 2000000),
+                                                   ("qam", 5000, None), ("fql", 0, 2000000)])
+def test_each_methods_online_loop(method, start, buffer):
+    """VGF main.py start_training 5000 (l.34), buffer_size 2000000 (l.35); QAM main.py start_training 5000
+    (l.30), a buffer of |D| + online steps (l.258-261); FQL main.py: no warm-up, buffer_size 2000000 (l.33)."""
+    cfg = compose("train", [f"method={method}", "preset=paper"])
+    assert (cfg.online.start_training, cfg.online.buffer_size, cfg.online.sampling) == (start, buffer, "uniform")
+    assert cfg.online.explore_budget is None
+    steps, every = (500000, 50000) if method == "qam" else (1000000, 100000)  # QAM reproduce.py l.251
+    assert (cfg.online.steps, cfg.online.eval_every, cfg.online.eval_episodes) == (steps, every, 50)
+    smoke = compose("train", [f"method={method}", "preset=smoke"]).online
+    assert smoke.steps <= 500 and smoke.start_training < smoke.steps

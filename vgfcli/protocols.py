@@ -26,6 +26,7 @@ _D4RL_FAMILIES = (
     ("kitchen", "d4rl-kitchen"),
 )
 _OGBENCH_TYPES = r"(play|noisy|navigate|stitch|explore)"
+_D4RL_ANTMAZE = r"^antmaze-(umaze|medium|large)(-(play|diverse))?-v\d+$"  # D4RL's six antmaze datasets
 
 
 def task_label(cfg) -> str:
@@ -45,6 +46,8 @@ def family_candidates(label: str) -> list[str]:
     ``[cube-single, cube]``; ``antmaze-large-navigate-...`` -> ``[antmaze-large, antmaze]``;
     ``hopper-medium-v2`` -> ``[d4rl-locomotion]``. Empty when the label matches no known family."""
     name = label.lower()
+    if re.match(_D4RL_ANTMAZE, name):  # antmaze-medium-play-v2 would otherwise read as an OGBench "play" env
+        return ["d4rl-antmaze"]
     match = re.match(rf"^(?P<env>[a-z0-9]+(?:-[a-z0-9]+)*?)-{_OGBENCH_TYPES}(-|$)", name)
     if match:
         env = match.group("env")

@@ -1,13 +1,24 @@
 """The replay buffer of online fine-tuning: the offline dataset first, then online transitions.
 
-Preallocated tensors of capacity ``dataset + online steps`` (no Python lists of transitions), in the
-same layout as the offline ``TensorData``, so the training ``Sampler`` draws batches from it as it
-does from a dataset. Mixing follows the reference code (FQL's main.py, reused by the VGF and QAM
-codebases): batches uniform over everything in the buffer, or with ``balanced`` half from the
-dataset and half from the online rows (its ``--balanced_sampling``).
+Preallocated tensors (no Python lists of transitions), in the same layout as the offline
+``TensorData``, so the training ``Sampler`` draws batches from it as it does from a dataset. The three
+ways VGF's ``main.py`` (``--off2on_style``) fills and samples it are ``sampling``:
+
+- ``uniform`` (its ``iql``, the default; FQL's main.py without ``--balanced_sampling``): one buffer of
+  ``max(buffer_size, |D| + 1)`` rows seeded with the dataset; online rows are written after it and,
+  once it is full, wrap around first-in first-out, over the dataset's oldest rows first (the reference
+  ``ReplayBuffer.add_transition``). Batches are uniform over every filled row.
+- ``balanced`` (``rlpd``; FQL's and QAM's ``--balanced_sampling``): the dataset kept whole, the online
+  rows in a ring of their own of ``buffer_size`` rows; batches half dataset, half online.
+- ``online`` (``wsrl``): the same separate ring; batches from the online rows alone.
+
+``buffer_size`` None never overwrites anything (QAM's main.py sizes its buffer |D| + online steps).
+Rows nothing will ever write are not allocated: the buffer holds at most ``|D| + online steps`` rows.
+Before the first online row, ``balanced`` and ``online`` batches come from the dataset.
 
 With action chunks (H > 1) a batch row is an H-step sequence inside one trajectory; the online rows
-of an episode become sequence starts when the episode ends (its last row is then known).
+of an episode become sequence starts when the episode ends (its last row is then known). A buffer
+that would wrap is refused with chunks: a wrapped ring has no contiguous trajectories to cut them from.
 """
 
 from __future__ import annotations
@@ -16,67 +27,104 @@ import torch
 
 from vgfcli.training import Sampler, TensorData, chunk_starts
 
+SAMPLING = ("uniform", "balanced", "online")
+_COLUMNS = ("observations", "actions", "rewards", "next_observations", "masks", "terminals")
+
 
 class ReplayBuffer(TensorData):
-    """``TensorData`` whose ``size`` is the filled part; rows ``[0, offline)`` are the dataset."""
+    """``TensorData`` whose ``size`` is the filled part; rows ``[0, offline)`` start as the dataset and
+    online rows go into the ring ``[ring_start, ring_end)`` at ``pointer``."""
 
-    def __init__(self, data: TensorData, online_capacity: int):
+    def __init__(self, data: TensorData, online_steps: int, *, sampling: str = "uniform",
+                 buffer_size: int | None = None, chunk: int = 1):
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, not {sampling!r}")
+        d = data.size
+        if sampling == "uniform":  # one ring over dataset and online rows, entered after the dataset
+            ring_start, capacity = 0, d + online_steps if buffer_size is None else max(buffer_size, d + 1)
+        else:  # the dataset apart, the online rows in a ring of their own
+            ring_start, capacity = d, d + (online_steps if buffer_size is None else buffer_size)
+        rows = min(capacity, d + online_steps)
+        self.wraps = d + online_steps > rows
+        if self.wraps and chunk > 1:
+            raise ValueError(f"the replay buffer ({capacity - ring_start:,} rows for {d:,} dataset and "
+                             f"{online_steps:,} online rows) would wrap around, which action chunks (chunk={chunk}) "
+                             f"cannot sample across: raise online.buffer_size or set it to null")
+
         def grow(t: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros((data.size + online_capacity, *t.shape[1:]), dtype=t.dtype, device=t.device)
-            out[:data.size] = t
+            out = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+            out[:d] = t
             return out
 
-        super().__init__(grow(data.observations), grow(data.actions), grow(data.rewards),
-                         grow(data.next_observations), grow(data.masks), grow(data.terminals), dict(data.attrs))
-        self.offline = data.size
-        self.filled = data.size
-        self.episode_start = data.size  # first row of the online episode being filled
+        super().__init__(*(grow(getattr(data, k)) for k in _COLUMNS), dict(data.attrs))
+        self.sampling = sampling
+        self.offline = d
+        self.ring_start, self.ring_end = ring_start, rows
+        self.written = 0  # online transitions added so far (also those since overwritten)
+        self.pointer = d
+        self.episode_start = d  # first row of the online episode being filled (chunks: never wraps)
 
     @property
     def size(self) -> int:
-        return self.filled
+        """Rows holding data: ``[0, size)``."""
+        return min(self.offline + self.written, self.ring_end)
 
     @property
     def online(self) -> int:
-        return self.filled - self.offline
+        return self.written
 
     def add(self, obs, action, reward: float, next_obs, mask: float, terminal: bool) -> None:
-        i = self.filled
-        if i >= self.observations.shape[0]:
-            raise ValueError("replay buffer full")
-        dev = self.observations.device
+        i, dev = self.pointer, self.observations.device
         self.observations[i] = torch.as_tensor(obs, dtype=torch.float32, device=dev)
         self.actions[i] = torch.as_tensor(action, dtype=torch.float32, device=dev)
         self.rewards[i] = float(reward)
         self.next_observations[i] = torch.as_tensor(next_obs, dtype=torch.float32, device=dev)
         self.masks[i] = float(mask)
         self.terminals[i] = float(terminal)
-        self.filled += 1
+        self.written += 1
+        self.pointer = self._position(self.written)
         if terminal:
-            self.episode_start = self.filled
+            self.episode_start = self.pointer
 
-    def online_state(self) -> dict[str, torch.Tensor]:
-        """The online rows, for a checkpoint (the dataset part is reloaded from its file)."""
-        rows = slice(self.offline, self.filled)
-        return {k: getattr(self, k)[rows].cpu().clone() for k in
-                ("observations", "actions", "rewards", "next_observations", "masks", "terminals")}
+    def _position(self, written: int) -> int:
+        """The row the next online transition goes to after ``written`` of them."""
+        first_lap = self.ring_end - self.offline
+        if written < first_lap:
+            return self.offline + written
+        return self.ring_start + (written - first_lap) % (self.ring_end - self.ring_start)
 
-    def load_online_state(self, state: dict[str, torch.Tensor]) -> None:
-        n = state["observations"].shape[0]
-        for key, value in state.items():
-            getattr(self, key)[self.offline:self.offline + n] = value.to(self.observations.device)
-        self.filled = self.offline + n
-        ends = torch.nonzero(state["terminals"] > 0).flatten()
+    def _written_rows(self) -> slice:
+        """The rows online transitions have touched: after the dataset, or the whole ring once wrapped."""
+        if self.written <= self.ring_end - self.offline:
+            return slice(self.offline, self.offline + self.written)
+        return slice(self.ring_start, self.ring_end)
+
+    def online_state(self) -> dict:
+        """What the online rows changed, for a checkpoint (the dataset part is reloaded from its file)."""
+        rows = self._written_rows()
+        state = {k: getattr(self, k)[rows].cpu().clone() for k in _COLUMNS}
+        state["written"] = self.written
+        return state
+
+    def load_online_state(self, state: dict) -> None:
+        self.written = int(state["written"])
+        rows = self._written_rows()
+        for key in _COLUMNS:
+            getattr(self, key)[rows] = state[key].to(self.observations.device)
+        self.pointer = self._position(self.written)
+        online_terminals = self.terminals[self.offline:self.offline + min(self.written, self.ring_end - self.offline)]
+        ends = torch.nonzero(online_terminals > 0).flatten()
         self.episode_start = self.offline + (int(ends[-1]) + 1 if len(ends) else 0)
 
 
 class ReplaySampler(Sampler):
-    """Batches from a ``ReplayBuffer``: uniform over it, or half dataset / half online (``balanced``)."""
+    """Batches from a ``ReplayBuffer`` by its ``sampling`` (see the module docstring)."""
 
     def __init__(self, buffer: ReplayBuffer, batch_size: int, seed: int, chunk: int = 1, discount: float = 1.0,
-                 balanced: bool = False):
+                 sampling: str | None = None):
         super().__init__(buffer, batch_size, seed, chunk=1, discount=discount)  # starts: the dataset rows' alone
-        self.chunk, self.buffer, self.balanced = int(chunk), buffer, balanced
+        self.chunk, self.buffer = int(chunk), buffer
+        self.sampling = buffer.sampling if sampling is None else sampling  # another mix over the same rows
         self.offline_starts = chunk_starts(buffer.terminals[:buffer.offline], self.chunk) if self.chunk > 1 else None
         self._online_starts = torch.zeros(0, dtype=torch.int64)
         self._counted = buffer.offline  # online rows whose chunk starts are in _online_starts
@@ -91,22 +139,32 @@ class ReplaySampler(Sampler):
         self._online_starts = torch.cat([self._online_starts, new])
         self._counted = b.episode_start
 
-    def sample(self) -> dict[str, torch.Tensor]:
-        b, g = self.buffer, self.generator
-        self._refresh()
+    def _pools(self) -> list:
+        """Where each part of a batch comes from: ``(lo, hi)`` row ranges (H = 1) or start tensors."""
+        b = self.buffer
         if self.chunk == 1:
-            pools = [(0, b.filled)] if not self.balanced or b.online == 0 else [(0, b.offline), (b.offline, b.filled)]
-            sizes = _split(self.batch_size, len(pools))
-            idx = torch.cat([torch.randint(lo, hi, (n,), generator=g) for (lo, hi), n in zip(pools, sizes)])
-            return self.batch_at(idx)
-        online = self._online_starts
-        if self.balanced and len(online):
-            groups = [self.offline_starts, online]
+            dataset, online, everything = (0, b.offline), (b.offline, b.size), (0, b.size)
+            has_online = b.size > b.offline
         else:
-            groups = [torch.cat([self.offline_starts, online])]
-        sizes = _split(self.batch_size, len(groups))
-        idx = torch.cat([grp[torch.randint(0, len(grp), (n,), generator=g)] for grp, n in zip(groups, sizes)])
-        return self.batch_at(idx)
+            self._refresh()
+            dataset, online = self.offline_starts, self._online_starts
+            everything = torch.cat([dataset, online])
+            has_online = len(online) > 0
+        if self.sampling == "uniform" or not has_online:
+            return [everything]
+        return [dataset, online] if self.sampling == "balanced" else [online]
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        g = self.generator
+        pools = self._pools()
+        sizes = _split(self.batch_size, len(pools))
+        parts = []
+        for pool, n in zip(pools, sizes):
+            if isinstance(pool, tuple):
+                parts.append(torch.randint(pool[0], pool[1], (n,), generator=g))
+            else:
+                parts.append(pool[torch.randint(0, len(pool), (n,), generator=g)])
+        return self.batch_at(torch.cat(parts))
 
 
 def _split(total: int, parts: int) -> list[int]:

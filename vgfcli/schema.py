@@ -154,7 +154,18 @@ class OnlineConfig:
     steps: int = 50000  # online env steps, one update each
     eval_every: int = 10000  # learning-curve points (and step 0, and the end)
     eval_episodes: int = 10  # episodes per evaluate row per point
-    balanced: bool = False  # half dataset / half online batches; False: uniform over the buffer
+    # Online steps collected before the first update (conf/online/<method>.yaml: the reference loops'
+    # start_training, 5000 for VGF, A-VGF and QAM, none for FQL).
+    start_training: int = 0
+    # How batches mix dataset and online rows: uniform (VGF's off2on_style iql) | balanced (rlpd: half
+    # and half) | online (wsrl: online rows only). vgfcli.replay has the details.
+    sampling: str = "uniform"
+    # Rows of the buffer, wrapping around first-in first-out when full (the reference's --buffer_size;
+    # uniform: max(buffer_size, |D| + 1) with the dataset; None = never overwrite, QAM's buffer).
+    buffer_size: Optional[int] = 2000000
+    # vgf/avgf: transport steps of the exploring actions: None = 0 (the reference: best-of-N over
+    # reference samples), an integer L, or "train" (L_train).
+    explore_budget: Optional[str] = None
     max_episode_steps: Optional[int] = None  # None = the env's own limit
     checkpoint_every: int = 5000
     log_every: int = 1000
@@ -268,7 +279,8 @@ CHECKS = {
         "export.tolerance": _positive(),
         "online.steps": _at_least(1), "online.eval_every": _at_least(1), "online.eval_episodes": _at_least(1),
         "online.max_episode_steps": _at_least(1), "online.checkpoint_every": _at_least(1),
-        "online.log_every": _at_least(1),
+        "online.log_every": _at_least(1), "online.start_training": _at_least(0),
+        "online.sampling": _one_of("uniform", "balanced", "online"), "online.buffer_size": _at_least(1),
     },
     "collect": {
         "episodes": _at_least(1), "val_episodes": _at_least(0), "episode_length": _at_least(1), "seed": _at_least(0),

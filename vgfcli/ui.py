@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from typing import Iterator
@@ -28,8 +29,14 @@ class UI:
         self.err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
     def show(self, renderable) -> None:
-        if not self.json_mode:
+        """Print a result. On a terminal it fits the window; piped (a CI log, a file) with no ``COLUMNS``
+        set, it is drawn at its natural width, so no number is cut or wrapped at rich's default of 80."""
+        if self.json_mode:
+            return
+        if self.out.is_terminal or os.environ.get("COLUMNS"):
             self.out.print(renderable)
+            return
+        Console(highlight=False, width=natural_width(self.out, renderable)).print(renderable)
 
     def emit_json(self, value: dict) -> None:
         """One strict JSON object on stdout: NaN and infinities become the strings "nan", "inf", "-inf"
@@ -57,6 +64,19 @@ class UI:
         with Progress(*columns, console=self.err, disable=self.json_mode, transient=False) as progress:
             task = progress.add_task(description, total=total, rate="")
             yield Bar(progress, task, unit)
+
+
+def natural_width(console: Console, renderable) -> int:
+    """The width ``renderable`` takes with no limit: its widest line, or its title if that is wider."""
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    wide = console.options.update(width=100_000, max_width=100_000)
+    width = Measurement.get(console, wide, renderable).maximum
+    title = getattr(renderable, "title", None)
+    if title:
+        width = max(width, Text.from_markup(title).cell_len if isinstance(title, str) else len(str(title)))
+    return max(int(width), 20)
 
 
 LOG_EVERY_S = 30.0

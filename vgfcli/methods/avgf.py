@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, frozen_call
-from vgfcli.methods.vgf import aggregate_particles, parse_budgets, td_target
+from vgfcli.methods.vgf import aggregate_particles, explore_steps, parse_budgets, td_target
 from vgfcli.nn.closed_form import particle_update
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import MLP, EnsembleCritic
@@ -216,10 +216,14 @@ class AVGFAgent(Agent):
         actions = best_by_q(self.critic, obs, moved, cfg.q_agg)
         return actions[0] if single else actions
 
-    def explore_options(self) -> dict:
-        """Online data collection moves the N particles the training budget L_train (the TD target's
-        transport), the acting rule issue 15 asks for; evaluation keeps test_steps."""
-        return {"steps": self.cfg.train_steps}
+    def explore_options(self, budget: str | None = None) -> dict:
+        """Online data collection: as VGF's (``vgfcli.methods.vgf.explore_steps``), best-of-N over
+        reference samples with no step along g by default, as the reference main.py collects."""
+        return {"steps": explore_steps(budget, self.cfg.train_steps)}
+
+    @classmethod
+    def check_explore_budget(cls, budget: str | None) -> None:
+        explore_steps(budget, 0)
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         """One row per number of steps L in ``evaluate.budgets`` (N = ``evaluate.particles``, null =

@@ -255,10 +255,25 @@ class Agent(ABC):
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.act_generator = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
 
-    def explore_options(self) -> dict[str, Any]:
-        """``act`` options while collecting online data (``vgf finetune``): the method's own acting rule,
-        whose fresh noise per call is the reference code's exploration. Default: ``act``'s defaults."""
+    def explore_options(self, budget: str | None = None) -> dict[str, Any]:
+        """``act`` options while collecting online data (``vgf finetune``): the method's own acting rule
+        with fresh noise at every call, the reference code's exploration. ``budget`` is
+        ``online.explore_budget``, which only methods with a transport budget read (VGF, A-VGF).
+        Default: ``act``'s defaults."""
+        self.check_explore_budget(budget)
         return {}
+
+    @classmethod
+    def check_explore_budget(cls, budget: str | None) -> None:
+        """Raise ValueError if ``online.explore_budget`` means nothing to this method (before any run)."""
+        if budget is not None:
+            raise ValueError(f"online.explore_budget applies to methods with a transport budget (vgf, avgf), "
+                             f"not {cls.name}")
+
+    def default_setting(self) -> EvalSetting:
+        """The method's own acting rule (its config's budget, guidance and particles) as an evaluate row:
+        the row ``vgf finetune`` reports as its headline, fixed before any score is seen."""
+        return self.eval_settings({})[0]
 
     @torch.no_grad()
     def q_values(self, obs: Tensor, actions: Tensor) -> Tensor | None:

@@ -15,6 +15,11 @@ frozen, so its samples can be drawn once and reused; a batch then needs ``indice
 
 Acting: N reference samples, ``test_steps`` transport steps, then the particle with the largest online
 Q (``test_steps = 0`` is best-of-N; N = 1 with 0 steps is the plain reference policy).
+
+Online fine-tuning (``vgf finetune``) collects with best-of-N over fresh reference samples and NO
+transport step, as the reference main.py does (``explore_options``; ``online.explore_budget`` moves them
+L or L_train steps instead). ``variant=off2on`` takes the per-task settings of the reference's off2on
+script (N = 10, L_train = 5, vgf_lr 0.1, alpha 1.0; discount and train_q_agg per family).
 """
 
 from __future__ import annotations
@@ -146,8 +151,9 @@ class VGFConfig:
     bank_refresh_every: int = 100
     bank_refresh_rows: int = 256
     # Which of the reference code's run scripts the per-task settings (conf/protocol) come from: base
-    # (run_vgf_off_ogbench.sh: N = 10, L_train 3) | off2on (its off2on OGBench script, the one its online
-    # fine-tuning runs use: N = 5 and per-family discount, train_q_agg, L_train and vgf_lr).
+    # (run_vgf_off_ogbench.sh: N = 10, L_train 3) | off2on (run_vgf_off2on_ogbench.sh, the script of its
+    # online fine-tuning runs: N = 10, L_train 5, vgf_lr 0.1, alpha 1.0 in every block, and per-family
+    # discount and train_q_agg; conf/protocol/vgf-off2on_<family>.yaml).
     variant: str = "base"
 
 
@@ -157,6 +163,22 @@ class VGFConfig:
 
 
 Config = VGFConfig
+
+
+def explore_steps(budget: str | None, train_steps: int) -> int:
+    """Transport steps of online exploration from ``online.explore_budget``: None -> 0 (the reference
+    code's best-of-N), ``train`` -> L_train, an integer string -> that L. Shared by VGF and A-VGF."""
+    if budget is None:
+        return 0
+    if str(budget) == "train":
+        return int(train_steps)
+    try:
+        steps = int(str(budget))
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise ValueError(f"online.explore_budget must be null, train or an integer >= 0, got {budget!r}")
+    return steps
 
 _AGG_MEMBERS = ("min", "mean")
 _AGG_PARTICLES = ("mean", "max")
@@ -548,10 +570,16 @@ class VGFAgent(Agent):
             closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),
             cfg.q_agg)
 
-    def explore_options(self) -> dict:
-        """Online data collection moves the N particles the training budget L_train (the TD target's
-        transport), the acting rule issue 15 asks for; evaluation keeps test_steps."""
-        return {"steps": self.cfg.train_steps}
+    def explore_options(self, budget: str | None = None) -> dict:
+        """Online data collection (``vgf finetune``). Default (``budget`` None): best-of-N over N fresh
+        reference samples with no transport step, as the reference main.py collects (its
+        ``sample_actions`` call passes no ``eval_vgf_steps``, whose default is 0). ``budget``: an
+        integer L, or ``train`` for L_train (``train_steps``); evaluation keeps its own budgets."""
+        return {"steps": explore_steps(budget, self.cfg.train_steps)}
+
+    @classmethod
+    def check_explore_budget(cls, budget: str | None) -> None:
+        explore_steps(budget, 0)
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         """One row per test-time budget in ``evaluate.budgets`` with N particles (``evaluate.particles``,
