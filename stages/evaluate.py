@@ -270,11 +270,12 @@ def ignored_knobs(cfg, given: dict[str, bool]) -> list[str]:
             if given.get(flag) and key not in knobs]
 
 
-def load_agent(cfg, inputs: Inputs, device, fp32_eager: bool = False):
+def load_agent(cfg, inputs: Inputs, device, fp32_eager: bool = False, compile: bool | None = None):
     """The agent to evaluate and the facts saved with what it was built from: the trained critic run's
     agent, or (for a method with nothing to train) the method built around the reference policy.
     ``fp32_eager``: no torch.compile and no reduced precision, whatever the method's config says
-    (``vgf export`` traces this agent)."""
+    (``vgf export`` traces this agent). ``compile``: torch.compile where the method can (None =
+    ``evaluate.compile``; ``vgf finetune`` trains, so it passes ``critic.compile``)."""
     import torch
     from vgfcli.stages.pretrain_policy import load_policy
     from vgfcli.stages.train_critic import build_method_config, check_compatible
@@ -293,7 +294,9 @@ def load_agent(cfg, inputs: Inputs, device, fp32_eager: bool = False):
                      str(critic_path))
     module = methods.load(saved["method"])
     # acting is compiled by evaluate's own switch, whatever the training run chose
-    speed = {"compile": bool(cfg.evaluate.get("compile", False))} if "compile" in saved["config"] else {}
+    if compile is None:
+        compile = bool(cfg.evaluate.get("compile", False))
+    speed = {"compile": bool(compile)} if "compile" in saved["config"] else {}
     if fp32_eager:
         speed = {k: v for k, v in (("compile", False), ("amp", "off")) if k in saved["config"]}
     agent = module.Agent.create(saved["config"], saved["obs_dim"], saved["act_dim"], device, reference=flow,

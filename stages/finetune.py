@@ -86,7 +86,8 @@ class FinetuneStage(Stage):
         o = cfg.online
         device = resolve_device(cfg.device)
         run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
-        agent, saved = load_agent(cfg, inputs, device)
+        # it trains: the update compiles as train-critic's does (critic.compile), acting with it
+        agent, saved = load_agent(cfg, inputs, device, compile=bool(cfg.critic.compile))
         env_id = evaluation_env(cfg, saved["dataset_attrs"])
         rewards_fn = reward_map(inputs.upstream["critic"].summary)
         data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)

@@ -8,6 +8,8 @@ file stops the stage with a one-line error and leaves no run behind.
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 from vgfcli.errors import VgfError
@@ -49,6 +51,7 @@ class IngestStage(Stage):
         from vgfcli.data import canonical
 
         info = inputs.info
+        run.set_tags(lineage_tags(info, inputs.upstream.get("collect")))
         with ui.status(f"reading {info['path']}"):
             dataset = _read(info)
             canonical.validate(dataset, str(info["path"]))
@@ -69,6 +72,22 @@ class IngestStage(Stage):
     def render(self, outcome: Outcome):
         summary = outcome.summary
         return summary_table(f"ingest: {summary.get('env_id', '?')} ({summary.get('source_kind', '?')})", summary)
+
+
+def lineage_tags(info: dict, collect_record) -> dict[str, str]:
+    """``vgf.task`` as the training runs spell it (the OGBench single-task name the dataset is relabelled
+    for, or a D4RL/Minari dataset's env id or file name) and ``vgf.seed`` of a collected dataset, so a
+    filter on either in the MLflow UI finds the whole lineage."""
+    if info.get("dataset_name"):
+        name = info["dataset_name"]
+        task = f"{name.rsplit('-', 1)[0]}-singletask-task{info['task_id']}-{name.rsplit('-', 1)[1]}"
+    else:
+        task = info.get("env_id") or re.sub(r"\.(hdf5|h5)$", "", Path(str(info["path"]).rstrip("/")).name)
+    tags = {"vgf.task": str(task)}
+    seed = collect_record.tags.get("vgf.seed") if collect_record is not None else None
+    if seed is not None:
+        tags["vgf.seed"] = str(seed)
+    return tags
 
 
 def _ogbench_inputs(source, experiment: str) -> Inputs:

@@ -150,3 +150,16 @@ def test_counter_histogram_and_budget_names():
         parse_budgets(["-1"])
     with pytest.raises(ValueError, match="budgets must be"):
         parse_budgets(["fast"])
+
+
+def test_an_adaptive_row_beside_only_best_of_n_reaches_the_methods_test_steps():
+    """`--budget 0,auto`: with no L > 0 listed the adaptive ceiling is test_steps (it used to be 0, an error)."""
+    agent = VGFAgent.create(None, 3, 2, critic_hidden=(8,), actor_hidden=(8,), num_particles=4, bank_size=0,
+                            test_steps=3)
+    agent.member_std_percentiles = torch.linspace(0, 1, 101)
+    rows = agent.eval_settings({"budgets": [0, "auto"]})
+    assert [r.label for r in rows] == ["L=0", "auto(L<=3)"] and rows[1].options["steps"] == 3
+    assert agent.eval_settings({"budgets": [0, 2, "auto"]})[2].options["steps"] == 2
+    assert agent.eval_settings({"budgets": [0, "auto"], "budget_max": 5})[1].options["steps"] == 5
+    with pytest.raises(ValueError, match="budget_max >= 1"):
+        agent.eval_settings({"budgets": [0, "auto"], "budget_max": 0})

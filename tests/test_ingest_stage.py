@@ -181,3 +181,26 @@ def test_cfg_prints_resolved_config_and_help_lists_commands():
     for command in ("collect", "ingest", "pretrain-policy", "train-critic", "evaluate", "pipeline", "runs"):
         assert command in help_text
     assert vgf("--version").stdout.startswith("vgf ")
+
+
+def test_ingest_runs_carry_the_task_and_seed_of_their_lineage(tmp_path):
+    """Filtering by vgf.task (and vgf.seed) finds the ingest runs with the training runs they fed."""
+    made = vgf("pipeline", "preset=smoke", "evaluate.budgets=[0]", "threads=1", "seed=3", "--json")
+    assert made.exit_code == 0, made.output
+    task = "cube-single-play-singletask-task2-v0"
+    from mlflow.tracking import MlflowClient
+
+    store = Store("vgf")
+    client = MlflowClient(store.uri)
+    experiment = client.get_experiment_by_name("vgf").experiment_id
+    found = client.search_runs([experiment], f"tags.`vgf.task` = '{task}'")
+    stages = [r.data.tags.get("vgf.stage") for r in found]
+    assert set(stages) >= {"ingest", "pretrain-policy", "train-critic", "evaluate"}, stages
+    assert stages.count("ingest") == 2  # train and val splits
+    collect = client.search_runs([experiment], "tags.`vgf.stage` = 'collect'")[0]
+    for run in found:  # the data's seed on ingest runs (the collect's), the training seed on the others
+        wanted = collect.data.tags["vgf.seed"] if run.data.tags.get("vgf.stage") == "ingest" else "3"
+        assert run.data.tags["vgf.seed"] == wanted
+    d4rl = ingest_json("dataset=d4rl", f"dataset.path={make_d4rl_hdf5(tmp_path / 'hopper-medium-v2.hdf5')}")
+    record = next(r for r in all_runs() if r.run_id == d4rl["run_id"])
+    assert record.tags["vgf.task"] == "hopper-medium-v2" and "vgf.seed" not in record.tags

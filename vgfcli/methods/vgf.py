@@ -585,13 +585,14 @@ class VGFAgent(Agent):
         """One row per test-time budget in ``evaluate.budgets`` with N particles (``evaluate.particles``,
         null = ``num_particles``): a number L is L steps for every state (L = 0: best-of-N under the
         learned Q); a name (auto, auto_std, auto_gain) is an adaptive budget of at most
-        ``evaluate.budget_max`` steps (null = the largest L listed, else test_steps) whose rules use
+        ``evaluate.budget_max`` steps (null = the largest L > 0 listed, else test_steps) whose rules use
         ``evaluate.stop_quantile`` / ``stop_gain`` (null = the method's)."""
         n = int(evaluate_cfg.get("particles") or self.cfg.num_particles)
         budgets = parse_budgets(evaluate_cfg.get("budgets") or [self.cfg.test_steps])
         fixed = [b for b in budgets if isinstance(b, int)]
         most = evaluate_cfg.get("budget_max")
-        most = int(most) if most is not None else max(fixed, default=self.cfg.test_steps)
+        # no L > 0 listed (--budget 0,auto): the ceiling is the method's own test_steps
+        most = int(most) if most is not None else max([b for b in fixed if b > 0], default=self.cfg.test_steps)
         if most < 1 and len(fixed) < len(budgets):
             raise ValueError(f"an adaptive budget needs budget_max >= 1, got {most}")
         rules = {"stop_quantile": evaluate_cfg.get("stop_quantile"), "stop_gain": evaluate_cfg.get("stop_gain")}
