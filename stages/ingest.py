@@ -35,6 +35,7 @@ class IngestStage(Stage):
         if source.kind == "d4rl":
             if not path.is_file():
                 raise VgfError(f"{path}: no such file (dataset.path of a D4RL HDF5 file)")
+            _check_hdf5(path)
         elif source.kind == "minari":
             if not path.is_dir():
                 raise VgfError(f"{path}: no such directory (dataset.path of a Minari dataset)")
@@ -72,6 +73,18 @@ class IngestStage(Stage):
     def render(self, outcome: Outcome):
         summary = outcome.summary
         return summary_table(f"ingest: {summary.get('env_id', '?')} ({summary.get('source_kind', '?')})", summary)
+
+
+def _check_hdf5(path: Path) -> None:
+    """Refuse a file HDF5 cannot open before any run starts (a text file named .hdf5, a cut download)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            list(handle.keys())
+    except (OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise VgfError(f"{path}: not a readable HDF5 file ({detail})") from None
 
 
 def lineage_tags(info: dict, collect_record) -> dict[str, str]:

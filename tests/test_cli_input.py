@@ -175,3 +175,63 @@ def test_a_full_disk_is_exit_2_and_leaves_the_run_failed(monkeypatch):
     result = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"])
     assert result.exit_code == 2 and "no space left on the device" in result.stderr
     assert [r.status for r in Store("vgf").find(status=None)] == ["FAILED"]  # the collect run, marked
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.critic_lr=-1", "critic_lr must be > 0, got -1"),
+    ("method.vgf_lr=0", "vgf_lr must be > 0"),
+    ("method.discount=1.5", "discount must be in (0, 1]"),
+    ("method.tau=nan", "tau must be a finite number"),
+    ("method.num_particles=0", "num_particles must be >= 1"),
+    ("method=fql method.lr=-0.1", "lr must be > 0"),
+    ("method=qgf method.expectile=1", "expectile must be in (0, 1)"),
+    ("method=qam method.rho=-1", "rho must be >= 0"),
+    ("method=avgf method.field_lr=inf", "field_lr must be a finite number"),
+])
+def test_every_methods_numeric_knobs_are_range_checked_before_any_run(override, message):
+    result = runner.invoke(app, ["train-critic", "preset=smoke", *override.split()])
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert Store("vgf").find(status=None) == []
+
+
+def test_an_unreadable_d4rl_file_is_refused_before_any_run(tmp_path):
+    text = tmp_path / "hopper-medium-v2.hdf5"
+    text.write_text("this is not HDF5\n" * 50)
+    result = runner.invoke(app, ["ingest", "dataset=d4rl", f"dataset.path={text}"])
+    assert result.exit_code == 2 and "not a readable HDF5 file" in result.stderr
+    assert Store("vgf").find(status=None) == []  # no FAILED run left behind
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB filesystem (tmpfs), where this machine lets the tests mount one."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()[:100]}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_under_checkpoints_says_so(tiny_disk, vgf_home):
+    """pretrain-policy's checkpoint on a full disk: exit 2, "no space left", not torch's "unexpected pos"."""
+    made = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc", "policy.steps=1"])
+    assert made.exit_code == 0, made.output
+    (vgf_home / "work").rename(vgf_home / "work-old") if (vgf_home / "work").exists() else None
+    (vgf_home / "work").symlink_to(tiny_disk)
+    (tiny_disk / "filler").write_bytes(b"\0" * 60_000)
+    result = runner.invoke(app, ["pretrain-policy", "preset=smoke", "policy.hidden=[256,256]",
+                                 "policy.checkpoint_every=1"])
+    assert result.exit_code == 2 and "no space left on the device" in result.stderr, result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_a_full_disk_while_the_store_is_made_says_so(tiny_disk, monkeypatch):
+    (tiny_disk / "filler").write_bytes(b"\0" * 56_000)
+    monkeypatch.setenv("VGF_HOME", str(tiny_disk))
+    result = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"])
+    assert result.exit_code == 2 and "no space left on the device" in result.stderr, result.stderr
+    assert "SQL" not in result.stderr and "internal error" not in result.stderr

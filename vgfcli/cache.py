@@ -135,6 +135,16 @@ def canonical(obj):
 
 def save_output(obj, path: Path) -> None:
     """``torch.save`` of ``canonical(obj)``: a stage output whose bytes depend on its content alone."""
+    write_bytes_atomic(path, torch_bytes(canonical(obj)))
+
+
+def torch_bytes(obj) -> bytes:
+    """``torch.save``'s bytes, made in memory: written by ``write_bytes_atomic``, a full disk is then an
+    OSError (ENOSPC) that says so, not torch's opaque "unexpected pos" from inside its zip writer."""
+    import io
+
     import torch
 
-    torch.save(canonical(obj), path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

@@ -63,17 +63,30 @@ def _user_errors(func):
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except Exception as exc:
+            full = _disk_full(exc)
+            if full is None:  # a bug, not the user's fault: say so, keep the traceback on request
                 return _internal_error(exc)
             # the run that was writing is already FAILED (the stage runner marks every error so)
-            typer.echo(f"error: no space left on the device ({exc.filename or 'writing'}); free some space or set "
-                       "VGF_HOME to another disk, then run the command again", err=True)
+            typer.echo(f"error: no space left on the device ({full}); free some space or set VGF_HOME to "
+                       "another disk, then run the command again", err=True)
             raise typer.Exit(2) from None
-        except Exception as exc:  # a bug, not the user's fault: say so, keep the traceback on request
-            return _internal_error(exc)
 
     return wrapper
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """What was being written when the disk filled up (an OSError ENOSPC/EDQUOT anywhere in the chain of
+    causes, or SQLite's "database or disk is full" from MLflow's store), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(exc.filename or "writing")
+        if "database or disk is full" in str(exc):
+            return "the MLflow store's database"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _internal_error(exc: Exception):

@@ -9,7 +9,6 @@ uninterrupted run ends, on deterministic hardware.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,10 +183,9 @@ class Checkpoints:
             return None
 
     def save(self, state: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"last.pt.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        from vgfcli.cache import torch_bytes, write_bytes_atomic
+
+        write_bytes_atomic(self.path, torch_bytes(state))  # a full disk: ENOSPC, the temporary file removed
 
 
 @dataclass

@@ -71,10 +71,44 @@ def config_from(config_cls: type, cfg: Any = None, **overrides):
             values[name] = value = tuple(value)
         if not _fits(value, hints[name]):
             raise ValueError(f"{config_cls.__name__}.{name} must be {_type_name(hints[name])}, got {value!r}")
+    for name, value in values.items():
+        problem = knob_range_problem(name, value)
+        if problem:
+            raise ValueError(f"{name} {problem}, got {value!r}")
     config = config_cls(**values)
-    if hasattr(config, "validate"):  # a method's value checks: bad values fail where the config is made
+    if hasattr(config, "validate"):  # a method's own value checks: bad values fail where the config is made
         config.validate()
     return config
+
+
+# The numeric knobs every method shares a meaning for, by name, with the range they must lie in (a
+# learning rate of -1 is refused here, before any run, instead of by torch's optimiser mid-stage).
+_POSITIVE = ("lr", "critic_lr", "field_lr", "value_lr", "vgf_lr", "softmax_temp", "tau_inv", "bandwidth",
+             "grad_clip", "max_grad_norm", "edit_target_entropy_multiplier")
+_AT_LEAST_ONE = ("num_critics", "num_particles", "flow_steps", "best_of_n")
+_NOT_NEGATIVE = ("train_steps", "test_steps", "bank_size", "bank_refresh_every", "bank_refresh_rows", "rho",
+                 "stop_gain", "guidance", "fql_alpha", "edit_scale", "seed")
+_UNIT = ("discount", "tau", "stop_quantile")  # in (0, 1]
+
+
+def knob_range_problem(name: str, value) -> str | None:
+    """Why ``value`` cannot be the method knob ``name`` (None when it can): every float finite, and the
+    shared knobs in their ranges."""
+    if value is None or isinstance(value, (bool, str, tuple)):
+        return None
+    if not np.isfinite(value):
+        return "must be a finite number"
+    if name in _POSITIVE and not value > 0:
+        return "must be > 0"
+    if name in _AT_LEAST_ONE and not value >= 1:
+        return "must be >= 1"
+    if name in _NOT_NEGATIVE and not value >= 0:
+        return "must be >= 0"
+    if name in _UNIT and not 0 < value <= 1:
+        return "must be in (0, 1]"
+    if name == "expectile" and not 0 < value < 1:
+        return "must be in (0, 1)"
+    return None
 
 
 def _fits(value, hint) -> bool:
