@@ -371,6 +371,8 @@ def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, me
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vgfcli.plot_text import fit_title
+
     rows = [r for r in results[1:] if len(sweep_keys) != 1 or _is_number(r["sweep"].get(sweep_keys[0]))]
     adaptive = [r for r in results[1:] if r not in rows]  # named budgets: drawn at their mean steps
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
@@ -392,7 +394,7 @@ def plot_scores(results: list[dict], sweep_keys: list[str], path, title: str, me
     ax.set_ylabel(metric.replace("_", " "))
     if metric == "success":
         ax.set_ylim(-0.02, 1.02)  # rates: keep the scale honest when all scores are close
-    ax.set_title(title, fontsize=9)
+    fit_title(ax, title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -407,6 +409,8 @@ def plot_score_vs_compute(results: list[dict], path, title: str, metric: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vgfcli.plot_text import fit_title
+
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     xs = [network_passes(r) for r in results]
     ax.errorbar(xs, [r["score"] for r in results], yerr=_yerr(results), marker="o", linestyle="none", capsize=3)
@@ -416,7 +420,7 @@ def plot_score_vs_compute(results: list[dict], path, title: str, metric: str) ->
     ax.set_ylabel(metric.replace("_", " "))
     if metric == "success":
         ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{title}: score vs compute", fontsize=9)
+    fit_title(ax, f"{title}: score vs compute")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -326,6 +326,8 @@ def plot_curves(curves: list[dict], path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vgfcli.plot_text import fit_title
+
     from vgfcli.cache import write_bytes_atomic
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -338,7 +340,7 @@ def plot_curves(curves: list[dict], path, title: str) -> None:
         ax.fill_between(steps, lo, hi, alpha=0.15)
     ax.set_xlabel("online env steps")
     ax.set_ylabel(curves[0]["rows"][0]["metric"])
-    ax.set_title(title, fontsize=9)
+    fit_title(ax, title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -369,7 +369,7 @@ def runs(
     table.add_column("metrics", overflow="fold")
     for r in records:
         shown = _main_metrics(r.stage)
-        metrics = " ".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)
+        metrics = "\n".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)  # one per line: never split
         status = _shown_status(r)
         colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(status, "red")
         what = r.tags.get("mlflow.runName", r.stage).removeprefix(r.stage).strip()  # method, task, seed

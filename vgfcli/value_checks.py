@@ -64,6 +64,8 @@ def plot_calibration(rows: list[dict], pairs: list[np.ndarray], path, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vgfcli.plot_text import fit_title
+
     from vgfcli.cache import write_bytes_atomic
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -81,7 +83,7 @@ def plot_calibration(rows: list[dict], pairs: list[np.ndarray], path, title: str
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="Q = return")
     ax.set_xlabel("discounted return that followed")
     ax.set_ylabel("Q at the executed action")
-    ax.set_title(title, fontsize=9)
+    fit_title(ax, title)
     ax.legend(fontsize=7, markerscale=3)
     fig.tight_layout()
     import io
