@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vgf runs --limit 6
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n auto --dist worksteal
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_ingest.py

@@ -251,7 +251,7 @@ class OnlineActor:
         if self.obs is None:
             self._start()
         if not self.queue:
-            with torch.no_grad():
+            with torch.inference_mode():  # as the curves' scoring acts: one compiled graph serves both
                 obs = torch.as_tensor(self.obs, device=self.agent.device).unsqueeze(0)
                 chunk = self.agent.act(obs, **self.options).detach().cpu().numpy().astype(np.float64)
             self.queue = list(np.clip(chunk.reshape(self.agent.chunk, -1), self.low, self.high))

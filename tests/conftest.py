@@ -10,6 +10,9 @@ import shutil
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# One thread per process: `make test` runs a worker per core (pytest-xdist), and the commands the tests
+# start in child processes inherit this, so no core ever runs two spinning OpenMP pools.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
