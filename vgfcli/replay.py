@@ -127,6 +127,7 @@ class ReplaySampler(Sampler):
         self.sampling = buffer.sampling if sampling is None else sampling  # another mix over the same rows
         self.offline_starts = chunk_starts(buffer.terminals[:buffer.offline], self.chunk) if self.chunk > 1 else None
         self._online_starts = torch.zeros(0, dtype=torch.int64)
+        self._all_starts = self.offline_starts  # dataset and online starts, remade only when an episode ends
         self._counted = buffer.offline  # online rows whose chunk starts are in _online_starts
 
     def _refresh(self) -> None:
@@ -137,6 +138,7 @@ class ReplaySampler(Sampler):
         rows = slice(self._counted, b.episode_start)
         new = chunk_starts(b.terminals[rows], self.chunk) + self._counted
         self._online_starts = torch.cat([self._online_starts, new])
+        self._all_starts = torch.cat([self.offline_starts, self._online_starts])
         self._counted = b.episode_start
 
     def _pools(self) -> list:
@@ -147,8 +149,7 @@ class ReplaySampler(Sampler):
             has_online = b.size > b.offline
         else:
             self._refresh()
-            dataset, online = self.offline_starts, self._online_starts
-            everything = torch.cat([dataset, online])
+            dataset, online, everything = self.offline_starts, self._online_starts, self._all_starts
             has_online = len(online) > 0
         if self.sampling == "uniform" or not has_online:
             return [everything]
