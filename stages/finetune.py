@@ -326,9 +326,8 @@ def plot_curves(curves: list[dict], path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vgfcli.plot_text import fit_title
-
     from vgfcli.cache import write_bytes_atomic
+    from vgfcli.plot_text import fit_title
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     steps = [c["step"] for c in curves]

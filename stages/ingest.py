@@ -9,7 +9,6 @@ file stops the stage with a one-line error and leaves no run behind.
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 from vgfcli.errors import VgfError

@@ -189,8 +189,9 @@ def test_warm_up_recalibration_and_headline(tmp_path):
 def test_online_rewards_are_mapped_as_in_training():
     """D4RL antmaze's r - 1 (critic.reward_transform=minus_one) reaches the online rows too, as the
     reference loops shift online rewards (VGF main.py l.209-212, FQL main.py l.140-144)."""
-    from vgfcli.replay import ReplayBuffer
     from vgfcli.stages.finetune import OnlineActor
+
+    from vgfcli.replay import ReplayBuffer
     from vgfcli.training import transform_rewards
     from vgfcli.value_checks import reward_map
 

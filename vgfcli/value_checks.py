@@ -64,9 +64,8 @@ def plot_calibration(rows: list[dict], pairs: list[np.ndarray], path, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vgfcli.plot_text import fit_title
-
     from vgfcli.cache import write_bytes_atomic
+    from vgfcli.plot_text import fit_title
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     lo, hi = np.inf, -np.inf
