@@ -173,8 +173,8 @@ class FinetuneStage(Stage):
 
         s = outcome.summary
         table = Table(title=f"finetune: {s['method']} on {s['env_id']}, {s['online_steps']} online steps "
-                            f"({s['env_steps_per_s']} env steps/s); * = the method's own acting rule",
-                      title_justify="left")
+                            f"({s['env_steps_per_s']} env steps/s)", title_justify="left",
+                      caption="* the method's own acting rule: the headline metrics' row", caption_justify="left")
         for column in ("policy", "metric", "before (offline)", "95% interval before", "after", "95% interval after"):
             table.add_column(column, justify="right")
         for before, after in zip(s["offline"], s["final"]):

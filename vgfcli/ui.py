@@ -36,7 +36,10 @@ class UI:
         if self.out.is_terminal or os.environ.get("COLUMNS"):
             self.out.print(renderable)
             return
-        Console(highlight=False, width=natural_width(self.out, renderable)).print(renderable)
+        width = natural_width(self.out, renderable)
+        if getattr(renderable, "title", None) and hasattr(renderable, "min_width"):
+            renderable.min_width = width  # a table draws its title at its own width: let it take the title's
+        Console(highlight=False, width=width).print(renderable)
 
     def emit_json(self, value: dict) -> None:
         """One strict JSON object on stdout: NaN and infinities become the strings "nan", "inf", "-inf"
