@@ -42,4 +42,7 @@ def vgf_home(tmp_path, monkeypatch, empty_store):
     shutil.copy(empty_store, home / "mlflow.db")
     monkeypatch.setenv("VGF_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # pytest-xdist workers inherit COLUMNS=80 from the controller; vgf honours COLUMNS when set, so a
+    # test would see the 80-column tables of a terminal instead of what a CI log (no COLUMNS) shows.
+    monkeypatch.delenv("COLUMNS", raising=False)
     return home

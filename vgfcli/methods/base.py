@@ -83,10 +83,10 @@ def config_from(config_cls: type, cfg: Any = None, **overrides):
 
 # The numeric knobs every method shares a meaning for, by name, with the range they must lie in (a
 # learning rate of -1 is refused here, before any run, instead of by torch's optimiser mid-stage).
-_POSITIVE = ("lr", "critic_lr", "field_lr", "value_lr", "vgf_lr", "softmax_temp", "tau_inv", "bandwidth",
+_POSITIVE = ("lr", "critic_lr", "field_lr", "value_lr", "vgf_lr", "softmax_temp", "bandwidth",
              "grad_clip", "max_grad_norm", "edit_target_entropy_multiplier")
 _AT_LEAST_ONE = ("num_critics", "num_particles", "flow_steps", "best_of_n")
-_NOT_NEGATIVE = ("train_steps", "test_steps", "bank_size", "bank_refresh_every", "bank_refresh_rows", "rho",
+_NOT_NEGATIVE = ("train_steps", "test_steps", "bank_size", "bank_refresh_every", "bank_refresh_rows", "rho", "tau_inv",
                  "stop_gain", "guidance", "fql_alpha", "edit_scale", "seed")
 _UNIT = ("discount", "tau", "stop_quantile")  # in (0, 1]
 
