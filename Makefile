@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 # The main job on its embedded default: `vgf pipeline` (local MLflow store under ./.vgf; a
 # cube-single-play dataset collected here; VGF at the quick preset; evaluation at budgets 0-3), about
-# 7-15 minutes on 2 CPU cores (7.2 with native bf16). Run again: all cache hits. DEMO_ARGS takes Hydra overrides.
+# 7-16 minutes on 2 CPU cores (7.2 with native bf16, 16 in fp32 on AVX2). Run again: all cache hits. DEMO_ARGS takes Hydra overrides.
 DEMO_ARGS ?=
 demo: $(STAMP)
 	$(VENV)/bin/vgf pipeline $(DEMO_ARGS)
