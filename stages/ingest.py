@@ -8,7 +8,6 @@ file stops the stage with a one-line error and leaves no run behind.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from vgfcli.errors import VgfError
@@ -90,11 +89,13 @@ def lineage_tags(info: dict, collect_record) -> dict[str, str]:
     """``vgf.task`` as the training runs spell it (the OGBench single-task name the dataset is relabelled
     for, or a D4RL/Minari dataset's env id or file name) and ``vgf.seed`` of a collected dataset, so a
     filter on either in the MLflow UI finds the whole lineage."""
+    from vgfcli.protocols import file_label
+
     if info.get("dataset_name"):
         name = info["dataset_name"]
         task = f"{name.rsplit('-', 1)[0]}-singletask-task{info['task_id']}-{name.rsplit('-', 1)[1]}"
     else:
-        task = info.get("env_id") or re.sub(r"\.(hdf5|h5)$", "", Path(str(info["path"]).rstrip("/")).name)
+        task = info.get("env_id") or file_label(info["path"])  # as training runs label such data
     tags = {"vgf.task": str(task)}
     seed = collect_record.tags.get("vgf.seed") if collect_record is not None else None
     if seed is not None:

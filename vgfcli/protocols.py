@@ -36,9 +36,13 @@ def task_label(cfg) -> str:
         if data.env_id:
             return str(data.env_id)
         if data.path:
-            name = Path(str(data.path).rstrip("/")).name
-            return re.sub(r"\.(hdf5|h5)$", "", name)
+            return file_label(data.path)
     return str(cfg.task)
+
+
+def file_label(path) -> str:
+    """A D4RL/Minari dataset's name from its file or folder: ``/data/hopper-medium-v2.hdf5`` -> ``hopper-medium-v2``."""
+    return re.sub(r"\.(hdf5|h5)$", "", Path(str(path).rstrip("/")).name)
 
 
 def family_candidates(label: str) -> list[str]:
