@@ -218,3 +218,22 @@ def test_online_rewards_are_mapped_as_in_training():
     online = buffer.rewards[10:35]
     raw = sum(e["return"] for e in actor.finished) + actor.ret  # the env's own rewards
     assert len(actor.finished) == 2 and abs(float(online.sum()) - (raw - 25)) < 1e-6 and float(online.max()) <= -1.0
+
+
+def test_the_online_options_run_end_to_end():
+    """online.sampling, buffer_size and explore_budget through the stage; a ring that would wrap under
+    action chunks is a clear exit 2."""
+    made = runner.invoke(app, ["pipeline", *SMOKE])
+    assert made.exit_code == 0, made.output
+    out = runner.invoke(app, ["finetune", *SMOKE, "online.steps=30", "online.start_training=10",
+                              "online.sampling=online", "online.buffer_size=8", "online.explore_budget=1", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["summary"]["online_steps"] == 30
+    balanced = runner.invoke(app, ["finetune", *SMOKE, "online.steps=30", "online.sampling=balanced"])
+    assert balanced.exit_code == 0, balanced.output
+    bad = runner.invoke(app, ["finetune", *SMOKE, "online.sampling=rlpd"])
+    assert bad.exit_code == 2 and "online.sampling must be one of" in bad.stderr
+    qam = runner.invoke(app, ["pipeline", *SMOKE, "method=qam", "chunk=5"])
+    assert qam.exit_code == 0, qam.output
+    wraps = runner.invoke(app, ["finetune", *SMOKE, "method=qam", "chunk=5", "online.buffer_size=1"])
+    assert wraps.exit_code == 2 and "would wrap around" in wraps.stderr
