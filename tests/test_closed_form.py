@@ -6,6 +6,7 @@ for every critic layout the project builds.
 """
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -242,3 +243,18 @@ def test_stage_switches_reach_the_method():
     assert on.compile is True and off.compile is False
     _, bc = build_method_config(compose("train", ["method=bc", "critic.compile=true"]), policy)  # no such knob
     assert not hasattr(bc, "compile")
+
+
+def test_inductor_cache_is_kept_apart_per_cpu_isa(monkeypatch, tmp_path):
+    # inductor's cache does not key kernels on the vector ISA: AVX2 kernels rebuilt for AVX-512 corrupt
+    # the heap, so each ISA gets its own directory, unless the user chose one
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from vgfcli.nn.compiled import Compiled, isolate_inductor_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # as importing torch._dynamo leaves it
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    Compiled(lambda x: x, enabled=True)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(os.path.abspath(default_cache_dir()), "avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert isolate_inductor_cache() == str(tmp_path) and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)

@@ -7,10 +7,17 @@ to the per-step speed (a compiled module's backward graph is built at its first 
 outside the wrapper: ``add_seconds`` lets the caller count it). If compilation fails (no C++ compiler, an unsupported platform, an operator
 inductor cannot lower), one warning says so and the function runs eagerly from then on: same numbers,
 less speed.
+
+Inductor's on-disk cache does not key its C++ kernels on the vector ISA: kernels generated for AVX2
+(8 floats a vector) and later built for AVX-512 (16) write past their buffers and corrupt the heap.
+That happens when one machine runs with and without ``ATEN_CPU_CAPABILITY`` (as the benches do to
+stand in for an AVX2 CPU), or when nodes of different CPU kinds share one cache directory. So unless
+``TORCHINDUCTOR_CACHE_DIR`` is set, each ISA gets a cache directory of its own.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +40,22 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def isolate_inductor_cache() -> str:
+    """Point inductor at a cache directory of the current CPU ISA's own (see the module docstring),
+    unless the user chose one; returns the directory in use. (Importing torch._dynamo already writes
+    inductor's default into the environment, so the default counts as not chosen.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = os.path.abspath(default_cache_dir())
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != default:
+        return chosen
+    isa = torch.backends.cpu.get_cpu_capability().lower()  # honours ATEN_CPU_CAPABILITY
+    path = os.path.join(default, isa)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    return path
+
+
 def _signature(value: Any):
     if isinstance(value, torch.Tensor):
         return ("T", tuple(value.shape), value.dtype, value.device.type, value.requires_grad)
@@ -50,6 +73,8 @@ class Compiled:
 
     def __init__(self, fn: Callable, enabled: bool, name: str = "", **compile_kwargs):
         self.fn, self.name = fn, name or getattr(fn, "__name__", type(fn).__name__)
+        if enabled:
+            isolate_inductor_cache()
         self.compiled = torch.compile(fn, dynamic=False, **compile_kwargs) if enabled else None
         self.seconds = 0.0
         self._seen: set = set()
