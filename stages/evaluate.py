@@ -21,6 +21,7 @@ row carries its 95 % interval over episodes.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -33,8 +34,9 @@ class EvaluateStage(Stage):
     name = "evaluate"
     config_name = "train"
     # 4: compute per action on every row; 5: adaptive rows skip the backward of rejected steps;
-    # 6: adaptive rows run the critic in fp32 (rules and choice); 7: value checks (calibration, val TD)
-    code_version = 7
+    # 6: adaptive rows run the critic in fp32 (rules and choice); 7: value checks (calibration, val TD);
+    # 8: each row acts with a random stream of its own (rows in parallel processes give the same numbers)
+    code_version = 8
     main_metrics = ("best_score", "reference_score")
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
@@ -69,9 +71,10 @@ class EvaluateStage(Stage):
         import torch
 
         from vgfcli.cache import write_bytes_atomic
-        from vgfcli.methods.base import ComputeCounter, EvalSetting
+        from vgfcli.eval_rows import RowJob, auto_workers, run_rows
+        from vgfcli.methods.base import EvalSetting
         from vgfcli.protocols import task_label
-        from vgfcli.rollout import evaluate_policy, release_envs
+        from vgfcli.rollout import release_envs
         from vgfcli.training import resolve_device
         from vgfcli.value_checks import calibration, plot_calibration, reward_map, validation_loss
         from vgfcli.video import write_mp4
@@ -90,46 +93,34 @@ class EvaluateStage(Stage):
             raise VgfError(f"evaluate: {exc}") from None
         sweep_keys = sorted({k for st in settings for k in st.sweep})
         reference = EvalSetting("reference", "reference", 1, {}, {k: 0 for k in sweep_keys})
-        generator = torch.Generator(device=device).manual_seed(cfg.seed + 7_000_003)
         results, outcomes, value_pairs, videos = [], [], [], {}
         q_fn = value_q_fn(agent, device)
         rewards_fn = reward_map(inputs.upstream["critic"].summary) if "critic" in inputs.upstream else None
         discount = float(getattr(agent.cfg, "discount", 0.99))
         render_seconds = 0.0
-        with ui.progress("evaluate", e.episodes * (1 + len(settings)), unit="episodes") as bar:
-            for setting in [reference, *settings]:
-                def policy(obs, setting=setting):
-                    with torch.inference_mode():
-                        obs = torch.as_tensor(obs, device=device)
-                        if setting is reference:
-                            return agent.act_reference(obs, generator).cpu().numpy()
-                        return agent.act(obs, **setting.options).cpu().numpy()
-
-                done = 0
-                agent.compute = ComputeCounter()  # this row's cost alone
-
-                def progress(finished: int) -> None:
-                    nonlocal done
-                    bar.advance(finished - done)
-                    done = finished
-
-                result = evaluate_policy(env_id, policy, episodes=e.episodes, num_envs=e.num_envs, seed=cfg.seed,
-                                         max_episode_steps=e.max_episode_steps, action_repeat_chunk=agent.chunk,
-                                         progress=progress, render_episodes=int(e.video), render_size=e.video_size,
-                                         record=q_fn is not None)
-                row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
-                row |= compute_columns(result, agent.compute)
-                if q_fn is not None:
-                    row["value_check"], pairs = calibration(q_fn, result.trace, discount, rewards_fn)
-                    value_pairs.append(pairs)
-                for i, frames in sorted((result.frames or {}).items()):
-                    path = run.staging / "videos" / f"{setting.key}_episode{i}.mp4"
-                    path.parent.mkdir(exist_ok=True)
-                    write_mp4(frames, path, e.video_fps)
-                    videos[f"video_{setting.key}_{i}"] = path
-                render_seconds += result.render_seconds
-                results.append(row)
-                outcomes.append(episodes)
+        rows = [reference, *settings]
+        jobs = [RowJob(setting, setting is reference, env_id, e.episodes, e.num_envs, cfg.seed, e.max_episode_steps,
+                       int(e.video), e.video_size, q_fn is not None) for setting in rows]
+        workers = auto_workers(e.workers, len(jobs), e.episodes, device)
+        threads = max(1, torch.get_num_threads() // workers)
+        run.set_tags({"vgf.eval_workers": str(workers)})
+        with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:
+            scored = run_rows(agent, jobs, workers=workers, threads=threads, advance=bar.advance,
+                              make_agent=functools.partial(load_agent, cfg, inputs, str(device)))
+        for setting, (result, counter) in zip(rows, scored):
+            row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
+            row |= compute_columns(result, counter)
+            if q_fn is not None:
+                row["value_check"], pairs = calibration(q_fn, result.trace, discount, rewards_fn)
+                value_pairs.append(pairs)
+            for i, frames in sorted((result.frames or {}).items()):
+                path = run.staging / "videos" / f"{setting.key}_episode{i}.mp4"
+                path.parent.mkdir(exist_ok=True)
+                write_mp4(frames, path, e.video_fps)
+                videos[f"video_{setting.key}_{i}"] = path
+            render_seconds += result.render_seconds
+            results.append(row)
+            outcomes.append(episodes)
         release_envs()  # the pooled env copies served every row of this evaluation
         val_loss = None
         if "val_dataset" in inputs.upstream and e.value_batches > 0:
@@ -230,15 +221,16 @@ METHOD_KNOBS = ("particles", "budgets", "budget_max", "stop_quantile", "stop_gai
 
 # evaluate.* keys that change no score: videos are extra artifacts of the same evaluation.
 VIDEO_KEYS = ("video", "video_size", "video_fps")
+SPEED_KEYS = ("workers",)  # how the rows are spread over processes: the same numbers either way
 
 
 def evaluate_key(evaluate_cfg, agent_class) -> dict:
-    """The evaluate section as the cache key sees it: without the knobs this method ignores, and
-    without the video settings."""
+    """The evaluate section as the cache key sees it: without the knobs this method ignores, the
+    video settings and the worker count."""
     from vgfcli.config import to_dict
 
     return {k: v for k, v in to_dict(evaluate_cfg).items()
-            if (k not in METHOD_KNOBS or k in agent_class.eval_knobs) and k not in VIDEO_KEYS}
+            if (k not in METHOD_KNOBS or k in agent_class.eval_knobs) and k not in VIDEO_KEYS + SPEED_KEYS}
 
 
 def value_q_fn(agent, device):

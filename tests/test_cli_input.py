@@ -131,17 +131,17 @@ def test_runs_are_named_tagged_linked_and_nested_under_their_pipeline():
     store = Store("vgf")
     client = MlflowClient(store.uri)
     runs = {r.info.run_name: r for r in client.search_runs([store.experiment_id()])}
-    assert {"collect cube-single-play-v0 s0", "ingest train task2", "ingest val task2",
-            "pretrain-policy cube-single-task2 s0", "train-critic vgf cube-single-task2 s0",
-            "evaluate vgf cube-single-task2 s0", "pipeline vgf cube-single-task2 s0"} == set(runs)
-    parent = runs["pipeline vgf cube-single-task2 s0"].info.run_id
-    critic = runs["train-critic vgf cube-single-task2 s0"]
+    assert {"collect cube-single-noisy-v0 s0", "ingest train task1", "ingest val task1",
+            "pretrain-policy cube-single-task1 s0", "train-critic vgf cube-single-task1 s0",
+            "evaluate vgf cube-single-task1 s0", "pipeline vgf cube-single-task1 s0"} == set(runs)
+    parent = runs["pipeline vgf cube-single-task1 s0"].info.run_id
+    critic = runs["train-critic vgf cube-single-task1 s0"]
     assert all(r.data.tags.get("mlflow.parentRunId") == parent for n, r in runs.items() if not n.startswith("pipe"))
-    assert critic.data.tags["vgf.task"] == "cube-single-play-singletask-task2-v0" and critic.data.tags["vgf.seed"] == "0"
+    assert critic.data.tags["vgf.task"] == "cube-single-noisy-singletask-task1-v0" and critic.data.tags["vgf.seed"] == "0"
     assert critic.data.tags["vgf.preset"] == "smoke" and critic.data.tags["vgf.method"] == "vgf"
-    policy_id = runs["pretrain-policy cube-single-task2 s0"].info.run_id
+    policy_id = runs["pretrain-policy cube-single-task1 s0"].info.run_id
     assert f"runs/{policy_id})" in critic.data.tags["mlflow.note.content"]  # upstream as a link
-    assert [d.dataset.name for d in critic.inputs.dataset_inputs] == ["cube-single-singletask-task2-v0"]
+    assert [d.dataset.name for d in critic.inputs.dataset_inputs] == ["cube-single-singletask-task1-v0"]
     again = runner.invoke(app, ["pipeline", "preset=smoke", "--json"])  # all cache hits: no new parent
     assert again.exit_code == 0 and len(client.search_runs([store.experiment_id()])) == 7
     listed = json.loads(runner.invoke(app, ["runs", "--json"]).stdout)["runs"]

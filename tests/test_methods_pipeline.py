@@ -85,7 +85,7 @@ def test_report_aggregates_seeds_and_methods(tmp_path):
     out = vgf_json("report", "--out", str(tmp_path / "rep"))
     assert out["metric"] == "success" and out["runs"] == 3
     cells = {(r["task"], r["column"]): r for r in out["rows"]}
-    task = "cube-single-play-singletask-task2-v0"
+    task = "cube-single-noisy-singletask-task1-v0"
     assert set(cells) == {(task, "reference"), (task, "vgf L=0"), (task, "vgf L=1"), (task, "bc")}
     assert cells[(task, "vgf L=1")]["seeds"] == 2 and cells[(task, "bc")]["seeds"] == 1
     by_seed = cells[(task, "vgf L=1")]["by_seed"]

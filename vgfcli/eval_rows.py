@@ -1,0 +1,158 @@
+"""Evaluation rows, run one after another or side by side in worker processes.
+
+A row is one way of acting (the reference policy, L = 2, w = 0.04, ...) scored over the same episodes.
+Rows are independent: each acts with a random stream of its own, seeded from the run's seed and the
+row's key alone, so a row's outcomes do not depend on which rows come before it, nor on how many
+processes share the work. With ``workers`` > 1 each worker process builds the agent once (from
+``make_agent``, a picklable callable such as ``functools.partial(load_agent, cfg, inputs, device)``),
+runs one torch thread per core it is given, and takes the next row when it finishes one. MuJoCo steps
+are most of an evaluation's time at the quick sizes (a cube step ~2 ms, several times the policy's
+share), so on 2 cores two rows at a time take about half as long; one process cannot overlap them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+import queue
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+_ROW_STREAM = 7  # spawn-key tag of the rows' acting streams (episode seeds use rollout's own stream)
+
+
+def row_seed(seed: int, key: str) -> int:
+    """The seed of row ``key``'s acting stream: a function of the run's seed and the row alone."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(_ROW_STREAM, zlib.crc32(key.encode())))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """What a worker needs to score one row (the agent is the worker's own)."""
+
+    setting: Any  # methods.base.EvalSetting
+    reference: bool  # the cloned policy alone (Agent.act_reference), not Agent.act
+    env_id: str
+    episodes: int
+    num_envs: int
+    seed: int
+    max_episode_steps: int | None
+    render_episodes: int
+    render_size: int
+    record: bool
+
+
+def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
+    """Score one row in this process: (EvalResult, the row's ComputeCounter)."""
+    import torch
+
+    from vgfcli.methods.base import ComputeCounter
+    from vgfcli.rollout import evaluate_policy
+
+    generator = torch.Generator(device=agent.device).manual_seed(row_seed(job.seed, job.setting.key))
+
+    def policy(obs):
+        with torch.inference_mode():
+            obs = torch.as_tensor(obs, device=agent.device)
+            if job.reference:
+                return agent.act_reference(obs, generator).cpu().numpy()
+            return agent.act(obs, generator=generator, **job.setting.options).cpu().numpy()
+
+    agent.compute = ComputeCounter()  # this row's cost alone
+    result = evaluate_policy(job.env_id, policy, episodes=job.episodes, num_envs=job.num_envs, seed=job.seed,
+                             max_episode_steps=job.max_episode_steps, action_repeat_chunk=agent.chunk,
+                             progress=progress, render_episodes=job.render_episodes,
+                             render_size=job.render_size, record=job.record)
+    return result, agent.compute
+
+
+def auto_workers(requested: int | None, rows: int, episodes: int, device) -> int:
+    """``requested``, or (None) one per core up to one per row: on CPU only, and only where the rows
+    are long enough (20+ episodes each) to pay a worker's start (~5 s: imports, agent, env copies)."""
+    if requested is not None:
+        return max(1, min(int(requested), rows))
+    if str(device) != "cpu" or episodes < 20:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      rows))
+
+
+# --- worker process ---------------------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(make_agent: Callable, threads: int, events) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    agent = make_agent()
+    agent = agent[0] if isinstance(agent, tuple) else agent
+    _worker.update(agent=agent, events=events)
+
+
+def _run_in_worker(index: int, job: RowJob):
+    events = _worker["events"]
+    done = 0
+
+    def progress(finished: int) -> None:
+        nonlocal done
+        events.put((index, finished - done))
+        done = finished
+
+    return run_row(_worker["agent"], job, progress)
+
+
+def run_rows(agent, jobs: list[RowJob], *, workers: int = 1, make_agent: Callable | None = None,
+             threads: int = 1, advance: Callable[[int], None] | None = None) -> list:
+    """Every row's (EvalResult, ComputeCounter), in the order of ``jobs``. ``advance(n)``: n more
+    episodes finished (for a progress bar). ``workers`` > 1 needs ``make_agent``."""
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            done = 0
+
+            def progress(finished: int) -> None:
+                nonlocal done
+                if advance:
+                    advance(finished - done)
+                done = finished
+
+            out.append(run_row(agent, job, progress))
+        return out
+    ctx = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
+    events = ctx.Queue()
+    results: list = [None] * len(jobs)
+    # the costliest rows first (more transport steps, more particles), so the last ones to start are short
+    order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
+    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(make_agent, max(1, threads), events)) as pool:
+        pending = {pool.submit(_run_in_worker, i, jobs[i]): i for i in order}
+        while pending:
+            finished, _ = futures.wait(pending, timeout=0.2, return_when=futures.FIRST_COMPLETED)
+            _drain(events, advance)
+            for f in finished:
+                results[pending.pop(f)] = f.result()  # a worker's error surfaces here, as itself
+        _drain(events, advance)
+    return results
+
+
+def _cost(job: RowJob) -> float:
+    steps = (job.setting.options or {}).get("steps") or 0
+    return 0.0 if job.reference else float(job.setting.particles) * (1 + float(steps))
+
+
+def _drain(events, advance) -> None:
+    while True:
+        try:
+            _, n = events.get_nowait()
+        except queue.Empty:
+            return
+        if advance:
+            advance(n)
