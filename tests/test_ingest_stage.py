@@ -187,7 +187,7 @@ def test_ingest_runs_carry_the_task_and_seed_of_their_lineage(tmp_path):
     """Filtering by vgf.task (and vgf.seed) finds the ingest runs with the training runs they fed."""
     made = vgf("pipeline", "preset=smoke", "evaluate.budgets=[0]", "threads=1", "seed=3", "--json")
     assert made.exit_code == 0, made.output
-    task = "cube-single-play-singletask-task2-v0"
+    task = "cube-single-noisy-singletask-task1-v0"
     from mlflow.tracking import MlflowClient
 
     store = Store("vgf")
