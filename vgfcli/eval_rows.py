@@ -134,11 +134,16 @@ def run_rows(agent, jobs: list[RowJob], *, workers: int = 1, make_agent: Callabl
     with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(make_agent, max(1, threads), events)) as pool:
         pending = {pool.submit(_run_in_worker, i, jobs[i]): i for i in order}
-        while pending:
-            finished, _ = futures.wait(pending, timeout=0.2, return_when=futures.FIRST_COMPLETED)
-            _drain(events, advance)
-            for f in finished:
-                results[pending.pop(f)] = f.result()  # a worker's error surfaces here, as itself
+        try:
+            while pending:
+                finished, _ = futures.wait(pending, timeout=0.2, return_when=futures.FIRST_COMPLETED)
+                _drain(events, advance)
+                for f in finished:
+                    results[pending.pop(f)] = f.result()  # a worker's error surfaces here, as itself
+        except BaseException:
+            for f in pending:  # rows not started yet are dropped; the error is reported without them
+                f.cancel()
+            raise
         _drain(events, advance)
     return results
 
