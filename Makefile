@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 # The main job on its embedded default: `vgf pipeline` (local MLflow store under ./.vgf; a
 # cube-single-noisy dataset collected here; VGF on task1 at the quick preset; evaluation at budgets
-# 0-3), 3.4 minutes on 2 AVX-512 cores, 4.2 forced to fp32 AVX2 (README, "What the demo shows").
+# 0-3), 3.4-4.1 minutes on 2 AVX-512 cores, 4.2-4.7 forced to fp32 AVX2 (README, "What the demo shows").
 # Run again: all cache hits. DEMO_ARGS takes Hydra overrides.
 DEMO_ARGS ?=
 demo: $(STAMP)
