@@ -103,6 +103,8 @@ class _Parent:
 def pipeline_run(store, cfg, outcomes_fn):
     """The parent run of one `vgf pipeline` (see ``_Parent``); at the end its description links every
     stage run the pipeline used (``outcomes_fn()``: step -> Outcome), cache hits included."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
     parent = _Parent(store, cfg)
     token = _PARENT.set(parent)
     status = "FAILED"
@@ -118,6 +120,6 @@ def pipeline_run(store, cfg, outcomes_fn):
             client, outcomes = store.client(), outcomes_fn()
             lines = [f"- {step}: {run_link(store.experiment_id(), o.run_id, o.stage)}"
                      f"{' (cache hit)' if o.cache_hit else ''}" for step, o in outcomes.items()]
-            client.set_tag(parent.run_id, "mlflow.note.content", "Stage runs:\n" + "\n".join(lines))
+            client.set_tag(parent.run_id, MLFLOW_RUN_NOTE, "Stage runs:\n" + "\n".join(lines))
             client.set_tag(parent.run_id, "vgf.stage_runs", json.dumps({s: o.run_id for s, o in outcomes.items()}))
             client.set_terminated(parent.run_id, status)

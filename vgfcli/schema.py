@@ -324,8 +324,3 @@ def register() -> None:
     store.store(group="dataset", name="ogbench_schema", node=OgbenchSource)
     store.store(group="dataset", name="file_schema", node=FileSource)
     _registered = True
-
-
-def describe(value: Any) -> str:
-    """Short text of a config value for tables."""
-    return "-" if value is None else str(value)

@@ -187,6 +187,8 @@ def _cache_hit(store: Store, stage: str, key: str, warn=None) -> Outcome | None:
 
 def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, upstream_ids: dict) -> Outcome:
     """A new run of ``stage``: logged config, the stage's work, outputs moved in, FINISHED (or not)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
     from vgfcli import lineage
 
     threads = apply_threads(cfg)
@@ -194,10 +196,10 @@ def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, 
     tags |= {TAG_UPSTREAM: json.dumps(upstream_ids), "vgf.threads": threads}
     note = lineage.upstream_note(store.experiment_id(), upstream_ids)
     if note:
-        tags["mlflow.note.content"] = note
+        tags[MLFLOW_RUN_NOTE] = note
     parent = lineage.parent_run_id()
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags[MLFLOW_PARENT_RUN_ID] = parent
     run = store.start_run(stage.name, key, tags, name)
     if "dataset" in inputs.upstream:
         lineage.log_dataset_input(store.client(), run.run_id, inputs.upstream["dataset"])

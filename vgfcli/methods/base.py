@@ -44,8 +44,6 @@ from torch import Tensor
 Batch = Mapping[str, Tensor]
 Info = dict[str, Tensor]
 
-BATCH_KEYS = ("observations", "actions", "rewards", "masks", "next_observations")
-
 
 def config_from(config_cls: type, cfg: Any = None, **overrides):
     """An instance of the dataclass ``config_cls`` from ``cfg`` (None, an instance, or a mapping such
