@@ -106,7 +106,7 @@ class EvaluateStage(Stage):
         run.set_tags({"vgf.eval_workers": str(workers)})
         with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:
             scored = run_rows(agent, jobs, workers=workers, threads=threads, advance=bar.advance,
-                              make_agent=functools.partial(load_agent, cfg, inputs, str(device)))
+                              make_agent=functools.partial(acting_agent, cfg, inputs, str(device)))
         for setting, (result, counter) in zip(rows, scored):
             row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
             row |= compute_columns(result, counter)
@@ -295,6 +295,11 @@ def load_agent(cfg, inputs: Inputs, device, fp32_eager: bool = False, compile: b
                                 chunk=saved.get("chunk", 1), **speed)
     agent.load_state_dict(saved["agent"])
     return agent, saved
+
+
+def acting_agent(cfg, inputs: Inputs, device):
+    """``load_agent``'s agent alone: what an evaluation worker process builds for itself."""
+    return load_agent(cfg, inputs, device)[0]
 
 
 def evaluation_env(cfg, dataset_attrs: dict) -> str:

@@ -19,6 +19,7 @@ runner = CliRunner()
     ("policy.activation=tanh", "policy.activation must be one of relu, gelu, swish"),
     ("critic.reward_transform=log", "critic.reward_transform must be one of"),
     ("evaluate.num_envs=0", "evaluate.num_envs must be at least 1"),
+    ("evaluate.workers=0", "evaluate.workers must be at least 1"),
     ("critic.hidden=[]", "critic.hidden must be a non-empty list of widths >= 1"),
 ])
 def test_out_of_range_config_values_are_refused_before_any_run(override, message):

@@ -4,7 +4,7 @@ A row is one way of acting (the reference policy, L = 2, w = 0.04, ...) scored o
 Rows are independent: each acts with a random stream of its own, seeded from the run's seed and the
 row's key alone, so a row's outcomes do not depend on which rows come before it, nor on how many
 processes share the work. With ``workers`` > 1 each worker process builds the agent once (from
-``make_agent``, a picklable callable such as ``functools.partial(load_agent, cfg, inputs, device)``),
+``make_agent``, a picklable callable that returns it),
 runs one torch thread per core it is given, and takes the next row when it finishes one. MuJoCo steps
 are most of an evaluation's time at the quick sizes (a cube step ~2 ms, several times the policy's
 share), so on 2 cores two rows at a time take about half as long; one process cannot overlap them.
@@ -16,19 +16,10 @@ import concurrent.futures as futures
 import multiprocessing
 import os
 import queue
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
-_ROW_STREAM = 7  # spawn-key tag of the rows' acting streams (episode seeds use rollout's own stream)
-
-
-def row_seed(seed: int, key: str) -> int:
-    """The seed of row ``key``'s acting stream: a function of the run's seed and the row alone."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(_ROW_STREAM, zlib.crc32(key.encode())))
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+from vgfcli.rollout import row_seed
 
 
 @dataclass(frozen=True)
@@ -78,8 +69,8 @@ def auto_workers(requested: int | None, rows: int, episodes: int, device) -> int
         return max(1, min(int(requested), rows))
     if str(device) != "cpu" or episodes < 20:
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                      rows))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, rows))
 
 
 # --- worker process ---------------------------------------------------------------------------------
@@ -92,9 +83,7 @@ def _init_worker(make_agent: Callable, threads: int, events) -> None:
 
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    agent = make_agent()
-    agent = agent[0] if isinstance(agent, tuple) else agent
-    _worker.update(agent=agent, events=events)
+    _worker.update(agent=make_agent(), events=events)
 
 
 def _run_in_worker(index: int, job: RowJob):

@@ -27,6 +27,7 @@ import os
 import re
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,6 +41,7 @@ from vgfcli.errors import VgfError
 D4RL_ANT_ENV_ID = "vgf/AntD4RL-v4"
 
 _EVAL_STREAM = 2  # spawn-key tag for evaluation seeds, apart from dataset collection's train (0) / val (1) streams
+_ROW_STREAM = 7  # spawn-key tag of each evaluation row's acting stream (online episodes use 3)
 
 
 def _register_aliases(gymnasium) -> None:
@@ -180,6 +182,13 @@ def episode_seeds(seed: int, episode: int, stream: int = _EVAL_STREAM) -> tuple[
     by default; online fine-tuning has its own)."""
     env_ss, legacy_ss = np.random.SeedSequence(entropy=seed, spawn_key=(stream, episode)).spawn(2)
     return int(env_ss.generate_state(1)[0]), int(legacy_ss.generate_state(1)[0])
+
+
+def row_seed(seed: int, key: str) -> int:
+    """The seed of evaluation row ``key``'s acting stream: a function of the run's seed and the row
+    alone, so a row's outcomes depend neither on the other rows nor on which process runs it."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(_ROW_STREAM, zlib.crc32(key.encode())))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def call_with_rng(legacy: dict, fn, *args, **kwargs):
