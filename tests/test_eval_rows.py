@@ -7,7 +7,7 @@ import pytest
 from vgfcli.errors import VgfError
 from vgfcli.eval_rows import RowJob, auto_workers, run_rows
 from vgfcli.methods.base import EvalSetting
-from vgfcli.rollout import row_seed
+from vgfcli.seeds import row_seed
 
 
 def test_a_rows_seed_depends_on_the_run_seed_and_its_key_alone():

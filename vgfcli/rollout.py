@@ -27,21 +27,18 @@ import os
 import re
 import time
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from vgfcli import seeds
 from vgfcli.errors import VgfError
 
 # D4RL's Ant datasets were recorded with gym's Ant-v3 under mujoco>=2: 111-dim observations whose 84 contact-force
 # entries are always zero. Gymnasium's Ant-v4 with use_contact_forces=True reproduces exactly that layout (Ant-v5
 # has 105 dims and real contact forces), so D4RL ant data is evaluated on this alias.
 D4RL_ANT_ENV_ID = "vgf/AntD4RL-v4"
-
-_EVAL_STREAM = 2  # spawn-key tag for evaluation seeds, apart from dataset collection's train (0) / val (1) streams
-_ROW_STREAM = 7  # spawn-key tag of each evaluation row's acting stream (online episodes use 3)
 
 
 def _register_aliases(gymnasium) -> None:
@@ -175,20 +172,6 @@ class EvalResult:
         if self.success_rate is not None:
             out["success_rate"] = self.success_rate
         return out
-
-
-def episode_seeds(seed: int, episode: int, stream: int = _EVAL_STREAM) -> tuple[int, int]:
-    """(env seed for reset, seed of numpy's legacy global RNG) for one episode of ``stream`` (evaluation
-    by default; online fine-tuning has its own)."""
-    env_ss, legacy_ss = np.random.SeedSequence(entropy=seed, spawn_key=(stream, episode)).spawn(2)
-    return int(env_ss.generate_state(1)[0]), int(legacy_ss.generate_state(1)[0])
-
-
-def row_seed(seed: int, key: str) -> int:
-    """The seed of evaluation row ``key``'s acting stream: a function of the run's seed and the row
-    alone, so a row's outcomes depend neither on the other rows nor on which process runs it."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(_ROW_STREAM, zlib.crc32(key.encode())))
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def call_with_rng(legacy: dict, fn, *args, **kwargs):
@@ -332,7 +315,7 @@ def evaluate_policy(
             return
         i = next_episode
         next_episode += 1
-        env_seed, legacy_seed = episode_seeds(seed, i)
+        env_seed, legacy_seed = seeds.episode_seeds(seed, i)
         slot.episode, slot.queue, slot.ret, slot.length = i, [], 0.0, 0
         slot.legacy = np.random.RandomState(legacy_seed).get_state()
         # OGBench's maze reset takes a few action_space.sample() steps; seed that RNG too.

@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 
 from vgfcli.collect.npzio import episode_arrays
-from vgfcli.collect.seeding import EpisodeSeeds
 from vgfcli.errors import VgfError
+from vgfcli.seeds import CollectSeeds
 
 _MAX_ATTEMPTS = 100  # scene episodes that leave the cube in an ambiguous place are redrawn
 
@@ -110,7 +110,7 @@ class ManipCollector:
                 return data, stats
         raise VgfError(f"{self.rs.name}: no healthy scene episode in {_MAX_ATTEMPTS} attempts")
 
-    def _run(self, seeds: EpisodeSeeds):
+    def _run(self, seeds: CollectSeeds):
         rs, env, rng = self.rs, self.env, seeds.rng
         unwrapped = env.unwrapped
         np.random.seed(seeds.legacy)

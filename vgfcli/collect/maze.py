@@ -15,7 +15,7 @@ from collections import deque
 import numpy as np
 
 from vgfcli.collect.npzio import episode_arrays
-from vgfcli.collect.seeding import EpisodeSeeds
+from vgfcli.seeds import CollectSeeds
 
 _STITCH_DISTANCE = 4
 
@@ -101,7 +101,7 @@ class MazeCollector:
         direction = subgoal - xy
         return direction / (np.linalg.norm(direction) + 1e-6)
 
-    def _run(self, seeds: EpisodeSeeds):
+    def _run(self, seeds: CollectSeeds):
         rs, env, maze, rng = self.rs, self.env, self.maze, seeds.rng
         np.random.seed(seeds.legacy)
         init_ij = self.free[rng.integers(len(self.free))]

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from vgfcli.collect import npzio
-from vgfcli.collect.seeding import episode_seeds
 from vgfcli.collect.spec import ResolvedSpec
 from vgfcli.errors import VgfError
+from vgfcli.seeds import collect_seeds
 
 SPEC_FILE = "spec.json"
 STATS_FILE = "stats.json"
@@ -129,7 +129,7 @@ def _run_shard(job: tuple[dict, Shard, str]) -> tuple[Shard, int]:
     collector = _collector(rs)
     parts, stats = [], {k: [] for k in STAT_KEYS}
     for episode in range(shard.first, shard.first + shard.count):
-        data, ep_stats = collector.episode(lambda attempt, ep=episode: episode_seeds(rs.seed, shard.split, ep, attempt))
+        data, ep_stats = collector.episode(lambda attempt, ep=episode: collect_seeds(rs.seed, shard.split, ep, attempt))
         parts.append(data)
         for k in STAT_KEYS:
             stats[k].append(ep_stats[k])
