@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 
-from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 from vgfcli.tracking import work_dir
 from vgfcli.ui import summary_table
@@ -23,12 +22,25 @@ class CollectStage(Stage):
     config_name = "collect"
     code_version = 1
     main_metrics = ("episodes", "steps", "steps_per_s")
+    produces = ("collect",)
+
+    def config_for(self, cfg, name: str, upstream):
+        """The collect a training pipeline with ``data.source=collect`` reads: the task's dataset, with
+        the ``data`` section's sizes (unset: the official generator's)."""
+        from vgfcli.config import compose
+        from vgfcli.data.ogbench_npz import parse_ogbench_name
+
+        data = cfg.data
+        if data.source != "collect":
+            return None
+        extra = [f"{k}={data[k]}" for k in ("episodes", "val_episodes", "episode_length", "workers")
+                 if data[k] is not None]
+        return compose("collect", [f"name={parse_ogbench_name(cfg.task, None)[0]}", *extra,
+                                   f"tracking.experiment={cfg.tracking.experiment}"])
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
         from vgfcli.collect import CollectSpec, resolve_spec
 
-        if cfg.workers is not None and cfg.workers < 1:
-            raise VgfError(f"workers must be at least 1, got {cfg.workers}")
         spec = CollectSpec(
             name=cfg.name, episodes=cfg.episodes, val_episodes=cfg.val_episodes, episode_length=cfg.episode_length,
             noise=cfg.noise, noise_smoothing=cfg.noise_smoothing, min_norm=cfg.min_norm,

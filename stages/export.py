@@ -27,6 +27,7 @@ import json
 import logging
 import time
 
+from vgfcli import agents, seeds
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 
@@ -47,41 +48,30 @@ class ExportStage(Stage):
     code_version = 1
     main_metrics = ("parity_max_abs_diff", "noise_dim")
 
-    def resolve_inputs(self, cfg, upstream) -> Inputs:
-        from vgfcli.stages.train_critic import checked_method
-
-        records = {"policy": upstream.record("policy"), "dataset": upstream.record("dataset")}
-        if checked_method(cfg).Agent.trains:
-            records["critic"] = upstream.record("critic")
-        return Inputs(upstream=records)
+    needs = ("policy", "dataset", "critic")  # no critic for a method with nothing to train (BC)
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
-        from vgfcli.stages.train_critic import checked_method
-
         from vgfcli.config import to_dict
 
-        knobs = checked_method(cfg).Agent.eval_knobs
+        knobs = agents.method_module(cfg).Agent.eval_knobs
         export = {k: v for k, v in to_dict(cfg.export).items() if k not in KNOBS or KNOBS[k] in knobs}
         method = {"name": cfg.method.name} if "critic" in inputs.upstream else to_dict(cfg.method)
         return {"export": export, "method": method, "seed": cfg.seed}
 
     def ignored(self, cfg) -> list[str]:
-        from vgfcli.stages.train_critic import checked_method
-
-        knobs = checked_method(cfg).Agent.eval_knobs
+        knobs = agents.method_module(cfg).Agent.eval_knobs
         return [f"export.{k} is ignored by method {cfg.method.name} (it reads {', '.join(knobs) or 'none of them'})"
                 for k, knob in KNOBS.items() if cfg.export[k] is not None and knob not in knobs]
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
-        from vgfcli.stages.evaluate import load_agent
 
         from vgfcli.methods.base import NullCounter
         from vgfcli.training import resolve_device
 
         x = cfg.export
         device = resolve_device(cfg.device)
-        agent, saved = load_agent(cfg, inputs, device, fp32_eager=True)
+        agent, saved = agents.load_agent(cfg, inputs.upstream, device, fp32_eager=True)
         run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
         setting = export_setting(agent, cfg)
         obs = parity_observations(inputs.upstream["dataset"].output_paths()["dataset"], x.parity_states, device)
@@ -185,7 +175,7 @@ def trace_acting(agent, options: dict, obs, seed: int):
 
     from vgfcli.nn.noise import GivenNoise, RecordedNoise
 
-    recorded = RecordedNoise(torch.Generator(device=obs.device).manual_seed(seed + 11_000_003))
+    recorded = RecordedNoise(torch.Generator(device=obs.device).manual_seed(seed + seeds.EXPORT_PARITY))
     expected = agent.act(obs, generator=recorded, **options).detach()
     noise = recorded.matrix()
 

@@ -35,10 +35,9 @@ import json
 
 import numpy as np
 
+from vgfcli import agents, seeds
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
-
-_ONLINE_STREAM = 3  # spawn-key tag of the online episodes' seeds (collect: 0/1, evaluation: 2)
 
 
 class FinetuneStage(Stage):
@@ -46,28 +45,27 @@ class FinetuneStage(Stage):
     config_name = "train"
     code_version = 2  # 2: the reference's warm-up, exploration, sampling styles, buffer ring; recalibration
     main_metrics = ("final_score_default_rule", "offline_score_default_rule")
+    needs = ("dataset", "policy", "critic")
+
+    def in_pipeline(self, cfg) -> bool:
+        return bool(cfg.finetune)  # vgf pipeline finetune=true: offline-to-online after the evaluation
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
-        from vgfcli.stages.train_critic import checked_method
-
-        agent_class = checked_method(cfg).Agent
+        agent_class = agents.method_module(cfg).Agent
         if not agent_class.trains:
             raise VgfError(f"method {cfg.method.name} has no critic to fine-tune online")
         try:
             agent_class.check_explore_budget(cfg.online.explore_budget)
         except ValueError as exc:
             raise VgfError(str(exc)) from None
-        return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy"),
-                                "critic": upstream.record("critic")})
+        return super().resolve_inputs(cfg, upstream)
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
-        from vgfcli.stages.evaluate import METHOD_KNOBS, evaluate_key
-        from vgfcli.stages.train_critic import checked_method
-
         from vgfcli.config import to_dict
 
         # which rows the curves score: the evaluate knobs this method reads, nothing else of that section
-        rows = {k: v for k, v in evaluate_key(cfg.evaluate, checked_method(cfg).Agent).items() if k in METHOD_KNOBS}
+        rows = {k: v for k, v in agents.evaluate_key(cfg.evaluate, agents.method_module(cfg).Agent).items()
+                if k in agents.METHOD_KNOBS}
         return {"online": to_dict(cfg.online), "evaluate": rows, "batch_size": cfg.critic.batch_size,
                 "method": cfg.method.name, "seed": cfg.seed}
 
@@ -75,9 +73,9 @@ class FinetuneStage(Stage):
         import time
 
         import torch
-        from vgfcli.stages.evaluate import evaluation_env, load_agent
 
         from vgfcli.cache import save_output, write_bytes_atomic
+        from vgfcli.plots import plot_curves
         from vgfcli.replay import ReplayBuffer, ReplaySampler
         from vgfcli.rollout import release_envs
         from vgfcli.training import load_tensors, resolve_device, train_loop
@@ -87,8 +85,8 @@ class FinetuneStage(Stage):
         device = resolve_device(cfg.device)
         run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
         # it trains: the update compiles as train-critic's does (critic.compile), acting with it
-        agent, saved = load_agent(cfg, inputs, device, compile=bool(cfg.critic.compile))
-        env_id = evaluation_env(cfg, saved["dataset_attrs"])
+        agent, saved = agents.load_agent(cfg, inputs.upstream, device, compile=bool(cfg.critic.compile))
+        env_id = agents.evaluation_env(cfg, saved["dataset_attrs"])
         rewards_fn = reward_map(inputs.upstream["critic"].summary)
         data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
         data.rewards.copy_(torch.as_tensor(rewards_fn(data.rewards.cpu().numpy()), dtype=data.rewards.dtype))
@@ -98,7 +96,7 @@ class FinetuneStage(Stage):
             explore = agent.explore_options(o.explore_budget)
         except ValueError as exc:
             raise VgfError(f"finetune: {exc}") from None
-        sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + 13_000_003, chunk=agent.chunk,
+        sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + seeds.ONLINE_SAMPLER, chunk=agent.chunk,
                                 discount=float(agent.cfg.discount))
         actor = OnlineActor(env_id, agent, buffer, rewards_fn, cfg.seed, o.max_episode_steps, run.log_metrics,
                             explore)
@@ -209,7 +207,7 @@ def recalibrate(agent, buffer, cfg, step: int) -> dict:
     random stream, so training's is left alone); its new percentiles go into checkpoints and the output."""
     from vgfcli.replay import ReplaySampler
 
-    draws = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + 19_000_003 + step, chunk=agent.chunk,
+    draws = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + seeds.RECALIBRATION + step, chunk=agent.chunk,
                           discount=float(agent.cfg.discount), sampling="uniform")
     return agent.calibrate([draws.sample() for _ in range(16)])
 
@@ -236,9 +234,7 @@ class OnlineActor:
         return out
 
     def _start(self) -> None:
-        from vgfcli.rollout import episode_seeds
-
-        env_seed, legacy_seed = episode_seeds(self.seed, self.episode, _ONLINE_STREAM)
+        env_seed, legacy_seed = seeds.episode_seeds(self.seed, self.episode, seeds.ONLINE)
         self.legacy = np.random.RandomState(legacy_seed).get_state()
         self.env.action_space.seed(env_seed)
         obs, _ = self._call(self.env.reset, seed=env_seed)
@@ -295,57 +291,14 @@ class OnlineActor:
 
 
 def score_rows(agent, settings, env_id: str, o, seed: int, step: int, dataset_attrs: dict) -> list[dict]:
-    """Every row's score on ``o.eval_episodes`` episodes, acting from its own generator (so scoring
-    leaves the exploration's random stream alone)."""
-    import torch
-    from vgfcli.stages.evaluate import score_row
+    """Every row's score on ``o.eval_episodes`` episodes, acting from a generator of its own (so scoring
+    leaves the exploration's random stream alone): evaluate's rows, one after another."""
+    from vgfcli.eval_rows import RowJob, run_rows, score_row
 
-    from vgfcli.rollout import evaluate_policy
-
-    rows = []
-    for setting in settings:
-        generator = torch.Generator(device=agent.device).manual_seed(seed + 17_000_003 + step)
-
-        def policy(obs, setting=setting, generator=generator):
-            with torch.inference_mode():
-                obs = torch.as_tensor(obs, device=agent.device)
-                return agent.act(obs, generator=generator, **setting.options).cpu().numpy()
-
-        result = evaluate_policy(env_id, policy, episodes=o.eval_episodes, num_envs=min(o.eval_episodes, 10),
-                                 seed=seed, max_episode_steps=o.max_episode_steps, action_repeat_chunk=agent.chunk)
-        row, _ = score_row(setting, result, dataset_attrs, env_id)
-        rows.append(row)
-    return rows
-
-
-def plot_curves(curves: list[dict], path, title: str) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from vgfcli.cache import write_bytes_atomic
-    from vgfcli.plot_text import fit_title
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    steps = [c["step"] for c in curves]
-    for i, first in enumerate(curves[0]["rows"]):
-        scores = np.array([c["rows"][i]["score"] for c in curves])
-        lo = np.array([c["rows"][i]["interval"][0] for c in curves])
-        hi = np.array([c["rows"][i]["interval"][1] for c in curves])
-        ax.plot(steps, scores, marker="o", label=first["label"])
-        ax.fill_between(steps, lo, hi, alpha=0.15)
-    ax.set_xlabel("online env steps")
-    ax.set_ylabel(curves[0]["rows"][0]["metric"])
-    fit_title(ax, title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    jobs = [RowJob(setting, False, env_id, o.eval_episodes, min(o.eval_episodes, 10), seed, o.max_episode_steps,
+                   0, 256, False, acting_seed=seed + seeds.CURVE_ROWS + step) for setting in settings]
+    return [score_row(setting, result, dataset_attrs, env_id)[0]
+            for setting, (result, _) in zip(settings, run_rows(agent, jobs))]
 
 
 STAGE = FinetuneStage()

@@ -22,6 +22,34 @@ class IngestStage(Stage):
     config_name = "ingest"
     code_version = 1
     main_metrics = ("transitions", "episodes", "return_mean")
+    needs = ("collect",)  # in a training pipeline with data.source=collect; else a file or ogbench's
+    produces = ("dataset", "val_dataset")
+
+    def config_for(self, cfg, name: str, upstream):
+        """The ingest of a training pipeline's train split (``dataset``) or val split (``val_dataset``):
+        from the collect run, ogbench's file for ``task``, or ``data.path``; None for the val split of
+        a D4RL or Minari file, which has none."""
+        from vgfcli.config import compose
+        from vgfcli.data.ogbench_npz import parse_ogbench_name
+
+        data = cfg.data
+        common = [f"tracking.experiment={cfg.tracking.experiment}"]
+        split = "val" if name == "val_dataset" else "train"
+        if data.source == "file":
+            if data.path is None:
+                raise VgfError("data.source=file needs data.path=FILE (an OGBench .npz, a D4RL .hdf5 or a Minari dir)")
+            if data.kind != "ogbench":
+                if split == "val":
+                    return None
+                env = [f"dataset.env_id={data.env_id}"] if data.env_id else []
+                return compose("ingest", [f"dataset={data.kind}", f"dataset.path={data.path}", *env, *common])
+            source = [f"dataset.path={data.path}"]
+        elif data.source == "ogbench":
+            source = [f"dataset.name={cfg.task}"]
+        else:
+            source = [f"dataset.collect_run={upstream.record('collect').run_id}"]
+        task_id = parse_ogbench_name(cfg.task, None)[3]
+        return compose("ingest", [*source, f"dataset.task={task_id}", f"dataset.split={split}", *common])
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
         if cfg.action_bounds not in ACTION_BOUND_MODES:

@@ -20,13 +20,8 @@ class PretrainPolicyStage(Stage):
     config_name = "train"
     code_version = 2
     main_metrics = ("loss", "val_loss")
-
-    def resolve_inputs(self, cfg, upstream) -> Inputs:
-        records = {"dataset": upstream.record("dataset")}
-        val = upstream.record("val_dataset")
-        if val is not None:
-            records["val_dataset"] = val
-        return Inputs(upstream=records)
+    needs = ("dataset", "val_dataset")
+    produces = ("policy",)
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
@@ -49,11 +44,7 @@ class PretrainPolicyStage(Stage):
         val = data
         if "val_dataset" in inputs.upstream:
             val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device)
-        if cfg.chunk < 1:
-            raise VgfError(f"chunk must be at least 1, got {cfg.chunk}")
         act_dim = data.act_dim * cfg.chunk
-        if p.time_sampling not in ("uniform", "grid"):
-            raise VgfError(f"policy.time_sampling must be uniform or grid, got '{p.time_sampling}'")
         try:
             flow = FlowPolicy(data.obs_dim, act_dim, tuple(p.hidden), p.activation, p.layer_norm,
                               time_embedding=p.time_embedding).to(device)
@@ -114,20 +105,6 @@ class PretrainPolicyStage(Stage):
 
     def render(self, outcome: Outcome):
         return summary_table(f"pretrain-policy: {outcome.summary.get('env_id')}", outcome.summary)
-
-
-def load_policy(path, device):
-    """The frozen reference flow and the facts saved with it."""
-    import torch
-
-    from vgfcli.nn.flow import FlowPolicy
-
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    saved.setdefault("chunk", 1)
-    flow = FlowPolicy(saved["obs_dim"], saved["act_dim"], tuple(saved["hidden"]), saved.get("activation", "relu"),
-                      saved.get("layer_norm"), time_embedding=saved.get("time_embedding", "raw"))
-    flow.load_state_dict(saved["flow"])
-    return flow.to(device).eval().requires_grad_(False), saved
 
 
 STAGE = PretrainPolicyStage()

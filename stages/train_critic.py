@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from vgfcli import agents
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 from vgfcli.ui import summary_table
@@ -22,14 +23,18 @@ class TrainCriticStage(Stage):
     config_name = "train"
     code_version = 3  # 3: the critic is stored with its calibration (member_std_percentiles)
     main_metrics = ("critic_loss", "q_mean")
+    needs = ("dataset", "policy")
+    produces = ("critic",)
+
+    def config_for(self, cfg, name: str, upstream):
+        return cfg if agents.trains(cfg) else None  # BC: nothing to train after pretrain-policy
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
         # A bad method value is a config error: say so before any run or upstream lookup.
-        module = checked_method(cfg)
-        if not module.Agent.trains:
+        if not agents.trains(cfg):
             raise VgfError(f"method {cfg.method.name} has nothing to train after pretrain-policy: run vgf evaluate "
                            f"method={cfg.method.name}")
-        return Inputs(upstream={"dataset": upstream.record("dataset"), "policy": upstream.record("policy")})
+        return super().resolve_inputs(cfg, upstream)
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
@@ -43,8 +48,8 @@ class TrainCriticStage(Stage):
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
-        from vgfcli.stages.pretrain_policy import load_policy
 
+        from vgfcli import seeds
         from vgfcli.cache import save_output
         from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop, transform_rewards
 
@@ -55,13 +60,12 @@ class TrainCriticStage(Stage):
         data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
         rewards = transform_rewards(data, c.reward_transform)
         policy_path = inputs.upstream["policy"].output_paths()["policy"]
-        flow, saved = load_policy(policy_path, device)
+        flow, saved = agents.load_policy(policy_path, device)
         chunk = int(saved["chunk"])
-        check_compatible(saved, data.obs_dim, data.act_dim * chunk, inputs.digests["dataset"], str(policy_path))
-        module, method_cfg = build_method_config(cfg, saved)
-        agent = module.Agent.create(method_cfg, data.obs_dim, data.act_dim * chunk, device, reference=flow,
-                                    chunk=chunk)
-        if hasattr(agent, "amp"):  # the precision amp=auto resolved to here
+        agents.check_compatible(saved, data.obs_dim, data.act_dim * chunk, inputs.digests["dataset"],
+                                str(policy_path))
+        agent, method_cfg = agents.new_agent(cfg, flow, saved, device)
+        if agent.amp is not None:  # the precision amp=auto resolved to here
             run.set_tags({"vgf.amp": agent.amp})
         with ui.status("preparing the method (e.g. the particle bank)"):
             prepared = agent.prepare(data.next_observations)
@@ -80,7 +84,7 @@ class TrainCriticStage(Stage):
                           checkpoint_every=c.checkpoint_every, log_every=c.log_every)
         # What acting needs to know about the trained critic (the adaptive budget's disagreement scale),
         # measured on its own draw of dataset batches so that training's sampler stream is untouched.
-        calibration_batches = Sampler(data, 1024, cfg.seed + 5_000_011, chunk=chunk, discount=method_cfg.discount)
+        calibration_batches = Sampler(data, 1024, cfg.seed + seeds.CALIBRATION, chunk=chunk, discount=method_cfg.discount)
         with ui.status("calibrating the critic on dataset actions"):
             calibration = agent.calibrate([calibration_batches.sample() for _ in range(16)])
         out = run.staging / "critic.pt"
@@ -97,8 +101,8 @@ class TrainCriticStage(Stage):
             "resumed_from_step": loop.resumed_from, "seconds": round(loop.seconds, 1),
             "updates_per_s": loop.updates_per_s(c.steps), "device": str(device),
             # one-off torch.compile cost (critic.compile), included in seconds
-            **({"compile_s": round(agent.compile_seconds, 1)} if getattr(agent, "compile_seconds", 0) else {}),
-            **({"amp": agent.amp} if hasattr(agent, "amp") else {}),  # what amp=auto chose on this machine
+            **({"compile_s": round(agent.compile_seconds, 1)} if agent.compile_seconds else {}),
+            **({"amp": agent.amp} if agent.amp is not None else {}),  # what amp=auto chose on this machine
             **{k: float(v) for k, v in prepared.items()}, **rewards,
             **{k: round(float(v), 5) for k, v in calibration.items()},
         }
@@ -108,44 +112,6 @@ class TrainCriticStage(Stage):
     def render(self, outcome: Outcome):
         return summary_table(f"train-critic: {outcome.summary.get('method')} on {outcome.summary.get('env_id')}",
                              outcome.summary)
-
-
-def checked_method(cfg):
-    """The method's module, once its ``method`` section has been checked against its Config (a bad
-    value is a config error before any run or upstream lookup)."""
-    return build_method_config(cfg, {"hidden": cfg.policy.hidden, "flow_steps": cfg.policy.flow_steps})[0]
-
-
-def build_method_config(cfg, saved_policy: dict):
-    """The method's module and its Config from the ``method`` section. Knobs every method shares come
-    from the shared sections, where the Config has them: the reference flow's widths and Euler steps
-    from the policy itself, the critic's widths from ``critic.hidden``, torch.compile of the update
-    from ``critic.compile``, the seed from the top level."""
-    from vgfcli import methods
-    from vgfcli.config import to_dict
-    from vgfcli.methods.base import config_from
-
-    values = to_dict(cfg.method)
-    name = values.pop("name")
-    shared = {"actor_hidden": tuple(saved_policy["hidden"]), "flow_steps": int(saved_policy["flow_steps"]),
-              "critic_hidden": tuple(cfg.critic.hidden), "seed": int(cfg.seed),
-              "compile": bool(cfg.critic.get("compile", False))}
-    try:
-        module = methods.load(name)
-        fields = {f.name for f in dataclasses.fields(module.Config)}
-        return module, config_from(module.Config, values, **{k: v for k, v in shared.items() if k in fields})
-    except ValueError as exc:
-        raise VgfError(f"method: {exc}") from None
-
-
-def check_compatible(saved: dict, obs_dim: int, act_dim: int, dataset_digest: str, what: str) -> None:
-    """Refuse a policy or critic made for other data: dims first, then the dataset's digest."""
-    if (saved["obs_dim"], saved["act_dim"]) != (obs_dim, act_dim):
-        raise VgfError(f"{what}: made for obs/action dims {saved['obs_dim']}/{saved['act_dim']}, but the dataset "
-                       f"has {obs_dim}/{act_dim}")
-    if saved["dataset_digest"] != dataset_digest:
-        raise VgfError(f"{what}: made from another dataset (digest {saved['dataset_digest'][:12]}, this one "
-                       f"{dataset_digest[:12]}); pretrain a policy on this dataset")
 
 
 STAGE = TrainCriticStage()

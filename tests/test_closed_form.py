@@ -233,15 +233,14 @@ def test_compiled_update_and_acting_match_eager():
 
 
 def test_stage_switches_reach_the_method():
-    from vgfcli.stages.train_critic import build_method_config
-
+    from vgfcli.agents import method_config
     from vgfcli.config import compose
 
     policy = {"hidden": [8], "flow_steps": 2}
-    _, on = build_method_config(compose("train", ["method=vgf", "critic.compile=true"]), policy)
-    _, off = build_method_config(compose("train", ["method=vgf", "critic.compile=false"]), policy)
+    _, on = method_config(compose("train", ["method=vgf", "critic.compile=true"]), policy)
+    _, off = method_config(compose("train", ["method=vgf", "critic.compile=false"]), policy)
     assert on.compile is True and off.compile is False
-    _, bc = build_method_config(compose("train", ["method=bc", "critic.compile=true"]), policy)  # no such knob
+    _, bc = method_config(compose("train", ["method=bc", "critic.compile=true"]), policy)  # no such knob
     assert not hasattr(bc, "compile")
 
 

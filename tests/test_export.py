@@ -37,9 +37,9 @@ torch.save(result, out_path)
 
 def _agent_actions(method: str, overrides: list[str], obs, noise):
     """What agent.act gives for ``obs`` with ``noise`` fed in place of its generator."""
-    from vgfcli.stages.evaluate import load_agent
     from vgfcli.stages.export import STAGE, export_setting
 
+    from vgfcli.agents import load_agent
     from vgfcli.config import compose
     from vgfcli.nn.noise import GivenNoise
     from vgfcli.ui import UI
@@ -47,7 +47,7 @@ def _agent_actions(method: str, overrides: list[str], obs, noise):
 
     cfg = compose("train", [f"method={method}", *SMOKE, *overrides])
     inputs = STAGE.resolve_inputs(cfg, Upstream(cfg, UI(json_mode=True)))
-    agent, _ = load_agent(cfg, inputs, torch.device("cpu"), fp32_eager=True)
+    agent, _ = load_agent(cfg, inputs.upstream, torch.device("cpu"), fp32_eager=True)
     return agent.act(obs, generator=GivenNoise(noise), **export_setting(agent, cfg).options)
 
 

@@ -46,7 +46,7 @@ def test_plot_titles_stay_inside_their_figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vgfcli.plot_text import fit_title
+    from vgfcli.plots import fit_title
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     fit_title(ax, "vgf on cube-single-singletask-task2-v0 (30 episodes per row, seed 0, quick preset): "

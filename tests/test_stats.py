@@ -24,7 +24,7 @@ def test_wilson_interval_contains_its_mean_exactly_at_the_ends(n):
 
 
 def test_evaluate_error_bars_are_never_negative():
-    from vgfcli.stages.evaluate import _yerr
+    from vgfcli.plots import _yerr
 
     rows = [{"score": 0.0, "interval": (6.9e-18, 0.07)}, {"score": 0.5, "interval": (0.3, 0.7)}]
     low, high = _yerr(rows)

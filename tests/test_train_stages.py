@@ -144,7 +144,7 @@ def test_a_diverging_run_fails_with_exit_1_and_is_never_cached():
 
 
 def test_reference_flow_activation_and_layer_norm_options():
-    from vgfcli.stages.pretrain_policy import load_policy
+    from vgfcli.agents import load_policy
 
     overrides = [*SMOKE, "method=bc", "policy.activation=gelu", "policy.layer_norm=pre"]
     vgf_json("pipeline", *overrides)

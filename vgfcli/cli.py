@@ -102,8 +102,10 @@ def _internal_error(exc: Exception):
 def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool,
                flags: dict[str, bool] | None = None) -> None:
     from vgfcli.config import compose, to_yaml
-    from vgfcli.stage import execute, load_stage, report
+    from vgfcli.graph import load_stage
+    from vgfcli.stage import execute, report
     from vgfcli.ui import UI
+    from vgfcli.upstream import Upstream
 
     stage = load_stage(name)
     cfg = compose(stage.config_name, overrides)
@@ -114,12 +116,12 @@ def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bo
     _warn_ignored(cfg, flags, ui)
     for message in stage.ignored(cfg):
         ui.warn(message)
-    report(stage, execute(stage, cfg, ui, force=force), ui)
+    report(stage, execute(stage, cfg, ui, Upstream(cfg, ui), force=force), ui)
 
 
 def _warn_ignored(cfg, flags: dict[str, bool] | None, ui) -> None:
     if flags:
-        from vgfcli.stages.evaluate import ignored_knobs
+        from vgfcli.agents import ignored_knobs
 
         for message in ignored_knobs(cfg, flags):
             ui.warn(message)
@@ -222,16 +224,17 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
              force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,
              show_cfg: bool = CFG) -> None:
     """The whole chain: collect -> ingest -> pretrain-policy -> train-critic -> evaluate (-> finetune with
-    [bold]finetune=true[/]), each from cache.
+    [bold]finetune=true[/]), each from cache (the stage graph: vgfcli/graph.py).
 
     A stage whose config and inputs are unchanged is reused; [bold]data.source=file data.path=...[/] starts
     from a given dataset instead of collecting. Example:
     [bold]vgf pipeline task=cube-single-play-singletask-task2-v0 method=vgf preset=quick seed=0[/].
     """
+    from vgfcli import graph
     from vgfcli.config import compose, to_yaml
-    from vgfcli.stage import execute, load_stage, report
+    from vgfcli.stage import execute, report
     from vgfcli.ui import UI
-    from vgfcli.upstream import PRODUCERS, Upstream
+    from vgfcli.upstream import Upstream
 
     cfg = compose("train", [*(overrides or []), *_sweep_overrides(budget, guidance, particles, video)])
     if show_cfg:
@@ -242,24 +245,23 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
 
     ui = UI(json_mode=json_out)
     _warn_ignored(cfg, _given(budget, guidance, particles), ui)
-    upstream = Upstream(cfg, ui, make=True, force=frozenset(PRODUCERS.values()) if force else frozenset())
-    stage = load_stage("evaluate")
+    everything = frozenset(graph.STAGE_MODULES) if force else frozenset()
+    upstream = Upstream(cfg, ui, make=True, force=everything)
+    goals = graph.goals(cfg)  # evaluate, then finetune with finetune=true
     done: dict = {}
     with pipeline_run(Store(cfg.tracking.experiment), cfg, lambda: {**upstream.outcomes, **done}):
-        outcome = execute(stage, cfg, ui, force=force, upstream=upstream)
-        done["evaluate"] = outcome
-        if cfg.finetune:  # offline-to-online after the offline evaluation
-            done["finetune"] = execute(load_stage("finetune"), cfg, ui, force=force, upstream=upstream)
+        for stage in goals:
+            done[stage.name] = execute(stage, cfg, ui, upstream, force=force)
     stages = [(name, o) for name, o in upstream.outcomes.items()] + list(done.items())
+    first = goals[0]
     if json_out:
-        ui.emit_json(stage.to_json(outcome) | {"stages": {
+        ui.emit_json(first.to_json(done[first.name]) | {"stages": {
             name: {"run_id": o.run_id, "cache_hit": o.cache_hit, "outputs": {k: str(v) for k, v in o.outputs.items()}}
             for name, o in stages}})
         return
     ui.show(_stages_table(stages))
-    report(stage, outcome, ui)
-    if "finetune" in done:
-        report(load_stage("finetune"), done["finetune"], ui)
+    for stage in goals:
+        report(stage, done[stage.name], ui)
 
 
 @app.command()
@@ -302,9 +304,7 @@ def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | 
         out.append(f"evaluate.budgets=[{','.join(_budgets(budget))}]")
     if guidance is not None:
         out.append(f"evaluate.guidance=[{','.join(map(str, _numbers(guidance, float, '--guidance', '0.01,0.04')))}]")
-    if particles is not None:
-        if particles < 1:
-            raise VgfError(f"--particles must be at least 1, got {particles}")
+    if particles is not None:  # its range is the schema's (evaluate.particles)
         out.append(f"evaluate.particles={particles}")
     return out
 
@@ -342,7 +342,7 @@ def runs(
     """List stage runs: stage, run id, cache key, status, age and main metrics."""
     from rich.table import Table
 
-    from vgfcli.stage import STAGE_MODULES
+    from vgfcli.graph import STAGE_MODULES
     from vgfcli.tracking import Store
     from vgfcli.ui import UI
 
@@ -416,7 +416,7 @@ def _shown_status(record) -> str:
 
 
 def _main_metrics(stage: str) -> tuple[str, ...]:
-    from vgfcli.stage import STAGE_MODULES, load_stage
+    from vgfcli.graph import STAGE_MODULES, load_stage
 
     return load_stage(stage).main_metrics if stage in STAGE_MODULES else ()
 

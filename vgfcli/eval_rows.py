@@ -1,4 +1,4 @@
-"""Evaluation rows, run one after another or side by side in worker processes.
+"""Evaluation rows: run one after another or side by side in worker processes, and scored.
 
 A row is one way of acting (the reference policy, L = 2, w = 0.04, ...) scored over the same episodes.
 Rows are independent: each acts with a random stream of its own, seeded from the run's seed and the
@@ -19,7 +19,9 @@ import queue
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vgfcli.rollout import row_seed
+import numpy as np
+
+from vgfcli.seeds import row_seed
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class RowJob:
     render_episodes: int
     render_size: int
     record: bool
+    acting_seed: int | None = None  # the row's acting stream (None = seeds.row_seed(seed, setting.key))
 
 
 def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
@@ -45,7 +48,8 @@ def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
     from vgfcli.methods.base import ComputeCounter
     from vgfcli.rollout import evaluate_policy
 
-    generator = torch.Generator(device=agent.device).manual_seed(row_seed(job.seed, job.setting.key))
+    acting_seed = row_seed(job.seed, job.setting.key) if job.acting_seed is None else job.acting_seed
+    generator = torch.Generator(device=agent.device).manual_seed(acting_seed)
 
     def policy(obs):
         with torch.inference_mode():
@@ -71,6 +75,33 @@ def auto_workers(requested: int | None, rows: int, episodes: int, device) -> int
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, rows))
+
+
+def score_row(setting, result, dataset_attrs: dict, env_id: str) -> tuple[dict, dict]:
+    """The row's score and 95 % interval over its episodes, and its per-episode outcomes."""
+    from vgfcli.scores import normalized_score
+    from vgfcli.stats import episode_interval
+
+    row = {"label": setting.label, "key": setting.key, "sweep": dict(setting.sweep), "particles": setting.particles,
+           "episodes": result.episodes, "return_mean": float(result.return_mean)}
+    outcomes = {"return": result.returns.tolist(), "length": result.lengths.tolist()}
+    if result.success_rate is not None:
+        metric, per_episode = "success", np.asarray(result.successes, dtype=np.float64)
+        outcomes["success"] = per_episode.tolist()
+    else:
+        normalized = normalized_score(str(dataset_attrs.get("env_id", env_id)), result.returns)
+        metric, per_episode = ("normalized_score", normalized) if normalized is not None else \
+            ("return", np.asarray(result.returns, dtype=np.float64))
+    outcomes["score"] = per_episode.tolist()
+    lo, hi = episode_interval(per_episode, binary=metric == "success")
+    return row | {"metric": metric, "score": float(per_episode.mean()), "interval": [lo, hi]}, outcomes
+
+
+def compute_columns(result, counter) -> dict:
+    """A row's cost: actions per second of policy time (the policy calls alone, env steps excluded)
+    and the network passes per action (``ComputeCounter.per_action``)."""
+    per_s = result.policy_states / result.policy_seconds if result.policy_seconds > 0 else float("nan")
+    return {"actions_per_s": float(per_s), "compute": counter.per_action()}
 
 
 # --- worker process ---------------------------------------------------------------------------------

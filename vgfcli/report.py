@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,43 +254,10 @@ def csv_text(report: Report) -> str:
     return buffer.getvalue()
 
 
-def bar_chart(report: Report, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_tasks, n_cols = len(report.tasks), len(report.columns)
-    width = 0.8 / max(n_cols, 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + n_tasks * n_cols * 0.35), 3.6), dpi=120)
-    for j, column in enumerate(report.columns):
-        xs, means, low, high = [], [], [], []
-        for i, task in enumerate(report.tasks):
-            cell = report.cells.get((task, column))
-            if cell is not None:
-                xs.append(i + (j - (n_cols - 1) / 2) * width)
-                mean = cell.mean * report.scale
-                lo, hi = [v * report.scale for v in cell.interval] if cell.interval else (mean, mean)
-                means.append(mean)
-                low.append(mean - lo)
-                high.append(hi - mean)
-        ax.bar(xs, means, width, yerr=[low, high], capsize=2, label=column)
-    ax.set_xticks(range(n_tasks))
-    ax.set_xticklabels(report.tasks, fontsize=7, rotation=10)
-    ax.set_ylabel(f"{report.unit}, 95 % interval")
-    if report.metric == "success":
-        ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, ncol=min(n_cols, 4))
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def write_outputs(report: Report, out_dir: Path) -> dict[str, Path]:
     """report.md, report.csv and report.png in ``out_dir``, each written atomically."""
     from vgfcli.cache import write_bytes_atomic
+    from vgfcli.plots import bar_chart
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv", "plot": out_dir / "report.png"}

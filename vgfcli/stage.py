@@ -1,6 +1,8 @@
 """The stage contract and the one runner that gives every stage caching, tracking and atomic outputs.
 
-A stage says what it reads (``resolve_inputs``: files and upstream runs, checked before any run
+A stage says where it sits in the stage graph (``needs``: the upstream names it reads; ``produces``:
+the names its runs serve; ``config_for``: its config within a training pipeline; ``vgfcli.graph``
+reads these), what it reads (``resolve_inputs``: files and upstream runs, checked before any run
 exists), what its outputs depend on (``key_config``) and how to make them (``run``). The runner
 computes the cache key, returns a finished run with that key if one exists (unless ``force``), and
 otherwise opens an MLflow run, logs the resolved config, calls ``run`` and moves its outputs into
@@ -10,7 +12,6 @@ never a cache hit; a run that failed on the user's input (``VgfError``) is delet
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +32,6 @@ from vgfcli.tracking import (
     vgf_home,
 )
 from vgfcli.ui import UI
-
-# Stage name -> module holding ``STAGE``; imported only when needed (start-up stays fast).
-STAGE_MODULES = {
-    "collect": "vgfcli.stages.collect", "ingest": "vgfcli.stages.ingest", "pretrain-policy": "vgfcli.stages.pretrain_policy",
-    "train-critic": "vgfcli.stages.train_critic", "evaluate": "vgfcli.stages.evaluate",
-    "export": "vgfcli.stages.export", "finetune": "vgfcli.stages.finetune",
-}
-
-
-def load_stage(name: str) -> "Stage":
-    return importlib.import_module(STAGE_MODULES[name]).STAGE
 
 
 @dataclass
@@ -69,10 +59,30 @@ class Stage:
     config_name: str = ""
     code_version: int = 1  # bump when the same inputs would now give different outputs
     main_metrics: tuple[str, ...] = ()  # shown by `vgf runs`
+    # The stage graph (vgfcli.graph): the upstream names this stage may read, each made by the stage
+    # that lists it in ``produces``, and the names its own runs serve to later stages.
+    needs: tuple[str, ...] = ()
+    produces: tuple[str, ...] = ()
+
+    def needed(self, cfg) -> tuple[str, ...]:
+        """The upstream names this stage reads for ``cfg`` (default: all of ``needs``)."""
+        return self.needs
+
+    def config_for(self, cfg, name: str, upstream):
+        """The config this stage runs with to make ``name`` for the training pipeline ``cfg`` (default:
+        ``cfg`` itself); None when that pipeline has no such input (no val split, nothing to train)."""
+        return cfg
+
+    def in_pipeline(self, cfg) -> bool:
+        """Whether ``vgf pipeline`` (and each combination of ``vgf sweep``) ends with this stage; the
+        stages it needs are made on the way."""
+        return False
 
     def resolve_inputs(self, cfg, upstream) -> Inputs:
-        """Files and upstream runs (``upstream.record(name)``, a ``vgfcli.upstream.Upstream``)."""
-        raise NotImplementedError
+        """Files and upstream runs (``upstream.record(name)``, a ``vgfcli.upstream.Upstream``); by
+        default the finished runs behind ``needed(cfg)``, leaving out an input ``cfg`` does not have."""
+        records = {name: upstream.record(name) for name in self.needed(cfg)}
+        return Inputs(upstream={name: record for name, record in records.items() if record is not None})
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         """The part of the config the outputs depend on (default: all of it but tracking)."""
@@ -121,18 +131,14 @@ class Outcome:
         }
 
 
-def execute(stage: Stage, cfg, ui: UI, *, force: bool = False, lookup_only: bool = False, upstream=None) -> Outcome:
+def execute(stage: Stage, cfg, ui: UI, upstream, *, force: bool = False, lookup_only: bool = False) -> Outcome:
     """Run ``stage`` on ``cfg``, or return the cached run with the same key.
 
+    ``upstream``: how the stage finds its upstream runs (a ``vgfcli.upstream.Upstream``).
     ``lookup_only``: never run; a missing run is an error that names the command that makes it.
-    ``upstream``: how the stage finds its upstream runs (default: look them up by config).
     """
     if not lookup_only:
         check_home_writable()
-    if upstream is None:
-        from vgfcli.upstream import Upstream
-
-        upstream = Upstream(cfg, ui)
     inputs, key = plan(stage, cfg, upstream)
     store = Store(cfg.tracking.experiment)
     upstream_ids = {name: record.run_id for name, record in inputs.upstream.items()}

@@ -3,7 +3,8 @@
 The grid is the training config's overrides in Hydra's sweep grammar (``task=A,B seed=range(0,3)
 method=choice(vgf,qgf)``), parsed by Hydra's own override parser and expanded here (Hydra's compose
 API has no multirun). Every combination is a `vgf pipeline`: collect -> ingest (train, val) ->
-pretrain-policy -> train-critic -> evaluate. The sweep walks those steps in order, one wave per step:
+pretrain-policy -> train-critic -> evaluate (-> finetune), the steps of the stage graph
+(``vgfcli.graph.steps``). The sweep walks those steps in order, one wave per step:
 for every combination still alive it computes the step's cache key (``stage.plan``; the upstream runs
 exist, made by earlier waves), merges combinations whose step has the same key (collect shared by
 methods and seeds, pretrain-policy shared by methods), skips keys already in the cache, and runs one
@@ -23,9 +24,6 @@ import time
 from dataclasses import dataclass, field
 
 from vgfcli.errors import VgfError
-
-# The steps of one pipeline, in dependency order: upstream names (vgfcli.upstream) and the evaluation.
-STEPS = ("collect", "dataset", "val_dataset", "policy", "critic", "evaluate")
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
@@ -62,6 +60,7 @@ class Job:
     started: float | None = None
     seconds: float | None = None
     handle: object = None
+    runs: dict = field(default_factory=dict)  # step -> the run it made or found (steps run by this job)
 
     def row(self) -> dict:
         return {"step": "+".join([self.step, *self.rest]), "stage": self.stage, "key": self.key[:12],
@@ -81,11 +80,14 @@ class SweepResult:
 
 def run_steps(steps: list[str], overrides: list[str], env: dict[str, str]) -> dict:
     """A job for the rest of one combination's chain (``steps`` in order, in one process): what a wave
-    becomes once no later run can be shared (see ``run_sweep``). Returns the last step's run."""
-    out = {}
+    becomes once no later run can be shared (see ``run_sweep``). Returns the last step's run, with
+    every step's run id under ``runs``."""
+    out, runs = {}, {}
     for step in steps:
-        out = run_step(step, overrides, env) or out
-    return out
+        made = run_step(step, overrides, env)
+        if made is not None:
+            out, runs[step] = made, made["run_id"]
+    return {**out, "runs": runs}
 
 
 def run_step(step: str, overrides: list[str], env: dict[str, str]) -> dict | None:
@@ -99,7 +101,7 @@ def run_step(step: str, overrides: list[str], env: dict[str, str]) -> dict | Non
     if resolved is None:
         return None
     stage, stage_cfg, upstream, ui = resolved
-    outcome = execute(stage, stage_cfg, ui, upstream=upstream)
+    outcome = execute(stage, stage_cfg, ui, upstream)
     return {"run_id": outcome.run_id, "cache_hit": outcome.cache_hit, "key": outcome.cache_key}
 
 
@@ -120,22 +122,33 @@ def _plan_step(step: str, overrides: list[str]):
 def _resolve_step(step: str, overrides: list[str]):
     """The stage that makes ``step`` of one combination's pipeline, its config, the combination's
     upstream finder and a quiet UI; None when the combination has no such step (nothing to train,
-    no val split, a dataset from a file)."""
+    no val split, a dataset from a file, no finetune)."""
+    from vgfcli import graph
     from vgfcli.config import compose
-    from vgfcli.stage import load_stage
-    from vgfcli.stages.train_critic import checked_method
     from vgfcli.ui import UI
-    from vgfcli.upstream import PRODUCERS, Upstream
+    from vgfcli.upstream import Upstream
 
     cfg = compose("train", overrides)
-    if step == "critic" and not checked_method(cfg).Agent.trains:
+    if step not in graph.steps(cfg):
         return None
     ui = UI(json_mode=True)  # no progress bars in job logs
     upstream = Upstream(cfg, ui)
-    stage_cfg = cfg if step == "evaluate" else upstream.stage_config(step)
+    stage = graph.step_stage(step)
+    stage_cfg = cfg if stage.in_pipeline(cfg) else stage.config_for(cfg, step, upstream)
     if stage_cfg is None:
         return None
-    return load_stage("evaluate" if step == "evaluate" else PRODUCERS[step]), stage_cfg, upstream, ui
+    return stage, stage_cfg, upstream, ui
+
+
+def pipeline_steps(combos: list[list[str]]) -> list[str]:
+    """Every step any combination's pipeline has, in dependency order (``vgfcli.graph.steps``)."""
+    from vgfcli import graph
+    from vgfcli.config import compose
+
+    order: list[str] = []
+    for combo in combos:
+        order += [step for step in graph.steps(compose("train", combo)) if step not in order]
+    return order
 
 
 def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
@@ -150,7 +163,8 @@ def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
 
     env["VGF_HOME"] = str(vgf_home())
     finished: set[int] = set()  # combinations whose whole chain a job already ran
-    for k, step in enumerate(STEPS):
+    steps = pipeline_steps(combos)
+    for k, step in enumerate(steps):
         wave: dict[tuple[str, str], Job] = {}
         for i, combo in enumerate(combos):
             if i in result.failed or i in finished:
@@ -176,8 +190,8 @@ def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
         # hashes its upstream's output): from here on, one job runs the combination's whole tail, which
         # saves a process start per step (seconds each, most of a small stage's time).
         for job in pending:
-            if len(job.combos) == 1 and step != "evaluate":
-                job.rest = list(STEPS[k + 1:])
+            if len(job.combos) == 1 and k + 1 < len(steps):
+                job.rest = list(steps[k + 1:])
         if on_change:
             on_change(result)
         launcher.run(pending, env, lambda: on_change and on_change(result))
@@ -185,8 +199,10 @@ def run_sweep(overrides: list[str], launcher, on_change=None) -> SweepResult:
             if job.state == "failed":
                 for i in job.combos:
                     result.failed.setdefault(i, f"{job.step}: {job.error}")
-            elif step == "evaluate" or job.rest:
-                result.evaluate_runs.update({i: job.run_id for i in job.combos})
+            else:
+                evaluated = job.runs.get("evaluate", job.run_id if step == "evaluate" else None)
+                if evaluated is not None:
+                    result.evaluate_runs.update({i: evaluated for i in job.combos})
                 finished.update(job.combos if job.rest else ())
     result.seconds = time.monotonic() - start
     if on_change:
@@ -270,7 +286,7 @@ class Launcher:
             errors = [ln for ln in lines if "Error" in ln or "error" in ln]
             job.state, job.error = "failed", (errors or lines or [type(exc).__name__])[-1].strip()[:300]
             return
-        job.state, job.run_id = "done", out["run_id"]
+        job.state, job.run_id, job.runs = "done", out["run_id"], out.get("runs", {})
 
 
 class InProcess:

@@ -57,40 +57,22 @@ def calibration(q_fn, trace: dict[int, dict[str, np.ndarray]], discount: float, 
     return summary, np.stack([q, g], axis=1)
 
 
-def plot_calibration(rows: list[dict], pairs: list[np.ndarray], path, title: str, max_points: int = 3000) -> None:
-    """Q against the realised discounted return, one colour per row, with the y = x line."""
-    import matplotlib
+def value_q_fn(agent, device):
+    """``(obs, actions) -> Q`` in numpy for the value checks, batched; None for a method without a critic."""
+    import torch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if agent.critic is None:
+        return None
 
-    from vgfcli.cache import write_bytes_atomic
-    from vgfcli.plot_text import fit_title
+    def q_fn(obs, actions):
+        out = []
+        for start in range(0, len(obs), 4096):
+            o = torch.as_tensor(obs[start:start + 4096], dtype=torch.float32, device=device)
+            a = torch.as_tensor(actions[start:start + 4096], dtype=torch.float32, device=device)
+            out.append(agent.q_values(o, a).cpu().numpy())
+        return np.concatenate(out)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    lo, hi = np.inf, -np.inf
-    rng = np.random.default_rng(0)
-    for row, qg in zip(rows, pairs):
-        if len(qg) == 0:
-            continue
-        shown = qg if len(qg) <= max_points else qg[rng.choice(len(qg), max_points, replace=False)]
-        check = row.get("value_check", {})
-        ax.scatter(shown[:, 1], shown[:, 0], s=4, alpha=0.4,
-                   label=f"{row['label']} (r = {check.get('corr', float('nan')):.2f})")
-        lo, hi = min(lo, qg.min()), max(hi, qg.max())
-    if np.isfinite(lo):
-        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="Q = return")
-    ax.set_xlabel("discounted return that followed")
-    ax.set_ylabel("Q at the executed action")
-    fit_title(ax, title)
-    ax.legend(fontsize=7, markerscale=3)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    return q_fn
 
 
 def validation_loss(agent, val_path, *, chunk: int, discount: float, rewards_fn, batches: int, batch_size: int,
@@ -100,7 +82,7 @@ def validation_loss(agent, val_path, *, chunk: int, discount: float, rewards_fn,
 
     from vgfcli.training import Sampler, load_tensors
 
-    if getattr(agent, "critic", None) is None or batches < 1:
+    if agent.critic is None or batches < 1:
         return None
     data = load_tensors(val_path, device)
     data.rewards.copy_(torch.as_tensor(rewards_fn(data.rewards.cpu().numpy()), dtype=data.rewards.dtype))
