@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from vgfcli.errors import VgfError
+from vgfcli.home import vgf_home
 
 _CHUNK = 8 << 20
 
@@ -70,8 +71,6 @@ def _memo_digest(path: Path, memo: dict) -> str:
 def remember_digest(path: Path, digest: str, memo_file: Path | None = None) -> None:
     """Record ``digest`` as the sha256 of ``path`` as it is now (its size, mtime and inode): a file
     just written with a known digest is never hashed again until it changes."""
-    from vgfcli.tracking import vgf_home
-
     memo_file = memo_file or vgf_home() / "digests.json"
     path = Path(path).resolve()
     stat = path.stat()

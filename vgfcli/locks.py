@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vgfcli.home import vgf_home
+
 
 def lock_dir() -> Path:
-    from vgfcli.tracking import vgf_home
-
     return vgf_home() / "locks"
 
 

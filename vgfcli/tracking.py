@@ -3,25 +3,39 @@
 Default store: ``$VGF_HOME/mlflow.db`` (SQLite) with artifacts in ``$VGF_HOME/artifacts``; ``VGF_HOME``
 defaults to ``./.vgf``. ``MLFLOW_TRACKING_URI`` overrides the store (a team server, say).
 
-Cache lookups run before ``mlflow`` is imported (importing it costs ~2 s): on a local SQLite store
-they read MLflow's tables directly, read-only; elsewhere they go through ``MlflowClient``.
+Every read and write goes through ``MlflowClient``'s public API (never MLflow's tables), so any store
+MLflow can open works alike. Where ``VGF_HOME`` is and what vgf keeps there besides the store is
+``vgfcli.home``'s; its names are re-exported here for the modules that import them from this one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import socket
-import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from vgfcli import __version__
+from vgfcli.cache import path_digest, remember_digest
 from vgfcli.errors import VgfError
+from vgfcli.home import (
+    OWNER_FILE,
+    alive,
+    check_home_writable,  # noqa: F401  (re-exported: stage.py and sweep.py import it from here)
+    clear_dead_staging,
+    tracking_uri,
+    vgf_home,
+    work_dir,
+)
+from vgfcli.locks import store_lock
 
 # Tags every stage run carries; the cache key tag is what lookups match.
 TAG_STAGE = "vgf.stage"
@@ -30,15 +44,11 @@ TAG_OUTPUTS = "vgf.outputs"
 TAG_SUMMARY = "vgf.summary"
 TAG_UPSTREAM = "vgf.upstream"
 FINISHED = "FINISHED"
-OWNER_FILE = ".owner.json"  # in a staging folder: the host and pid of the run writing it
-
-
-def vgf_home() -> Path:
-    return Path(os.environ.get("VGF_HOME") or ".vgf").expanduser().resolve()
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{vgf_home() / 'mlflow.db'}"
+STAGE_RUNS = f"tags.`{TAG_STAGE}` != ''"  # a pipeline's parent run has no stage
+NEWEST_FIRST = ["attributes.start_time DESC"]
+SEARCH_PAGE = 1000  # runs per search_runs call (the most a tracking server returns by default)
+# What a run-id prefix may hold: MLflow's ids are hex, and LIKE's wildcards (% and _) must not slip in.
+RUN_ID_PREFIX = re.compile(r"[0-9A-Za-z-]*")
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -89,8 +99,6 @@ class RunRecord:
         """The run's outputs and what is wrong with them (None: nothing). A file whose size, mtime or
         inode changed since it was recorded is hashed again and must still have its recorded sha256
         (``cache.path_digest`` remembers digests by those stamps, so an untouched file costs a stat)."""
-        from vgfcli.cache import path_digest
-
         local = _local_dir(self.artifact_uri)
         paths = {}
         for name, meta in self.outputs_meta.items():
@@ -103,6 +111,21 @@ class RunRecord:
                 return paths, f"output {path} no longer has its recorded sha256 (changed on disk)"
             paths[name] = path
         return paths, None
+
+
+def _record(run) -> RunRecord:
+    """A stage run as ``search_runs`` returns it (its tags and latest metrics)."""
+    tags = dict(run.data.tags)
+    metrics = {name: _unclamped(value) for name, value in run.data.metrics.items()}
+    return RunRecord(run.info.run_id, tags.get(TAG_STAGE, "?"), run.info.status, tags.get(TAG_KEY, ""),
+                     (run.info.start_time or 0) / 1000, run.info.artifact_uri, tags, metrics)
+
+
+def _unclamped(value: float) -> float:
+    """A metric as logged: MLflow's SQL store keeps +-inf as +-float max, and hands that back."""
+    if abs(value) >= sys.float_info.max:
+        return math.copysign(math.inf, value)
+    return value
 
 
 def _download(run_id: str, rel: str) -> Path | None:
@@ -130,16 +153,13 @@ class Store:
     # ---- reading ----------------------------------------------------------------------------------
     def find(self, *, stage: str | None = None, cache_key: str | None = None,
              status: str | None = FINISHED, limit: int = 1000) -> list[RunRecord]:
-        """Active runs matching the filters, newest first."""
-        db = _sqlite_path(self.uri)
-        if db is not None:
-            if not db.exists():
-                return []
-            try:
-                return self._find_sqlite(db, stage, cache_key, status, limit)
-            except sqlite3.Error:
-                pass  # a schema this code does not know: take the slow, general path
-        return self._find_client(stage, cache_key, status, limit)
+        """Active stage runs matching the filters, newest first."""
+        terms = [f"tags.`{TAG_STAGE}` = '{stage}'" if stage else STAGE_RUNS]
+        if cache_key:
+            terms.append(f"tags.`{TAG_KEY}` = '{cache_key}'")
+        if status:
+            terms.append(f"attributes.status = '{status}'")
+        return self._search(terms, limit)
 
     def cached(self, stage: str, cache_key: str, warn=None) -> tuple[RunRecord, dict[str, Path]] | None:
         """The newest finished run with this key whose outputs are all present and intact; a damaged
@@ -153,10 +173,16 @@ class Store:
         return None
 
     def get(self, run_id: str) -> RunRecord:
-        for record in self.find(status=None):
-            if record.run_id == run_id or record.run_id.startswith(run_id):
-                return record
-        raise VgfError(f"no run '{run_id}' in experiment '{self.experiment}' of {self.uri}")
+        """The stage run whose id is ``run_id`` or starts with it, however old; a prefix that two runs
+        share is an error naming both."""
+        prefix_ok = RUN_ID_PREFIX.fullmatch(run_id)
+        found = self._search([f"attributes.run_id LIKE '{run_id}%'", STAGE_RUNS], 2) if prefix_ok else []
+        if not found:
+            raise VgfError(f"no run '{run_id}' in experiment '{self.experiment}' of {self.uri}")
+        if len(found) > 1:
+            raise VgfError(f"run id '{run_id}' is ambiguous: runs {found[0].run_id} and {found[1].run_id} (at "
+                           "least) start with it; give more of the id")
+        return found[0]
 
     def get_finished(self, run_id: str, stage: str, what: str) -> RunRecord:
         """The run ``run_id`` (a prefix will do), which must be a finished ``stage`` run; ``what`` names the
@@ -167,49 +193,26 @@ class Store:
                            f"finished {stage} run")
         return record
 
-    def _find_sqlite(self, db, stage, cache_key, status, limit) -> list[RunRecord]:
-        where, args = ["e.name = ?", "r.lifecycle_stage = 'active'"], [self.experiment]
-        if status:
-            where.append("r.status = ?")
-            args.append(status)
-        if stage is None:  # stage runs only (a pipeline's parent run has no stage)
-            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ?)")
-            args.append(TAG_STAGE)
-        for tag, value in ((TAG_STAGE, stage), (TAG_KEY, cache_key)):
-            if value is not None:
-                where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
-                args += [tag, value]
-        query = (
-            "SELECT r.run_uuid, r.status, r.start_time, r.artifact_uri FROM runs r "
-            "JOIN experiments e ON e.experiment_id = r.experiment_id "
-            f"WHERE {' AND '.join(where)} ORDER BY r.start_time DESC LIMIT ?"
-        )
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            rows = con.execute(query, [*args, limit]).fetchall()
-            records = []
-            for run_id, run_status, start, artifact_uri in rows:
-                tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
-                metrics = {key: _metric_value(value, is_nan) for key, value, is_nan in con.execute(
-                    "SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,))}
-                records.append(RunRecord(run_id, tags.get(TAG_STAGE, "?"), run_status, tags.get(TAG_KEY, ""),
-                                         (start or 0) / 1000, artifact_uri, tags, metrics))
-        return records
-
-    def _find_client(self, stage, cache_key, status, limit) -> list[RunRecord]:
-        client = self.client()
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is None:
+    def _search(self, terms: list[str], limit: int) -> list[RunRecord]:
+        """Up to ``limit`` active runs matching every filter term, newest first, a page at a time. A store
+        or experiment not made yet holds none."""
+        db = _sqlite_path(self.uri)
+        if db is not None and not db.exists():
+            return []  # reading must not create a store
+        experiment_id = self._existing_experiment_id()
+        if experiment_id is None:
             return []
-        terms = [f"tags.`{TAG_STAGE}` = '{stage}'"] if stage else [f"tags.`{TAG_STAGE}` != ''"]
-        if cache_key:
-            terms.append(f"tags.`{TAG_KEY}` = '{cache_key}'")
-        if status:
-            terms.append(f"attributes.status = '{status}'")
-        runs = client.search_runs([experiment.experiment_id], " and ".join(terms), max_results=limit,
-                                  order_by=["attributes.start_time DESC"])
-        return [RunRecord(r.info.run_id, r.data.tags.get(TAG_STAGE, "?"), r.info.status,
-                          r.data.tags.get(TAG_KEY, ""), (r.info.start_time or 0) / 1000, r.info.artifact_uri,
-                          dict(r.data.tags), dict(r.data.metrics)) for r in runs]
+        query = " and ".join(terms)
+        records, page_token = [], None
+        while len(records) < limit:
+            page_size = min(limit - len(records), SEARCH_PAGE)
+            page = self.client().search_runs([experiment_id], query, max_results=page_size,
+                                             order_by=NEWEST_FIRST, page_token=page_token)
+            records += [_record(run) for run in page]
+            page_token = page.token
+            if not page_token:
+                break
+        return records
 
     # ---- writing ----------------------------------------------------------------------------------
     def client(self):
@@ -227,13 +230,14 @@ class Store:
         return self._client
 
     def experiment_id(self) -> str:
+        if self._existing_experiment_id() is None:
+            self._experiment_id = self._create_experiment(self.client())
+        return self._experiment_id
+
+    def _existing_experiment_id(self) -> str | None:
         if self._experiment_id is None:
-            client = self.client()
-            experiment = client.get_experiment_by_name(self.experiment)
-            if experiment is not None:
-                self._experiment_id = experiment.experiment_id
-            else:
-                self._experiment_id = self._create_experiment(client)
+            experiment = self.client().get_experiment_by_name(self.experiment)
+            self._experiment_id = experiment.experiment_id if experiment is not None else None
         return self._experiment_id
 
     def _create_experiment(self, client) -> str:
@@ -259,7 +263,7 @@ class Store:
             base["mlflow.source.git.commit"] = commit
         base.update({"vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
         self._close_abandoned()
-        _clear_dead_staging()
+        clear_dead_staging()
         run = self.client().create_run(self.experiment_id(), tags={**base, **tags})
         return StageRun(self, run.info.run_id, run.info.artifact_uri, stage, cache_key)
 
@@ -271,7 +275,7 @@ class Store:
         for run in client.search_runs([self.experiment_id()], "attributes.status = 'RUNNING'", max_results=1000):
             tags = run.data.tags
             pid = tags.get("vgf.pid", "")
-            if tags.get("vgf.host") == host and pid.isdigit() and not _alive(int(pid)):
+            if tags.get("vgf.host") == host and pid.isdigit() and not alive(int(pid)):
                 client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -340,8 +344,6 @@ class StageRun:
                 partial = target.with_name(target.name + ".partial")
                 shutil.move(path, partial)  # a rename on one filesystem, a copy across two
                 os.replace(partial, target)
-                from vgfcli.cache import remember_digest
-
                 remember_digest(target, digests[name])
                 final[name] = target
             else:
@@ -372,8 +374,6 @@ def _open_sqlite_store(db: Path, uri: str):
     it leaves a stray temporary file (removed by the next process), never a half-made store. A file
     that is not a store MLflow can open is named in a clear error."""
     from mlflow.tracking import MlflowClient
-
-    from vgfcli.locks import store_lock
 
     db.parent.mkdir(parents=True, exist_ok=True)
     with store_lock():
@@ -407,64 +407,6 @@ def _check_server(uri: str, timeout_s: float = 10.0) -> None:
         reason = getattr(exc, "reason", exc)
         raise VgfError(f"tracking server {uri} does not answer ({reason}); start it, or unset MLFLOW_TRACKING_URI "
                        "to use the local store") from None
-
-
-def check_home_writable() -> Path:
-    """``VGF_HOME``, made if missing; a folder that cannot be written is the user's to fix."""
-    home = vgf_home()
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        probe = home / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise VgfError(f"VGF_HOME {home} is not writable ({exc.strerror}); set VGF_HOME to a folder you can "
-                       "write") from None
-    return home
-
-
-def _clear_dead_staging() -> None:
-    """Remove the staging folders of runs whose process on this host is gone (a kill -9 leaves them)."""
-    root = vgf_home() / "staging"
-    if not root.is_dir():
-        return
-    host = socket.gethostname()
-    for folder in root.iterdir():
-        if folder.name.startswith(".new-"):  # killed between its mkdir and its rename
-            pid = folder.name.split("-")[1]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(folder, ignore_errors=True)
-            continue
-        try:
-            owner = json.loads((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # being made right now, or not vgf's
-        if owner.get("host") == host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _metric_value(value: float, is_nan) -> float:
-    """A metric as MLflow's SQL store keeps it: NaN as a flag (value 0), +-inf as +-float max."""
-    if is_nan:
-        return float("nan")
-    if abs(value) >= 1.7976931348623157e308:
-        return float("inf") if value > 0 else float("-inf")
-    return value
-
-
-def work_dir(stage: str, cache_key: str) -> Path:
-    """A folder that outlives a killed run of this key: partial work (shards, checkpoints) to resume from."""
-    return vgf_home() / "work" / f"{stage}-{cache_key[:16]}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _quiet_mlflow_logs() -> None:
