@@ -375,21 +375,22 @@ def _open_sqlite_store(db: Path, uri: str):
     that is not a store MLflow can open is named in a clear error."""
     from mlflow.tracking import MlflowClient
 
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with store_lock():
-        for stray in db.parent.glob(f".{db.name}.creating-*"):
-            stray.unlink(missing_ok=True)  # we hold the lock: nobody else is making one
-        if not db.exists():
-            tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
-            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
-            os.replace(tmp, db)
-        try:
-            client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-        except Exception as exc:  # not a database, a schema from another MLflow, ...
-            detail = " ".join(str(exc).split())[:200]
-            raise VgfError(f"the tracking store {db} cannot be opened ({type(exc).__name__}: {detail}); move it "
-                           "away to start a new store, or use the MLflow version that made it") from None
+    if not db.exists():  # the lock only guards making a store: reading one needs no write access
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with store_lock():
+            for stray in db.parent.glob(f".{db.name}.creating-*"):
+                stray.unlink(missing_ok=True)  # we hold the lock: nobody else is making one
+            if not db.exists():
+                tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+                MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+                os.replace(tmp, db)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # not a database, a schema from another MLflow, ...
+        detail = " ".join(str(exc).split())[:200]
+        raise VgfError(f"the tracking store {db} cannot be opened ({type(exc).__name__}: {detail}); move it "
+                       "away to start a new store, or use the MLflow version that made it") from None
     return client
 
 
