@@ -79,7 +79,7 @@ class AVGFConfig(MethodConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
         self.check_numbers(positive=("critic_lr", "field_lr", "vgf_lr", "grad_clip"),
                            at_least_one=("num_critics", "num_particles", "flow_steps"),
                            not_negative=("train_steps", "test_steps", "seed"), unit=("discount", "tau"))

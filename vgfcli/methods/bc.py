@@ -27,7 +27,7 @@ class BCConfig(MethodConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming a value BC cannot run with (``config_from`` calls it)."""
+        """Raise ValueError naming a value BC cannot run with (run once, as the Config is made)."""
         self.check_numbers(at_least_one=("flow_steps",), not_negative=("seed",), unit=("discount",))
 
 

@@ -10,6 +10,7 @@ schema), the VALUES (ranges, choices, combinations) by the method's ``validate``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -27,10 +28,13 @@ SHARED_FIELDS = ("actor_hidden", "flow_steps", "critic_hidden", "seed", "compile
 
 def config_from(config_cls: type, cfg: Any = None, **overrides):
     """An instance of the dataclass ``config_cls`` from ``cfg`` (None, an instance, or a mapping such
-    as a dict or an OmegaConf DictConfig) with ``overrides`` applied, checked by its ``validate`` (the
-    one place a method's values are checked; ValueError naming the key). Unknown keys are refused;
-    lists become tuples where the default is a tuple. The types of the ``method`` section are checked
-    where it is composed (``method_schema``), so values are taken as given."""
+    as a dict or an OmegaConf DictConfig) with ``overrides`` applied, checked by its ``validate`` as it
+    is made (the one place a method's values are checked; ValueError naming the key). An instance
+    without overrides was checked when it was made: it is copied, not checked again. Unknown keys are
+    refused; lists become tuples where the default is a tuple. The types of the ``method`` section are
+    checked where it is composed (``method_schema``), so values are taken as given."""
+    if isinstance(cfg, config_cls) and not overrides:
+        return copy.copy(cfg)
     if cfg is None:
         values: dict[str, Any] = {}
     elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
@@ -47,9 +51,7 @@ def config_from(config_cls: type, cfg: Any = None, **overrides):
     for name, value in values.items():
         if isinstance(fields[name].default, tuple) and value is not None and not isinstance(value, tuple):
             values[name] = tuple(value)
-    config = config_cls(**values)
-    config.validate()
-    return config
+    return config_cls(**values)  # MethodConfig.__post_init__ validates it
 
 
 def _either(options) -> str:
@@ -59,11 +61,14 @@ def _either(options) -> str:
 
 class MethodConfig:
     """Base of the methods' Config dataclasses: ``validate``, which each method writes with the
-    helpers below (every check of a method's values in one place), and nothing else."""
+    helpers below (every check of a method's values in one place), run once as a Config is made."""
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it once,
-        when the agent's config is made)."""
+        """Raise ValueError naming a value the method cannot run with (called once, as the Config is
+        made: by ``config_from``, a direct call or ``dataclasses.replace``)."""
         self.check_numbers()
 
     def check_numbers(self, *, positive=(), at_least_one=(), not_negative=(), unit=(), open_unit=()) -> None:

@@ -61,7 +61,7 @@ class FQLConfig(MethodConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
         self.check_numbers(positive=("lr",), at_least_one=("num_critics", "flow_steps"),
                            not_negative=("alpha", "seed"), unit=("discount", "tau"))
         self.check_choices(q_agg=("min", "mean"))

@@ -119,7 +119,7 @@ class QAMConfig(MethodConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
         self.check_numbers(positive=("lr", "grad_clip", "edit_target_entropy_multiplier"),
                            at_least_one=("num_critics", "best_of_n", "flow_steps"),
                            # fql_alpha and edit_scale: reproduce.py uses 0 on some domains

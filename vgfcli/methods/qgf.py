@@ -103,7 +103,7 @@ class QGFConfig(MethodConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
         self.check_numbers(positive=("critic_lr", "value_lr", "max_grad_norm"),
                            at_least_one=("num_critics", "num_particles", "flow_steps"),
                            not_negative=("guidance", "seed"), unit=("discount", "tau"), open_unit=("expectile",))

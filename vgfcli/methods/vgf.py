@@ -159,7 +159,7 @@ class VGFConfig(MethodConfig):
     variant: str = "base"
 
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
         self.check_numbers(positive=("critic_lr", "vgf_lr", "alpha", "bandwidth", "softmax_temp"),
                            at_least_one=("num_critics", "num_particles", "flow_steps", "bank_refresh_rows"),
                            not_negative=("train_steps", "test_steps", "stop_gain", "bank_size", "bank_refresh_every",
