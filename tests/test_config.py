@@ -56,3 +56,41 @@ def test_config_is_read_only_and_flattens():
         cfg.action_bounds = "clip"
     flat = flatten(to_dict(cfg))
     assert flat["dataset.kind"] == "ogbench" and flat["tracking.experiment"] == "vgf"
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["method.alpha=foo"], "method.alpha=foo"),
+        (["method.alhpa=1"], "unknown config key 'method.alhpa'"),
+        (["method.critic_hidden=[8]"], "unknown config key 'method.critic_hidden'"),  # from critic.hidden
+        (["method.num_particles=2.5"], "method.num_particles=2.5"),
+        (["method=fql", "method.onestep_hidden=[a]"], "method.onestep_hidden=[a]"),
+        (["method=qgf", "method.polyak_before_step=maybe"], "method.polyak_before_step=maybe"),
+    ],
+)
+def test_a_method_value_of_the_wrong_type_or_an_unknown_method_key_fails_at_composition(overrides, fragment):
+    with pytest.raises(VgfError) as info:
+        compose("train", overrides)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["vgf", "avgf", "qgf", "qam", "fql", "bc"])
+def test_the_method_section_is_its_yaml_with_the_yamls_types(method):
+    """The schema adds no key and converts no value: the resolved section is hashed into cache keys."""
+    import yaml
+
+    from vgfcli.config import config_dir
+
+    values = yaml.safe_load((config_dir() / "method" / f"{method}.yaml").read_text())
+    assert values.pop("defaults") == [f"{method}_schema", "_self_"]
+    section = to_dict(compose("train", [f"method={method}", "preset=paper", "protocol=none"]).method)
+    assert list(section.items()) == list(values.items())
+    assert [type(v) for v in section.values()] == [type(v) for v in values.values()]
+
+
+def test_an_integer_stays_an_int_in_a_float_knob():
+    fql = to_dict(compose("train", ["method=fql", "protocol=fql_cube"]).method)
+    assert fql["alpha"] == 300 and type(fql["alpha"]) is int  # protocol/fql_cube.yaml: alpha: 300
+    vgf = to_dict(compose("train", ["method.alpha=1", "method.vgf_lr=0.1"]).method)
+    assert type(vgf["alpha"]) is int and type(vgf["vgf_lr"]) is float

@@ -108,3 +108,21 @@ def test_bc_is_the_reference_flow_and_trains_nothing():
         agent.act(obs, num_particles=4)
     with pytest.raises(RuntimeError, match="nothing to train"):
         agent.update(batch())
+
+
+def test_the_base_agent_declares_what_the_stages_read():
+    """critic, amp and compile_seconds exist on every agent: None / None / 0.0 where the method has none."""
+    b, f = bc.create(None, OBS, ACT, flow_steps=3), fql.create(None, OBS, ACT, **SMALL)
+    assert b.critic is None and b.q_values(torch.randn(2, OBS), torch.zeros(2, ACT)) is None and b.calibrate([]) == {}
+    assert f.critic is not None and f.amp is None and f.compile_seconds == 0.0 == b.compile_seconds
+
+
+def test_create_checks_the_config_once_and_names_the_bad_key():
+    with pytest.raises(ValueError, match="^lr must be > 0, got -1$"):
+        fql.create(None, OBS, ACT, lr=-1, **SMALL)
+    with pytest.raises(ValueError, match="^q_agg must be min or mean, not 'max'$"):
+        fql.create(None, OBS, ACT, q_agg="max", **SMALL)
+    with pytest.raises(ValueError, match="^flow_steps must be >= 1, got 0$"):
+        bc.create(None, OBS, ACT, flow_steps=0)
+    with pytest.raises(ValueError, match="^unknown BCConfig key"):
+        bc.create(None, OBS, ACT, alpha=1.0)

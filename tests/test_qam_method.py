@@ -307,6 +307,7 @@ def test_config_validation_and_registry():
 def test_method_yaml_lists_every_config_field_with_its_default():
     values = yaml.safe_load((config_dir() / "method" / "qam.yaml").read_text())
     assert values.pop("name") == "qam"
+    assert values.pop("defaults") == ["qam_schema", "_self_"]  # the types: vgfcli.methods.register_schemas
     defaults = dataclasses.asdict(QAMConfig())
     # set from the policy section, critic.hidden and the top-level seed
     assert set(values) == set(defaults) - {"actor_hidden", "flow_steps", "critic_hidden", "seed"}

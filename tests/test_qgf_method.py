@@ -283,6 +283,7 @@ def test_config_validation_registry_and_yaml_defaults():
     yaml_path = Path(__file__).resolve().parents[1] / "conf" / "method" / "qgf.yaml"
     values = yaml.safe_load(yaml_path.read_text())
     assert values.pop("name") == "qgf"
+    assert values.pop("defaults") == ["qgf_schema", "_self_"]  # the types: vgfcli.methods.register_schemas
     fields = {f.name: f.default for f in dataclasses.fields(QGFConfig)}
     # set from the policy, critic.hidden and the top-level seed (stages/train_critic.py)
     assert set(values) == set(fields) - {"actor_hidden", "flow_steps", "critic_hidden", "seed"}

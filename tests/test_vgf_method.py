@@ -326,3 +326,13 @@ def test_bf16_autocast_option_runs_and_stays_close_to_fp32():
     assert (moved16 - moved32).abs().mean() < 0.01        # ... are rare
     info = bf16.update(random_batch(8))
     assert torch.isfinite(info["critic_loss"])
+
+
+def test_budgets_are_parsed_in_one_place():
+    from vgfcli.budgets import RULES, parse_budgets
+
+    assert set(RULES) == {"auto", "auto_std", "auto_gain"}
+    assert parse_budgets("0, 1,,auto") == parse_budgets([0, "1", "auto"]) == [0, 1, "auto"]
+    for bad in ("", "1,-2", "fast", [True]):
+        with pytest.raises(ValueError):
+            parse_budgets(bad)

@@ -47,6 +47,10 @@ def _compose_once(config_name: str, overrides: list[str]):
     from vgfcli import schema
 
     schema.register()
+    if config_name == "train":  # the method group's schemas (importing the methods, so torch: only here)
+        from vgfcli.methods import register_schemas
+
+        register_schemas()
     for item in overrides:
         if "=" not in item:
             raise VgfError(f"bad override '{item}': expected key=value (e.g. dataset.path=FILE)")

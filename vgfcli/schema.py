@@ -210,8 +210,10 @@ class TrainConfig:
     export: ExportConfig = MISSING
     finetune: bool = False  # vgf pipeline: add the finetune stage
     online: OnlineConfig = MISSING
-    # The method's hyperparameters; their types and meanings are the method's Config dataclass
-    # (vgfcli/methods/<name>.py), checked when the stage builds the agent.
+    # The method's hyperparameters (conf/method/<name>.yaml), documented in its Config dataclass
+    # (vgfcli/methods/<name>.py). Typed by the method's own schema, method/<name>_schema, which the YAML
+    # extends (vgfcli.methods.register_schemas): a wrong type or an unknown key fails at composition;
+    # ranges and choices are checked by the Config's validate when the stage builds the agent.
     method: Any = MISSING
     upstream: UpstreamRuns = MISSING
     tracking: TrackingConfig = MISSING

@@ -30,17 +30,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, frozen_call
-from vgfcli.methods.vgf import aggregate_particles, explore_steps, parse_budgets, td_target
+from vgfcli.budgets import explore_steps, parse_budgets
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, MethodConfig, best_by_q, frozen_call
 from vgfcli.nn.closed_form import particle_update
 from vgfcli.nn.flow import FlowPolicy, euler_sample
-from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.networks import MLP
 from vgfcli.nn.noise import normal
-from vgfcli.nn.particles import aggregate_members, value_grad
+from vgfcli.nn.particles import aggregate_members, aggregate_particles, td_target, value_grad
 
 
 @dataclass
-class AVGFConfig:
+class AVGFConfig(MethodConfig):
     """A-VGF hyperparameters. Defaults: the reference code's run_scripts/run_a_vgf_off2on_ogbench.sh
     (N = 5, L_train = 5, vgf_lr 0.1, train_q_agg min) over agents/a_vgf.py:get_config."""
 
@@ -79,19 +79,11 @@ class AVGFConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
-        checks = [
-            (self.q_agg in ("min", "mean"), f"q_agg must be min or mean, not {self.q_agg!r}"),
-            (self.particle_agg in ("mean", "max"), f"particle_agg must be mean or max, not {self.particle_agg!r}"),
-            (self.num_particles >= 1, "num_particles must be >= 1"),
-            (self.flow_steps >= 1, "flow_steps must be >= 1"),
-            (self.train_steps >= 0 and self.test_steps >= 0, "train_steps and test_steps must be >= 0"),
-            (self.num_critics >= 1, "num_critics must be >= 1"),
-            (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0 or null"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
+        self.check_numbers(positive=("critic_lr", "field_lr", "vgf_lr", "grad_clip"),
+                           at_least_one=("num_critics", "num_particles", "flow_steps"),
+                           not_negative=("train_steps", "test_steps", "seed"), unit=("discount", "tau"))
+        self.check_choices(q_agg=("min", "mean"), particle_agg=("mean", "max"))
 
 
 Config = AVGFConfig
@@ -122,31 +114,18 @@ class AVGFAgent(Agent):
     """Critic ensemble + gradient field + frozen reference flow. See the module docstring."""
 
     name = "avgf"
+    config_class = AVGFConfig
+    reference_takes_activation = True
     eval_knobs = ("particles", "budgets")
     checkpoint_parts = ("critic", "target_critic", "field", "optimizer", "field_optimizer", "reference")
 
     def __init__(self, cfg: AVGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
-        super().__init__(cfg, obs_dim, act_dim, device, chunk)
-        cfg.validate()
-        dev = self.device
-        make_critic = lambda: EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics,  # noqa: E731
-                                             cfg.activation, cfg.critic_norm).to(dev)
-        self.critic, self.target_critic = make_critic(), make_critic()
-        self.target_critic.load_state_dict(self.critic.state_dict())
-        self.target_critic.requires_grad_(False)
-        self.field = MLP((obs_dim, act_dim), cfg.critic_hidden, act_dim, cfg.activation, cfg.critic_norm).to(dev)
+        super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
+        self._critic_and_target()
+        self.field = MLP((obs_dim, act_dim), cfg.critic_hidden, act_dim, cfg.activation,
+                         cfg.critic_norm).to(self.device)
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.field_optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.field_lr)
-        self._frozen_reference(reference, cfg.seed)
-
-    @classmethod
-    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,
-               chunk: int = 1, **overrides) -> "AVGFAgent":
-        """Build an A-VGF agent; ``reference`` is the pretrained flow (an untrained one when None)."""
-        cfg = config_from(AVGFConfig, cfg, **overrides)
-        if reference is None:
-            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
-        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
 
     def reference_samples(self, obs: Tensor, n: int, generator: torch.Generator) -> Tensor:
         noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
@@ -217,7 +196,7 @@ class AVGFAgent(Agent):
         return actions[0] if single else actions
 
     def explore_options(self, budget: str | None = None) -> dict:
-        """Online data collection: as VGF's (``vgfcli.methods.vgf.explore_steps``), best-of-N over
+        """Online data collection: as VGF's (``vgfcli.budgets.explore_steps``), best-of-N over
         reference samples with no step along g by default, as the reference main.py collects."""
         return {"steps": explore_steps(budget, self.cfg.train_steps)}
 

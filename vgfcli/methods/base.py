@@ -1,7 +1,9 @@
 """The contract every method (VGF, and its siblings in their own files) follows.
 
-One file per method, FQL style. A method module defines a config dataclass (every hyperparameter with
-its meaning, where it is defined) and an ``Agent`` subclass:
+One file per method, FQL style. A method module defines a config dataclass (a ``MethodConfig``: every
+hyperparameter with its meaning, where it is defined, and ``validate``, the one place its values are
+checked) and an ``Agent`` subclass naming it (``config_class``) and building its networks in
+``__init__``; the base class's ``create`` makes every method's agent:
 
     agent = Agent.create(cfg, obs_dim, act_dim, device, reference=flow, chunk=H)
     loss, info = agent.losses(batch)                       # differentiable total loss, no step
@@ -31,8 +33,6 @@ turns it into floats for logging.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -41,94 +41,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vgfcli.methods.configs import MethodConfig, config_from  # noqa: F401 (the methods' API, re-exported)
+
 Batch = Mapping[str, Tensor]
 Info = dict[str, Tensor]
-
-
-def config_from(config_cls: type, cfg: Any = None, **overrides):
-    """An instance of the dataclass ``config_cls`` from ``cfg`` (None, an instance, or a mapping such
-    as a dict or an OmegaConf DictConfig) with ``overrides`` applied. Unknown keys are refused; lists
-    become tuples where the default is a tuple."""
-    if cfg is None:
-        values: dict[str, Any] = {}
-    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        values = dataclasses.asdict(cfg)
-    elif isinstance(cfg, Mapping) or hasattr(cfg, "items"):
-        values = {str(k): v for k, v in cfg.items()}
-    else:
-        raise TypeError(f"cannot make a {config_cls.__name__} from {type(cfg).__name__}")
-    values.update(overrides)
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} key(s): {', '.join(unknown)}")
-    hints = typing.get_type_hints(config_cls)
-    for name, value in list(values.items()):
-        default = fields[name].default
-        if isinstance(default, tuple) and value is not None and not isinstance(value, tuple):
-            values[name] = value = tuple(value)
-        if not _fits(value, hints[name]):
-            raise ValueError(f"{config_cls.__name__}.{name} must be {_type_name(hints[name])}, got {value!r}")
-    for name, value in values.items():
-        problem = knob_range_problem(name, value)
-        if problem:
-            raise ValueError(f"{name} {problem}, got {value!r}")
-    config = config_cls(**values)
-    if hasattr(config, "validate"):  # a method's own value checks: bad values fail where the config is made
-        config.validate()
-    return config
-
-
-# The numeric knobs every method shares a meaning for, by name, with the range they must lie in (a
-# learning rate of -1 is refused here, before any run, instead of by torch's optimiser mid-stage).
-_POSITIVE = ("lr", "critic_lr", "field_lr", "value_lr", "vgf_lr", "softmax_temp", "bandwidth",
-             "grad_clip", "max_grad_norm", "edit_target_entropy_multiplier")
-_AT_LEAST_ONE = ("num_critics", "num_particles", "flow_steps", "best_of_n")
-_NOT_NEGATIVE = ("train_steps", "test_steps", "bank_size", "bank_refresh_every", "bank_refresh_rows", "rho", "tau_inv",
-                 "stop_gain", "guidance", "fql_alpha", "edit_scale", "seed")
-_UNIT = ("discount", "tau", "stop_quantile")  # in (0, 1]
-
-
-def knob_range_problem(name: str, value) -> str | None:
-    """Why ``value`` cannot be the method knob ``name`` (None when it can): every float finite, and the
-    shared knobs in their ranges."""
-    if value is None or isinstance(value, (bool, str, tuple)):
-        return None
-    if not np.isfinite(value):
-        return "must be a finite number"
-    if name in _POSITIVE and not value > 0:
-        return "must be > 0"
-    if name in _AT_LEAST_ONE and not value >= 1:
-        return "must be >= 1"
-    if name in _NOT_NEGATIVE and not value >= 0:
-        return "must be >= 0"
-    if name in _UNIT and not 0 < value <= 1:
-        return "must be in (0, 1]"
-    if name == "expectile" and not 0 < value < 1:
-        return "must be in (0, 1)"
-    return None
-
-
-def _fits(value, hint) -> bool:
-    """Whether ``value`` has the annotated type (the few kinds config fields use)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if hint is type(None):
-        return value is None
-    if origin is tuple:
-        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint) -> str:
-    if typing.get_args(hint):
-        return str(hint).replace("typing.", "")
-    return getattr(hint, "__name__", str(hint))
 
 
 def to_batch(batch: Mapping[str, Any], device: torch.device | str = "cpu") -> dict[str, Tensor]:
@@ -261,14 +177,38 @@ class Agent(ABC):
     """Base class of the methods; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
+    # The method's Config dataclass (a ``MethodConfig``): what ``create`` makes its config from.
+    config_class: ClassVar[type]
     # The method-specific evaluate.* keys ``eval_settings`` reads; evaluate's other method-specific keys
     # (another method's budgets or guidance) are left out of its cache key.
     eval_knobs: ClassVar[tuple[str, ...]] = ("particles",)
     # False for a method with nothing to learn after pretraining (BC): the pipeline then skips
     # train-critic and evaluate acts from the reference policy alone.
     trains: ClassVar[bool] = True
+    # True where the Config's ``activation`` is also that of the untrained reference flow ``create``
+    # builds when given none; False: the flow's own default (relu), as FQL's and BC's create build it.
+    reference_takes_activation: ClassVar[bool] = False
 
-    def __init__(self, cfg, obs_dim: int, act_dim: int, device: torch.device, chunk: int = 1):
+    # What the stages read of any agent (each method that has the feature sets it in __init__):
+    # The critic ensemble (an ``EnsembleCritic``: value checks, calibration, best-of-N); None for a
+    # method without one (BC).
+    critic: torch.nn.Module | None = None
+    # The precision the method's gradient-free matmuls run in, as ``amp=auto`` resolved on this device
+    # ("bf16" | "off"); None for a method without mixed precision (all but VGF).
+    amp: str | None = None
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall seconds spent building torch.compile'd code (its first calls); 0.0 for a method that
+        compiles nothing (all but VGF)."""
+        return 0.0
+
+    def __init__(self, cfg, obs_dim: int, act_dim: int, device: torch.device, reference, chunk: int = 1):
+        """The fields every agent has: ``cfg`` (checked by ``config_from`` already), the dims, the
+        device, the chunk, the pretrained ``reference`` flow on the device and frozen, and the agent's
+        two random streams, ``generator`` (training noise) and ``act_generator`` (acting). A method's
+        __init__ calls this, then builds its networks and optimisers (their order fixes the weights a
+        seed gives)."""
         self.cfg = cfg
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.device = torch.device(device)
@@ -279,13 +219,47 @@ class Agent(ABC):
         self.compute = ComputeCounter()  # what acting costs (act() adds to it; evaluate resets it per row)
         # The members' std of Q at dataset actions, percentiles 0..100 (``calibrate``; None before).
         self.member_std_percentiles: Tensor | None = None
-
-    def _frozen_reference(self, reference, seed: int) -> None:
-        """The pretrained reference flow on the agent's device, frozen, and the agent's two random
-        streams: ``generator`` (training noise) and ``act_generator`` (acting)."""
         self.reference = reference.to(self.device).eval().requires_grad_(False)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.act_generator = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.act_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
+
+    @classmethod
+    def create(cls, cfg, obs_dim: int, act_dim: int, device: torch.device | str = "cpu", *, reference=None,
+               chunk: int = 1, **overrides) -> "Agent":
+        """Build the agent.
+
+        ``cfg``: a Config, a mapping of its fields (the ``method`` section with the shared knobs, or a
+        checkpoint's config), or None (defaults); ``overrides`` are applied on top (the stages' speed
+        switches ``compile`` and ``amp``, where the Config has them), and the result is checked once
+        (``config_from``). ``reference``: the pretrained reference flow (frozen here). If None, an
+        untrained ``FlowPolicy`` of ``actor_hidden`` is built: load its weights with
+        ``agent.reference.load_state_dict`` (for QAM before training: v_theta copies it when built).
+        ``chunk``: actions are H-step chunks flattened (``act_dim`` = H x the env's), see the module
+        docstring."""
+        from vgfcli.nn.flow import FlowPolicy
+
+        cfg = config_from(cls.config_class, cfg, **overrides)
+        if reference is None:
+            activation = {"activation": cfg.activation} if cls.reference_takes_activation else {}
+            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, **activation)
+        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
+
+    def _critic_and_target(self) -> None:
+        """``critic``: an ``EnsembleCritic`` of ``cfg.num_critics`` members (``critic_hidden``,
+        ``activation``, ``critic_norm``), then ``target_critic``: a second one (its own initialisation
+        drawn, then overwritten) holding the critic's weights, frozen."""
+        from vgfcli.nn.networks import EnsembleCritic
+
+        cfg = self.cfg
+
+        def ensemble():
+            return EnsembleCritic(self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
+                                  cfg.critic_norm).to(self.device)
+
+        self.critic = ensemble()
+        self.target_critic = ensemble()
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.target_critic.requires_grad_(False)
 
     def explore_options(self, budget: str | None = None) -> dict[str, Any]:
         """``act`` options while collecting online data (``vgf finetune``): the method's own acting rule
@@ -311,19 +285,17 @@ class Agent(ABC):
     def q_values(self, obs: Tensor, actions: Tensor) -> Tensor | None:
         """The critic's value of ``actions`` ``[B, act_dim]`` at ``obs``: the mean over its members,
         ``[B]`` (``vgf evaluate``'s value checks); None for a method without a critic."""
-        critic = getattr(self, "critic", None)
-        if critic is None:
+        if self.critic is None:
             return None
-        return critic(obs, actions).float().mean(dim=0)
+        return self.critic(obs, actions).float().mean(dim=0)
 
     def calibrate(self, batches) -> Info:
         """Once after training, on dataset batches: store what acting needs to know about the trained
         critic (the percentiles of its members' disagreement at dataset actions, for the adaptive
         budget's disagreement rule). Methods without a critic ensemble store nothing."""
-        critic = getattr(self, "critic", None)
-        if critic is None:
+        if self.critic is None:
             return {}
-        self.member_std_percentiles = member_std_percentiles(critic, batches)
+        self.member_std_percentiles = member_std_percentiles(self.critic, batches)
         if self.member_std_percentiles is None:
             return {}
         p = self.member_std_percentiles
@@ -361,11 +333,6 @@ class Agent(ABC):
         actions = self.reference.sample(obs.unsqueeze(0) if single else obs, steps=self.cfg.flow_steps,
                                         generator=generator)
         return actions[0] if single else actions
-
-    @classmethod
-    @abstractmethod
-    def create(cls, cfg, obs_dim: int, act_dim: int, device: torch.device | str = "cpu", **parts):
-        """Build the agent (networks, optimisers) from a config; ``parts`` are pretrained pieces."""
 
     @abstractmethod
     def losses(self, batch: Batch) -> tuple[Tensor, Info]:

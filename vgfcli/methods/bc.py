@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, config_from
-from vgfcli.nn.flow import FlowPolicy, flow_matching_loss
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, MethodConfig
+from vgfcli.nn.flow import flow_matching_loss
 
 
 @dataclass
-class BCConfig:
+class BCConfig(MethodConfig):
     """BC has no hyperparameters of its own: the flow's come from the pretrained policy."""
 
     actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
@@ -26,29 +26,20 @@ class BCConfig:
     discount: float = 0.99  # unused (no TD learning); kept so every method has one
     seed: int = 0
 
+    def validate(self) -> None:
+        """Raise ValueError naming a value BC cannot run with (run once, as the Config is made)."""
+        self.check_numbers(at_least_one=("flow_steps",), not_negative=("seed",), unit=("discount",))
+
 
 Config = BCConfig
 
 
 class BCAgent(Agent):
     name = "bc"
+    config_class = BCConfig
     eval_knobs = ()
     trains = False
     checkpoint_parts = ("reference",)
-
-    def __init__(self, cfg: BCConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
-        super().__init__(cfg, obs_dim, act_dim, device, chunk)
-        if cfg.flow_steps < 1:
-            raise ValueError("flow_steps must be >= 1")
-        self._frozen_reference(reference, cfg.seed)
-
-    @classmethod
-    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,
-               chunk: int = 1, **overrides) -> "BCAgent":
-        cfg = config_from(BCConfig, cfg, **overrides)
-        if reference is None:
-            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden)
-        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
 
     def losses(self, batch: Batch) -> tuple[Tensor, Info]:
         """The flow-matching loss of the (frozen) reference on ``batch``: what BC minimised."""
@@ -66,8 +57,6 @@ class BCAgent(Agent):
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
         return []  # the reference row IS the BC policy
-
-
 
 
 Agent = BCAgent

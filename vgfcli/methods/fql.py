@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, Info, best_by_q, config_from, frozen_call
+from vgfcli.methods.base import Agent, Batch, Info, MethodConfig, best_by_q, frozen_call
 from vgfcli.nn.flow import FlowPolicy, euler_sample
-from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.networks import MLP
 from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members
 
 
 @dataclass
-class FQLConfig:
+class FQLConfig(MethodConfig):
     """FQL hyperparameters; defaults are the reference code's ``agents/fql.py:get_config``."""
 
     # Hidden widths of each critic member and of the one-step policy.
@@ -60,25 +60,14 @@ class FQLConfig:
     flow_steps: int = 10
     seed: int = 0
 
-
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
-        _validate(self)
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
+        self.check_numbers(positive=("lr",), at_least_one=("num_critics", "flow_steps"),
+                           not_negative=("alpha", "seed"), unit=("discount", "tau"))
+        self.check_choices(q_agg=("min", "mean"))
 
 
 Config = FQLConfig
-
-
-def _validate(cfg: FQLConfig) -> None:
-    checks = [
-        (cfg.q_agg in ("min", "mean"), f"q_agg must be min or mean, not {cfg.q_agg!r}"),
-        (cfg.alpha >= 0, "alpha must be >= 0"),
-        (cfg.num_critics >= 1, "num_critics must be >= 1"),
-        (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
 
 
 def distillation_target(flow, obs: Tensor, noise: Tensor, steps: int) -> Tensor:
@@ -91,29 +80,15 @@ class FQLAgent(Agent):
     """Critic ensemble + one-step policy distilled from the frozen reference flow."""
 
     name = "fql"
+    config_class = FQLConfig
     checkpoint_parts = ("critic", "target_critic", "onestep", "optimizer", "reference")
 
     def __init__(self, cfg: FQLConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
-        super().__init__(cfg, obs_dim, act_dim, device, chunk)
-        _validate(cfg)
-        dev = self.device
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
-                                     cfg.critic_norm).to(dev)
-        self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
-                                            cfg.critic_norm).to(dev)
-        self.target_critic.load_state_dict(self.critic.state_dict())
-        self.target_critic.requires_grad_(False)
-        self.onestep = MLP((obs_dim, act_dim), cfg.onestep_hidden, act_dim, cfg.activation, cfg.actor_norm).to(dev)
+        super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
+        self._critic_and_target()
+        self.onestep = MLP((obs_dim, act_dim), cfg.onestep_hidden, act_dim, cfg.activation,
+                           cfg.actor_norm).to(self.device)
         self.optimizer = torch.optim.Adam([*self.critic.parameters(), *self.onestep.parameters()], lr=cfg.lr)
-        self._frozen_reference(reference, cfg.seed)
-
-    @classmethod
-    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,
-               chunk: int = 1, **overrides) -> "FQLAgent":
-        cfg = config_from(FQLConfig, cfg, **overrides)
-        if reference is None:
-            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden)
-        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
 
     def policy(self, obs: Tensor, noise: Tensor) -> Tensor:
         """mu(s, z), unclipped (the distillation loss sees it raw, as in the code)."""
@@ -170,8 +145,6 @@ class FQLAgent(Agent):
         actions = best_by_q(self.critic, obs, cand, self.cfg.q_agg)
         self.compute.add(obs.shape[0], obs.shape[0] * n * (n > 1))  # the selection's critic forwards
         return actions[0] if single else actions
-
-
 
 
 Agent = FQLAgent

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,17 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, frozen_call
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, MethodConfig, best_by_q, frozen_call
+from vgfcli.nn.adjoint import adjoint_matching_loss, lean_adjoint, memoryless_rollout, sigma_schedule
 from vgfcli.nn.flow import FlowPolicy, euler_sample
-from vgfcli.nn.networks import MLP, EnsembleCritic, activation_fn
+from vgfcli.nn.networks import MLP, activation_fn
 from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import value_grad
 
-Velocity = Callable[[Tensor, Tensor, Tensor], Tensor]
-
 
 @dataclass
-class QAMConfig:
+class QAMConfig(MethodConfig):
     """QAM hyperparameters. Defaults: ``agents/qam.py:get_config`` with the OGBench manipulation
     settings of ``experiments/reproduce.py`` (10 critics, rho 0.5, inverse temperature 1)."""
 
@@ -119,10 +118,18 @@ class QAMConfig:
     # Seed of the agent's random streams (training noise; acting has its own stream).
     seed: int = 0
 
-
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
-        _validate(self)
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
+        self.check_numbers(positive=("lr", "grad_clip", "edit_target_entropy_multiplier"),
+                           at_least_one=("num_critics", "best_of_n", "flow_steps"),
+                           # fql_alpha and edit_scale: reproduce.py uses 0 on some domains
+                           not_negative=("rho", "tau_inv", "fql_alpha", "edit_scale", "seed"),
+                           unit=("discount", "tau"))
+        self.check_choices(variant=VARIANTS, policy_init=("fresh", "reference"))
+        self.require((not (self.residual and self.policy_init == "reference"),
+                      "residual=true learns v_theta as a residual on v_b: use policy_init=fresh"),
+                     (self.variant != "edit" or len(self.actor_hidden) > 0,
+                      "variant=edit needs a non-empty actor_hidden"))
 
 
 Config = QAMConfig
@@ -130,87 +137,8 @@ Config = QAMConfig
 VARIANTS = ("base", "fql", "edit")
 
 
-def _validate(cfg: QAMConfig) -> None:
-    checks = [
-        (cfg.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}, not {cfg.variant!r}"),
-        (cfg.policy_init in ("fresh", "reference"),
-         f"policy_init must be fresh or reference, not {cfg.policy_init!r}"),
-        (not (cfg.residual and cfg.policy_init == "reference"),
-         "residual=true learns v_theta as a residual on v_b: use policy_init=fresh"),
-        (cfg.tau_inv >= 0, "tau_inv must be >= 0"),
-        (cfg.rho >= 0, "rho must be >= 0"),
-        (cfg.num_critics >= 1, "num_critics must be >= 1"),
-        (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
-        (cfg.best_of_n >= 1, "best_of_n must be >= 1"),
-        (0 < cfg.tau <= 1, "tau must be in (0, 1]"),
-        (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip must be > 0 or null"),
-        (cfg.fql_alpha >= 0, "fql_alpha must be >= 0 (reproduce.py uses 0 on some domains)"),
-        (cfg.edit_scale >= 0, "edit_scale must be >= 0 (reproduce.py uses 0 on some domains)"),
-        (cfg.variant != "edit" or len(cfg.actor_hidden) > 0, "variant=edit needs a non-empty actor_hidden"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
 # ---------------------------------------------------------------------------------------------------
-# Adjoint matching pieces (pure functions: the tests check them in float64)
-
-
-def sigma_schedule(steps: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-    """``[T]``: sigma_k = sqrt(2 (1 - t_k + h) / (t_k + h)), t_k = k h, h = 1/T (the memoryless noise)."""
-    h = 1.0 / steps
-    t = torch.arange(steps, dtype=torch.float64) * h
-    return (2 * (1 - t + h) / (t + h)).sqrt().to(dtype=dtype, device=device)
-
-
-def memoryless_rollout(policy_v: Velocity, base_v: Velocity, obs: Tensor, x0: Tensor, noises: Tensor,
-                       steps: int) -> Tensor:
-    """``[T + 1, B, d]``: x_0..x_T of the memoryless SDE driven by ``policy_v``; ``noises`` ``[T - 1,
-    B, d]`` are the eps_k of the stochastic steps. The last step is a deterministic Euler step of
-    ``base_v`` (the code follows the adjoint-matching paper there). Call without gradients."""
-    h = 1.0 / steps
-    xs = [x0]
-    x = x0
-    for k in range(steps):
-        t = torch.full((*x.shape[:-1], 1), k * h, dtype=x.dtype, device=x.device)
-        if k < steps - 1:
-            sigma = math.sqrt(2 * (1 - k * h + h) / (k * h + h))
-            x = x + h * (2 * policy_v(obs, x, t) - x / (k * h + h)) + math.sqrt(h) * sigma * noises[k]
-        else:
-            x = x + h * base_v(obs, x, t)
-        xs.append(x)
-    return torch.stack(xs)
-
-
-def lean_adjoint(base_v: Velocity, obs: Tensor, xs: Tensor, a_final: Tensor, steps: int) -> Tensor:
-    """``[T, B, d]``: adjoint states a_0..a_{T-1} from a_T = ``a_final`` backward through
-    a_k = a_{k+1} + h J_k^T a_{k+1}, J_k = d/dx [2 v_b(s, x, t_k + h) - x / (t_k + h)] at x_k = xs[k].
-
-    The base drift is evaluated at t_k + h, as the code's backward pass does (the step's end, where
-    x / t is finite). Only v_b is differentiated, with respect to x alone (one VJP per step); the
-    -x / (t_k + h) term's Jacobian is -I / (t_k + h) and is applied in closed form.
-    """
-    h = 1.0 / steps
-    adjoints = [a_final] * steps
-    a = a_final.detach()
-    with torch.inference_mode(False), torch.enable_grad():
-        obs = obs.clone() if obs.is_inference() else obs
-        for k in reversed(range(steps)):
-            s = k * h + h
-            x = xs[k].detach().clone().requires_grad_(True)
-            t = torch.full((*x.shape[:-1], 1), s, dtype=x.dtype, device=x.device)
-            (vjp,) = torch.autograd.grad(base_v(obs, x, t), x, grad_outputs=a)
-            a = a + h * (2 * vjp - a / s)
-            adjoints[k] = a
-    return torch.stack(adjoints)
-
-
-def adjoint_matching_loss(drift_diff: Tensor, adjoints: Tensor, sigmas: Tensor) -> Tensor:
-    """sum_k || (2 / sigma_k) drift_diff_k + sigma_k a_k ||^2, mean over the batch; ``drift_diff`` is
-    v_theta - v_b (or the residual) at x_k, ``[T, B, d]``; ``sigmas`` ``[T]``."""
-    sig = sigmas.reshape(-1, *([1] * (adjoints.dim() - 1)))
-    return ((2 / sig) * drift_diff + sig * adjoints).square().sum(-1).sum(0).mean()
+# TD target
 
 
 def pessimistic_value(qs: Tensor, rho: float) -> Tensor:
@@ -271,21 +199,16 @@ class QAMAgent(Agent):
     """Critic ensemble + policy flow fine-tuned by adjoint matching against the frozen reference."""
 
     name = "qam"
+    config_class = QAMConfig
+    reference_takes_activation = True
     # The variants' networks are None when unused, and then left out.
     checkpoint_parts = ("critic", "target_critic", "policy", "onestep", "edit", "optimizer", "reference")
 
     def __init__(self, cfg: QAMConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
                  chunk: int = 1):
-        super().__init__(cfg, obs_dim, act_dim, device, chunk)
-        _validate(cfg)
+        super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
         dev = self.device
-        self.reference = reference.to(dev).eval().requires_grad_(False)
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
-                                     cfg.critic_norm).to(dev)
-        self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics,
-                                            cfg.activation, cfg.critic_norm).to(dev)
-        self.target_critic.load_state_dict(self.critic.state_dict())
-        self.target_critic.requires_grad_(False)
+        self._critic_and_target()
         policy = copy.deepcopy(self.reference) if cfg.policy_init == "reference" else _fresh_copy(self.reference)
         self.policy = policy.train().requires_grad_(True)
         self.onestep = self.edit = self.log_alpha = None
@@ -302,19 +225,6 @@ class QAMAgent(Agent):
         self.optimizer = torch.optim.Adam(trained, lr=cfg.lr)
         self.target_entropy = (cfg.edit_target_entropy if cfg.edit_target_entropy is not None
                                else -cfg.edit_target_entropy_multiplier * act_dim)
-        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
-
-    @classmethod
-    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *, reference: FlowPolicy | None = None,
-               chunk: int = 1, **overrides) -> "QAMAgent":
-        """Build a QAM agent; ``reference`` is the pretrained BC flow (frozen here). If None, an
-        untrained ``FlowPolicy`` is built: load its weights with ``agent.reference.load_state_dict``
-        (before training: v_theta copies its architecture at construction)."""
-        cfg = config_from(QAMConfig, cfg, **overrides)
-        if reference is None:
-            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
-        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
 
     # --- policies ---------------------------------------------------------------------------------
 

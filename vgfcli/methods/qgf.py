@@ -30,15 +30,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from
+from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, MethodConfig, best_by_q
 from vgfcli.nn.flow import FlowPolicy, VelocityFn, euler_sample
-from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.networks import MLP
 from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members
 
 
 @dataclass
-class QGFConfig:
+class QGFConfig(MethodConfig):
     """QGF hyperparameters. Defaults: the reference code's ``agents/qgf.py:get_config`` (its OGBench
     manipulation scripts widen the networks to 1024, use batch 1024, discount 0.999 and chunks of 5:
     those belong to presets)."""
@@ -102,10 +102,13 @@ class QGFConfig:
     # Seed of the agent's random streams (training draws nothing; acting has its own stream).
     seed: int = 0
 
-
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
-        _validate(self)
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
+        self.check_numbers(positive=("critic_lr", "value_lr", "max_grad_norm"),
+                           at_least_one=("num_critics", "num_particles", "flow_steps"),
+                           not_negative=("guidance", "seed"), unit=("discount", "tau"), open_unit=("expectile",))
+        self.check_choices(q_agg=_AGG, guide_q_agg=_AGG, value_critic=_CRITICS, guide_critic=_CRITICS,
+                           guidance_point=GUIDANCE_POINTS, critic_loss_members=("mean", "sum"))
 
 
 Config = QGFConfig
@@ -113,31 +116,6 @@ Config = QGFConfig
 _AGG = ("min", "mean")
 _CRITICS = ("target", "online")
 GUIDANCE_POINTS = ("clean", "jacobian", "noisy")
-
-
-def _validate(cfg: QGFConfig) -> None:
-    checks = [
-        (cfg.q_agg in _AGG, f"q_agg must be min or mean, not {cfg.q_agg!r}"),
-        (cfg.guide_q_agg in _AGG, f"guide_q_agg must be min or mean, not {cfg.guide_q_agg!r}"),
-        (cfg.value_critic in _CRITICS, f"value_critic must be target or online, not {cfg.value_critic!r}"),
-        (cfg.guide_critic in _CRITICS, f"guide_critic must be target or online, not {cfg.guide_critic!r}"),
-        (cfg.guidance_point in GUIDANCE_POINTS,
-         f"guidance_point must be clean, jacobian or noisy, not {cfg.guidance_point!r}"),
-        (cfg.critic_loss_members in ("mean", "sum"),
-         f"critic_loss_members must be mean or sum, not {cfg.critic_loss_members!r}"),
-        (0.0 < cfg.expectile < 1.0, f"expectile must lie in (0, 1), got {cfg.expectile}"),
-        (0.0 < cfg.discount <= 1.0, f"discount must lie in (0, 1], got {cfg.discount}"),
-        (0.0 <= cfg.tau <= 1.0, f"tau must lie in [0, 1], got {cfg.tau}"),
-        (math.isfinite(cfg.guidance) and cfg.guidance >= 0, f"guidance must be >= 0, got {cfg.guidance}"),
-        (cfg.max_grad_norm is None or cfg.max_grad_norm > 0, "max_grad_norm must be None or > 0"),
-        (cfg.num_critics >= 1, "num_critics must be >= 1"),
-        (cfg.num_particles >= 1, "num_particles must be >= 1"),
-        (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
-        (cfg.critic_lr > 0 and cfg.value_lr > 0, "critic_lr and value_lr must be > 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,44 +197,19 @@ class QGFAgent(Agent):
     """IQL critic (twin Q, target Q, V) + frozen reference flow guided by grad Q when acting."""
 
     name = "qgf"
+    config_class = QGFConfig
+    reference_takes_activation = True
     eval_knobs = ("particles", "guidance")
     checkpoint_parts = ("critic", "target_critic", "value", "critic_optimizer", "value_optimizer", "reference")
     checkpoint_generators = ("act_generator",)
 
     def __init__(self, cfg: QGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
                  chunk: int = 1):
-        super().__init__(cfg, obs_dim, act_dim, device, chunk)
-        _validate(cfg)
-        dev = self.device
-
-        def ensemble():
-            return EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
-                                  cfg.critic_norm).to(dev)
-
-        self.critic = ensemble()
-        self.target_critic = ensemble()
-        self.target_critic.load_state_dict(self.critic.state_dict())
-        self.target_critic.requires_grad_(False)
-        self.value = MLP(obs_dim, cfg.critic_hidden, 1, cfg.activation, cfg.critic_norm).to(dev)
+        super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
+        self._critic_and_target()
+        self.value = MLP(obs_dim, cfg.critic_hidden, 1, cfg.activation, cfg.critic_norm).to(self.device)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr)
-        self.reference = reference.to(dev).eval().requires_grad_(False)
-        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
-
-    @classmethod
-    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *,
-               reference: FlowPolicy | None = None, chunk: int = 1, **overrides) -> "QGFAgent":
-        """Build a QGF agent.
-
-        ``cfg``: a ``QGFConfig``, a mapping of its fields, or None (defaults); ``overrides`` are
-        applied on top. ``reference``: the pretrained reference flow (frozen here). If None, an
-        untrained ``FlowPolicy`` is built: load its weights with ``agent.reference.load_state_dict``.
-        ``chunk``: actions per decision (``act_dim`` is chunk x the environment's action dimension).
-        """
-        cfg = config_from(QGFConfig, cfg, **overrides)
-        if reference is None:
-            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
-        return cls(cfg, obs_dim, act_dim, device, reference, chunk)
 
     # --- pieces -----------------------------------------------------------------------------------
 
@@ -367,8 +320,6 @@ class QGFAgent(Agent):
             rows.append(EvalSetting(f"w={w:g}", f"guidance_{w:g}", n, {"guidance": w, "num_particles": n},
                                     {"guidance": w}))
         return rows
-
-
 
 
 Agent = QGFAgent

@@ -31,20 +31,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vgfcli.methods.base import Agent, Batch, EvalSetting, Info, best_by_q, config_from, percentile_at
+from vgfcli.budgets import RULES, explore_steps, parse_budgets  # noqa: F401 (the last two re-exported)
+from vgfcli.methods.base import Batch, Info, MethodConfig
+from vgfcli.methods.vgf_acting import VGFActing
 from vgfcli.nn import closed_form
-from vgfcli.nn.adaptive import RULES, StopRule, adaptive_transport, reads_disagreement
+from vgfcli.nn.adaptive import StopRule, adaptive_transport
 from vgfcli.nn.bank import ParticleBank, RollingBank, build_bank, fill_bank, refresh_bank
 from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import CastCopy, EnsembleCritic
 from vgfcli.nn.noise import normal
-from vgfcli.nn.particles import aggregate_members, transport
+from vgfcli.nn.particles import aggregate_particles, td_target, transport
 from vgfcli.nn.precision import autocast, cpu_has_bf16, resolve_amp
 
 
 @dataclass
-class VGFConfig:
+class VGFConfig(MethodConfig):
     """VGF hyperparameters. Defaults: the reference code's OGBench manipulation runs
     (run_scripts/run_vgf_off_ogbench.sh); per-task values (alpha, vgf_lr, discount, q_agg) belong to
     the task presets."""
@@ -156,98 +158,29 @@ class VGFConfig:
     # discount and train_q_agg; conf/protocol/vgf-off2on_<family>.yaml).
     variant: str = "base"
 
-
     def validate(self) -> None:
-        """Raise ValueError naming a value the method cannot run with (``config_from`` calls it)."""
-        _validate(self)
+        """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
+        self.check_numbers(positive=("critic_lr", "vgf_lr", "alpha", "bandwidth", "softmax_temp"),
+                           at_least_one=("num_critics", "num_particles", "flow_steps", "bank_refresh_rows"),
+                           not_negative=("train_steps", "test_steps", "stop_gain", "bank_size", "bank_refresh_every",
+                                         "seed"),
+                           unit=("discount", "tau", "stop_quantile"))
+        self.check_choices(q_agg=_AGG_MEMBERS, grad_q_agg=_AGG_MEMBERS, particle_agg=("mean", "max"),
+                           step_rule=("adam", "plain"), select=("max", "softmax", "random"),
+                           amp=("off", "bf16", "auto"), variant=("base", "off2on"), train_budget=("fixed", *RULES))
+        self.require((self.bank_size == 0 or self.bank_size >= self.num_particles,
+                      "bank_size must be 0 (no bank) or at least num_particles"),
+                     (self.train_budget == "fixed" or (self.closed_form and self.num_critics >= 2),
+                      "an adaptive train_budget needs closed_form=true and num_critics >= 2"))
 
 
 Config = VGFConfig
 
-
-def explore_steps(budget: str | None, train_steps: int) -> int:
-    """Transport steps of online exploration from ``online.explore_budget``: None -> 0 (the reference
-    code's best-of-N), ``train`` -> L_train, an integer string -> that L. Shared by VGF and A-VGF."""
-    if budget is None:
-        return 0
-    if str(budget) == "train":
-        return int(train_steps)
-    try:
-        steps = int(str(budget))
-    except ValueError:
-        steps = -1
-    if steps < 0:
-        raise ValueError(f"online.explore_budget must be null, train or an integer >= 0, got {budget!r}")
-    return steps
-
 _AGG_MEMBERS = ("min", "mean")
-_AGG_PARTICLES = ("mean", "max")
-
-
-def _validate(cfg: VGFConfig) -> None:
-    checks = [
-        (cfg.q_agg in _AGG_MEMBERS, f"q_agg must be min or mean, not {cfg.q_agg!r}"),
-        (cfg.grad_q_agg in _AGG_MEMBERS, f"grad_q_agg must be min or mean, not {cfg.grad_q_agg!r}"),
-        (cfg.particle_agg in _AGG_PARTICLES,
-         f"particle_agg must be mean or max, not {cfg.particle_agg!r}"),
-        (cfg.step_rule in ("adam", "plain"), f"step_rule must be adam or plain, not {cfg.step_rule!r}"),
-        (cfg.select in ("max", "softmax", "random"),
-         f"select must be max, softmax or random, not {cfg.select!r}"),
-        (cfg.amp in ("off", "bf16", "auto"), f"amp must be off, bf16 or auto, not {cfg.amp!r}"),
-        (cfg.variant in ("base", "off2on"), f"variant must be base or off2on, not {cfg.variant!r}"),
-        (cfg.num_particles >= 1, "num_particles must be >= 1"),
-        (cfg.flow_steps >= 1, "flow_steps must be >= 1"),
-        (cfg.train_steps >= 0 and cfg.test_steps >= 0, "train_steps and test_steps must be >= 0"),
-        (cfg.alpha > 0, "alpha must be > 0"),
-        (cfg.num_critics >= 1, "num_critics must be >= 1"),
-        (cfg.bank_size == 0 or cfg.bank_size >= cfg.num_particles,
-         "bank_size must be 0 (no bank) or at least num_particles"),
-        (cfg.bank_refresh_every >= 0, "bank_refresh_every must be >= 0 (0 = never)"),
-        (cfg.bank_refresh_rows >= 1, "bank_refresh_rows must be >= 1"),
-        (cfg.train_budget in ("fixed", *RULES),
-         f"train_budget must be fixed, {', '.join(RULES)}, not {cfg.train_budget!r}"),
-        (cfg.train_budget == "fixed" or (cfg.closed_form and cfg.num_critics >= 2),
-         "an adaptive train_budget needs closed_form=true and num_critics >= 2"),
-        (0.0 < cfg.stop_quantile <= 1.0, "stop_quantile must be in (0, 1]"),
-        (cfg.stop_gain >= 0.0, "stop_gain must be >= 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Targets
-
-
-def aggregate_particles(q: Tensor, how: str) -> Tensor:
-    """``[B, N] -> [B]``: mean or max over particles."""
-    if how == "mean":
-        return q.mean(-1)
-    if how == "max":
-        return q.max(-1).values
-    raise ValueError(f"unknown particle aggregation '{how}' (expected mean or max)")
-
-
-def td_target(next_qs: Tensor, rewards: Tensor, masks: Tensor, discount: float,
-              q_agg: str = "mean", particle_agg: str = "mean") -> Tensor:
-    """``y = r + discount * mask * agg_particles(agg_members(next_qs))``; ``next_qs`` is ``[M, B, N]``."""
-    next_v = aggregate_particles(aggregate_members(next_qs, q_agg), particle_agg)
-    return rewards + discount * masks * next_v
-
-
-def parse_budgets(values) -> list[int | str]:
-    """``evaluate.budgets`` as numbers of steps (>= 0) and adaptive rule names; anything else is refused."""
-    out: list[int | str] = []
-    for value in values:
-        text = str(value).strip()
-        if text in RULES:
-            out.append(text)
-        elif text.isdigit():
-            out.append(int(text))
-        else:
-            raise ValueError(f"budgets must be steps >= 0 or one of {', '.join(RULES)}, got {value!r}")
-    return out
+# TD target
 
 
 def _moved_next_q(online, target, shape, next_obs: Tensor, start: Tensor, steps: int,
@@ -258,52 +191,30 @@ def _moved_next_q(online, target, shape, next_obs: Tensor, start: Tensor, steps:
     return moved, closed_form.q_values(target, shape, next_obs, moved)
 
 
-def _act_best(flow, transport_tensors, critic_tensors, shape, obs: Tensor, noise: Tensor, flow_steps: int,
-              steps: int, options: dict, q_agg: str) -> Tensor:
-    """``[B, d]``: K Euler steps of the reference from ``noise`` ``[B, N, d]``, ``steps`` transport steps,
-    then per state the particle of largest online Q (a NaN Q never wins; N = 1 needs no critic)."""
-    start = euler_sample(flow, obs.unsqueeze(1), noise, flow_steps)
-    moved = closed_form.transport(transport_tensors, shape, obs, start, steps, **options)
-    if moved.shape[1] == 1:
-        return moved[:, 0]
-    q = aggregate_members(closed_form.q_values(critic_tensors, shape, obs, moved), q_agg)
-    best = torch.nan_to_num(q, nan=float("-inf")).argmax(dim=1)
-    return moved[torch.arange(moved.shape[0], device=moved.device), best]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Agent
 
 
-class VGFAgent(Agent):
+class VGFAgent(VGFActing):
     """Critic ensemble + frozen reference flow + particle transport. See the module docstring."""
 
     name = "vgf"
+    config_class = VGFConfig
+    reference_takes_activation = True
     eval_knobs = ("particles", "budgets", "budget_max", "stop_quantile", "stop_gain")
     checkpoint_parts = ("critic", "target_critic", "optimizer", "reference")
 
-    def __init__(self, cfg: VGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
-                 bank: ParticleBank | None = None, chunk: int = 1):
-        super().__init__(cfg, obs_dim, act_dim, device, chunk)
-        _validate(cfg)
+    def __init__(self, cfg: VGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
+        super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
         self.amp = resolve_amp(cfg.amp, self.device)  # what "auto" means on this device
         if self.amp == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
             warnings.warn("amp=bf16 on a CPU without native bf16 matmul (no AVX512-BF16/AMX): "
                           "bf16 matmuls run tens of times slower than fp32 here", stacklevel=3)
-        dev = self.device
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics,
-                                     cfg.activation, cfg.critic_norm).to(dev)
-        self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics,
-                                            cfg.activation, cfg.critic_norm).to(dev)
-        self.target_critic.load_state_dict(self.critic.state_dict())
-        self.target_critic.requires_grad_(False)
+        self._critic_and_target()
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.reference = reference.to(dev).eval().requires_grad_(False)
-        self.bank = bank
+        self.bank: ParticleBank | None = None  # set by prepare() (or set_bank)
         self._rolling: RollingBank | None = None  # set by prepare(): the bank renews itself
         self._bank_obs, self._bank_at = None, None  # the bank's states and its refresh count
-        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-        self.act_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1_000_003)
         # Compiled pieces of the update and of acting (cfg.compile), built lazily on first use.
         self._compiled: dict[str, Compiled] = {}
         self._first_step = 0  # the step this process starts from (a resume loads a later one)
@@ -321,23 +232,6 @@ class VGFAgent(Agent):
     def compile_seconds(self) -> float:
         """Wall seconds spent in first calls of compiled code (where torch.compile built it)."""
         return sum(c.seconds for c in self._compiled.values())
-
-    @classmethod
-    def create(cls, cfg, obs_dim: int, act_dim: int, device="cpu", *,
-               reference: FlowPolicy | None = None, bank: ParticleBank | None = None, chunk: int = 1,
-               **overrides) -> "VGFAgent":
-        """Build a VGF agent.
-
-        ``cfg``: a ``VGFConfig``, a mapping of its fields, or None (defaults); ``overrides`` are
-        applied on top. ``reference``: the pretrained reference flow (frozen here). If None, an
-        untrained ``FlowPolicy`` is built: load its weights with ``agent.reference.load_state_dict``.
-        ``bank``: optional ``ParticleBank`` for the next states of the training dataset. ``chunk``:
-        actions are H-step chunks flattened (``act_dim`` = H x the env's), see ``methods.base``.
-        """
-        cfg = config_from(VGFConfig, cfg, **overrides)
-        if reference is None:
-            reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
-        return cls(cfg, obs_dim, act_dim, device, reference, bank, chunk)
 
     # --- pieces -----------------------------------------------------------------------------------
 
@@ -482,132 +376,7 @@ class VGFAgent(Agent):
         self._maybe_refresh_bank()
         return info
 
-    def act(self, obs: Tensor, *, steps: int | None = None, num_particles: int | None = None,
-            select: str | None = None, generator: torch.Generator | None = None, budget: str | None = None,
-            stop_quantile: float | None = None, stop_gain: float | None = None) -> Tensor:
-        """Actions ``[B, act_dim]`` for ``obs`` ``[B, obs_dim]`` (or ``[act_dim]`` for ``[obs_dim]``).
-
-        ``steps`` (L_test), ``num_particles`` and ``select`` default to the config. ``budget``: an
-        adaptive rule (``auto``, ``auto_std``, ``auto_gain``; ``vgfcli.nn.adaptive``) with ``steps`` as
-        its most, its ``stop_quantile`` / ``stop_gain`` defaulting to the config; None = ``steps``
-        steps for every state. May run under ``torch.no_grad`` or ``torch.inference_mode``: the
-        closed-form transport needs no autograd, the autograd one re-enables the gradients it needs
-        (with respect to the actions only).
-        """
-        cfg = self.cfg
-        steps = cfg.test_steps if steps is None else steps
-        n = cfg.num_particles if num_particles is None else num_particles
-        select = cfg.select if select is None else select
-        generator = generator or self.act_generator
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 1
-        obs = obs.unsqueeze(0) if single else obs
-        if budget is not None:
-            actions = self._act_adaptive(obs, n, steps, budget, stop_quantile, stop_gain, generator)
-            return actions[0] if single else actions
-        # every state: `steps` forward + backward passes per particle, and a forward to select by Q
-        self.compute.add(obs.shape[0], obs.shape[0] * n * (steps + (n > 1)), obs.shape[0] * n * steps)
-        self.compute.add_steps(steps, obs.shape[0])
-        if (n == 1 or select == "max") and self._closed_form():
-            actions = self._act_closed_form(obs, n, steps, generator)
-            return actions[0] if single else actions
-        particles = self.reference_samples(obs, n, generator=generator)
-        particles = self.transport(obs, particles, steps)
-        if n == 1 or select == "max":
-            actions = best_by_q(self.critic, obs, particles, cfg.q_agg)
-        else:
-            with torch.no_grad():
-                q = aggregate_members(self.critic(obs.unsqueeze(1), particles), cfg.q_agg)  # [B, N]
-                q = torch.nan_to_num(q, nan=float("-inf"))  # a NaN Q is never chosen
-            if select == "softmax":
-                logits = (q - q.max(dim=1, keepdim=True).values) / cfg.softmax_temp
-                best = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
-            elif select == "random":
-                best = torch.randint(0, n, (q.shape[0],), generator=generator, device=q.device)
-            else:
-                raise ValueError(f"unknown particle selection '{select}'")
-            actions = particles[torch.arange(q.shape[0], device=q.device), best]
-        return actions[0] if single else actions
-
-    @torch.no_grad()
-    def _act_adaptive(self, obs: Tensor, n: int, max_steps: int, budget: str, stop_quantile: float | None,
-                      stop_gain: float | None, generator: torch.Generator) -> Tensor:
-        """Reference samples (the same draws as the fixed-budget path), at most ``max_steps`` transport
-        steps per state as ``budget``'s rules allow, then the particle of largest online Q."""
-        cfg = self.cfg
-        if not self._closed_form():
-            raise ValueError("an adaptive budget needs method.closed_form=true")
-        quantile = cfg.stop_quantile if stop_quantile is None else stop_quantile
-        ceiling = self.disagreement_ceiling(quantile) if reads_disagreement(budget) else float("inf")
-        stop = StopRule.named(budget, ceiling, cfg.stop_gain if stop_gain is None else stop_gain)
-        noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
-        start = euler_sample(self._sampling_flow(), obs.unsqueeze(1), noise, cfg.flow_steps)
-        # The critic in fp32 whatever amp says: the rules compare Q differences of the size of bf16's
-        # error in Q, and the choice among particles reads the same fp32 Q as the fixed budgets' rows.
-        result = adaptive_transport(closed_form.critic_tensors(self.critic), closed_form.CriticShape.of(self.critic),
-                                    obs, start, max_steps, stop, **self._adaptive_options())
-        self.compute.add(obs.shape[0], result.forward, result.backward)
-        self.compute.add_steps(result.steps)
-        q = torch.nan_to_num(aggregate_members(result.member_q.float(), cfg.q_agg), nan=float("-inf"))
-        moved = result.particles.float()
-        return moved[torch.arange(moved.shape[0], device=moved.device), q.argmax(dim=1)]
-
-    def disagreement_ceiling(self, quantile: float) -> float:
-        """The members' std of Q at dataset actions at ``quantile`` (from ``calibrate``)."""
-        if self.member_std_percentiles is None:
-            raise ValueError("this critic has no disagreement calibration (it was trained before vgf stored "
-                             "one): train it again, or use the auto_gain budget")
-        return percentile_at(self.member_std_percentiles, quantile)
-
-    @torch.no_grad()
-    def _act_closed_form(self, obs: Tensor, n: int, steps: int, generator: torch.Generator) -> Tensor:
-        """Reference samples, transport and best-of-N under the online Q as one graph (what ``act``
-        does for select=max, with the same random draws)."""
-        cfg = self.cfg
-        noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
-        return self._compiled_fn("act", _act_best)(
-            self._sampling_flow(), self._online_tensors(), closed_form.critic_tensors(self.critic),
-            closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),
-            cfg.q_agg)
-
-    def explore_options(self, budget: str | None = None) -> dict:
-        """Online data collection (``vgf finetune``). Default (``budget`` None): best-of-N over N fresh
-        reference samples with no transport step, as the reference main.py collects (its
-        ``sample_actions`` call passes no ``eval_vgf_steps``, whose default is 0). ``budget``: an
-        integer L, or ``train`` for L_train (``train_steps``); evaluation keeps its own budgets."""
-        return {"steps": explore_steps(budget, self.cfg.train_steps)}
-
-    @classmethod
-    def check_explore_budget(cls, budget: str | None) -> None:
-        explore_steps(budget, 0)
-
-    def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:
-        """One row per test-time budget in ``evaluate.budgets`` with N particles (``evaluate.particles``,
-        null = ``num_particles``): a number L is L steps for every state (L = 0: best-of-N under the
-        learned Q); a name (auto, auto_std, auto_gain) is an adaptive budget of at most
-        ``evaluate.budget_max`` steps (null = the largest L > 0 listed, else test_steps) whose rules use
-        ``evaluate.stop_quantile`` / ``stop_gain`` (null = the method's)."""
-        n = int(evaluate_cfg.get("particles") or self.cfg.num_particles)
-        budgets = parse_budgets(evaluate_cfg.get("budgets") or [self.cfg.test_steps])
-        fixed = [b for b in budgets if isinstance(b, int)]
-        most = evaluate_cfg.get("budget_max")
-        # no L > 0 listed (--budget 0,auto): the ceiling is the method's own test_steps
-        most = int(most) if most is not None else max([b for b in fixed if b > 0], default=self.cfg.test_steps)
-        if most < 1 and len(fixed) < len(budgets):
-            raise ValueError(f"an adaptive budget needs budget_max >= 1, got {most}")
-        rules = {"stop_quantile": evaluate_cfg.get("stop_quantile"), "stop_gain": evaluate_cfg.get("stop_gain")}
-        rows = []
-        for b in budgets:
-            if isinstance(b, int):
-                rows.append(EvalSetting(f"L={b}", f"budget_{b}", n, {"steps": b, "num_particles": n}, {"budget": b}))
-                continue
-            if reads_disagreement(b):
-                self.disagreement_ceiling(0.5)  # a clear error now, not after the fixed rows ran
-            if self.critic.members < 2:
-                raise ValueError("adaptive budgets need a critic ensemble (method.num_critics >= 2)")
-            rows.append(EvalSetting(f"{b}(L<={most})", f"budget_{b}", n,
-                                    {"steps": most, "num_particles": n, "budget": b, **rules}, {"budget": b}))
-        return rows
+    # --- the particle bank ------------------------------------------------------------------------
 
     def set_bank(self, bank: ParticleBank | None) -> None:
         self.bank = bank
@@ -660,10 +429,8 @@ class VGFAgent(Agent):
             self._fill_bank_at(self._refreshes_done())
 
 
-
-
 Agent = VGFAgent
 create = VGFAgent.create
 
 __all__ = ["VGFConfig", "Config", "VGFAgent", "Agent", "create", "ParticleBank", "RollingBank", "build_bank",
-           "refresh_bank", "fill_bank", "td_target", "aggregate_particles", "parse_budgets"]
+           "refresh_bank", "fill_bank", "td_target", "aggregate_particles", "parse_budgets", "explore_steps"]

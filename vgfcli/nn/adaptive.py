@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vgfcli.budgets import RULES  # the named adaptive budgets and the rules each applies
 from vgfcli.nn import closed_form
 from vgfcli.nn.particles import aggregate_members
 
-# The named adaptive budgets: which rules each applies.
-RULES = {"auto": ("disagreement", "gain"), "auto_std": ("disagreement",), "auto_gain": ("gain",)}
+__all__ = ["RULES", "StopRule", "AdaptiveResult", "adaptive_transport", "reads_disagreement"]
 
 
 def reads_disagreement(name: str) -> bool:

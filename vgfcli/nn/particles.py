@@ -126,6 +126,23 @@ def aggregate_members(qs: Tensor, how: str) -> Tensor:
     raise ValueError(f"unknown member aggregation '{how}' (expected min or mean)")
 
 
+def aggregate_particles(q: Tensor, how: str) -> Tensor:
+    """``[B, N] -> [B]``: mean or max over particles."""
+    if how == "mean":
+        return q.mean(-1)
+    if how == "max":
+        return q.max(-1).values
+    raise ValueError(f"unknown particle aggregation '{how}' (expected mean or max)")
+
+
+def td_target(next_qs: Tensor, rewards: Tensor, masks: Tensor, discount: float,
+              q_agg: str = "mean", particle_agg: str = "mean") -> Tensor:
+    """VGF's and A-VGF's TD target ``y = r + discount * mask * agg_particles(agg_members(next_qs))``
+    at transported next-state particles; ``next_qs`` is ``[M, B, N]``."""
+    next_v = aggregate_particles(aggregate_members(next_qs, q_agg), particle_agg)
+    return rewards + discount * masks * next_v
+
+
 def value_grad(q_fn: QFn, obs: Tensor, actions: Tensor, q_agg: str = "mean") -> tuple[Tensor, Tensor]:
     """``grad_a agg_members Q(s, a)`` at every particle ``[B, N, d]`` and the aggregated Q ``[B, N]``.
 
