@@ -33,6 +33,7 @@ def vgf_json(*args):
 def test_method_yaml_lists_every_config_field_with_its_default(method):
     values = yaml.safe_load((config_dir() / "method" / f"{method}.yaml").read_text())
     assert values.pop("name") == method
+    assert values.pop("defaults") == [f"{method}_schema", "_self_"]  # typed by the method's schema
     defaults = dataclasses.asdict(methods.load(method).Config())
     shared = {"actor_hidden", "flow_steps", "critic_hidden", "seed", "compile"}  # from policy / critic / top level
     assert set(values) == set(defaults) - shared

@@ -311,13 +311,13 @@ def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | 
 
 def _budgets(text: str) -> list[str]:
     """--budget: steps L >= 0 and adaptive budgets by name (auto, auto_std, auto_gain)."""
-    from vgfcli.nn.adaptive import RULES
+    from vgfcli.budgets import RULES, parse_budgets
 
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values or any(not (v.isdigit() or v in RULES) for v in values):
+    try:
+        return [str(b) for b in parse_budgets(text)]
+    except ValueError:
         raise VgfError(f"--budget takes comma-separated steps >= 0 or {', '.join(RULES)}, e.g. 0,1,2,3,auto; "
-                       f"got '{text}'")
-    return values
+                       f"got '{text}'") from None
 
 
 def _numbers(text: str, kind, flag: str, example: str) -> list:
@@ -356,7 +356,7 @@ def runs(
     ui = UI(json_mode=json_out)
     records = Store(experiment).find(stage=stage, status=status.upper() if status else None, limit=limit)
     if json_out:
-        ui.emit_json({"runs": [{"run_id": r.run_id, "stage": r.stage, "status": _shown_status(r),
+        ui.emit_json({"runs": [{"run_id": r.run_id, "stage": r.stage, "status": r.shown_status(),
                                 "cache_key": r.cache_key, "start_time": r.start_time, "metrics": r.metrics,
                                 "name": r.tags.get("mlflow.runName"),
                                 **{k: r.tags[f"vgf.{k}"] for k in ("task", "method", "preset", "seed")
@@ -370,7 +370,7 @@ def runs(
     for r in records:
         shown = _main_metrics(r.stage)
         metrics = "\n".join(f"{k}={r.metrics[k]:.4g}" for k in shown if k in r.metrics)  # one per line: never split
-        status = _shown_status(r)
+        status = r.shown_status()
         colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(status, "red")
         what = r.tags.get("mlflow.runName", r.stage).removeprefix(r.stage).strip()  # method, task, seed
         table.add_row(r.stage, r.run_id[:8], what, r.cache_key[:8], f"[{colour}]{status}[/]", _age(r.start_time),
@@ -403,16 +403,6 @@ def report(
         return
     ui.show(reporting.rich_table(result))
     ui.note("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-def _shown_status(record) -> str:
-    """A finished run whose outputs are missing or changed on disk is DAMAGED: never a cache hit."""
-    from vgfcli.tracking import _local_dir
-
-    # checked where the artifacts are local files (a remote store would download every run's)
-    if record.status == "FINISHED" and _local_dir(record.artifact_uri) and record.check_outputs()[1] is not None:
-        return "DAMAGED"
-    return record.status
 
 
 def _main_metrics(stage: str) -> tuple[str, ...]:

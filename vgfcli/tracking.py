@@ -95,6 +95,14 @@ class RunRecord:
         paths, problem = self.check_outputs()
         return None if problem else paths
 
+    def shown_status(self) -> str:
+        """The status ``vgf runs`` shows: a finished run whose outputs are missing or changed on disk is
+        DAMAGED (never a cache hit); checked where the artifacts are local files (a remote store
+        would download every run's)."""
+        if self.status == FINISHED and _local_dir(self.artifact_uri) and self.check_outputs()[1] is not None:
+            return "DAMAGED"
+        return self.status
+
     def check_outputs(self) -> tuple[dict[str, Path], str | None]:
         """The run's outputs and what is wrong with them (None: nothing). A file whose size, mtime or
         inode changed since it was recorded is hashed again and must still have its recorded sha256
