@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vgfcli import seeds
 from vgfcli.methods.configs import MethodConfig, config_from  # noqa: F401 (the methods' API, re-exported)
 
 Batch = Mapping[str, Tensor]
@@ -221,7 +222,7 @@ class Agent(ABC):
         self.member_std_percentiles: Tensor | None = None
         self.reference = reference.to(self.device).eval().requires_grad_(False)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.act_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
+        self.act_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + seeds.ACTING)
 
     @classmethod
     def create(cls, cfg, obs_dim: int, act_dim: int, device: torch.device | str = "cpu", *, reference=None,

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vgfcli import seeds
 from vgfcli.budgets import RULES, explore_steps, parse_budgets  # noqa: F401 (the last two re-exported)
 from vgfcli.methods.base import Batch, Info, MethodConfig
 from vgfcli.methods.vgf_acting import VGFActing
@@ -393,7 +394,7 @@ class VGFAgent(VGFActing):
         self.bank = ParticleBank(samples)
         self._bank_obs = next_observations
         # Its own seeded streams: a resumed run rebuilds exactly the bank it had.
-        self._rolling = RollingBank(len(next_observations), cfg.bank_refresh_rows, cfg.seed + 2_000_003)
+        self._rolling = RollingBank(len(next_observations), cfg.bank_refresh_rows, cfg.seed + seeds.BANK_ROLLING)
         self._bank_at = None
         self._fill_bank_at(self._refreshes_done())
         return {"bank_states": torch.tensor(float(self.bank.num_states))}
