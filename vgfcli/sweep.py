@@ -87,7 +87,7 @@ def run_steps(steps: list[str], overrides: list[str], env: dict[str, str]) -> di
         made = run_step(step, overrides, env)
         if made is not None:
             out, runs[step] = made, made["run_id"]
-    return {**out, "runs": runs}
+    return {**out, "runs": runs} if runs else {}
 
 
 def run_step(step: str, overrides: list[str], env: dict[str, str]) -> dict | None:
@@ -147,7 +147,11 @@ def pipeline_steps(combos: list[list[str]]) -> list[str]:
 
     order: list[str] = []
     for combo in combos:
-        order += [step for step in graph.steps(compose("train", combo)) if step not in order]
+        try:
+            steps = graph.steps(compose("train", combo))
+        except VgfError:  # a combination with a bad value fails at its first step, like any other error
+            continue
+        order += [step for step in steps if step not in order]
     return order
 
 
