@@ -98,6 +98,28 @@ def test_puzzle_noisy_has_button_states(tmp_path):
     assert set(np.unique(arrays(paths["train"])["button_states"])) <= {0, 1}
 
 
+def test_visual_cube_files_hold_the_official_generators_frames(tmp_path):
+    """visual-cube-single-play-v0: the same oracle episodes as the state dataset, observed as the env's
+    64 x 64 x 3 uint8 camera frames, with the official generator's other keys and dtypes."""
+    import ogbench
+
+    rs = resolve_spec(spec("visual-cube-single-play-v0", episodes=1, length=8))
+    assert rs.env_name == "visual-cube-single-v0" and rs.episodes == 1 and rs.noise == 0.1
+    state = resolve_spec(spec("cube-single-play-v0", episodes=1, length=8))
+    paths = collect(rs, tmp_path / "visual", workers=1)
+    raw = arrays(paths["train"])
+    assert set(raw) == {"observations", "actions", "terminals", "qpos", "qvel"}
+    assert raw["observations"].dtype == np.uint8 and raw["observations"].shape == (8, 64, 64, 3)
+    assert raw["observations"].std() > 0  # a picture, not a blank buffer
+    assert raw["actions"].dtype == np.float32 and raw["terminals"].dtype == bool
+    # the camera changes nothing the oracle does: same actions and states as the state-based episode
+    state_raw = arrays(collect(state, tmp_path / "state", workers=1)["train"])
+    np.testing.assert_array_equal(raw["actions"], state_raw["actions"])
+    np.testing.assert_array_equal(raw["qpos"], state_raw["qpos"])
+    ds = ogbench.load_dataset(str(paths["train"]), ob_dtype=np.uint8)
+    assert ds["observations"].shape == (7, 64, 64, 3) and ds["next_observations"].dtype == np.uint8
+
+
 def test_scene_play_smoke_and_health_rule(tmp_path):
     from vgfcli.collect.manip import _scene_is_healthy
 
@@ -313,7 +335,7 @@ def test_expert_policy_datasets_are_refused(name):
     "name, fragment",
     [
         ("cube-sextuple-play-v0", "unknown dataset"),
-        ("visual-cube-single-play-v0", "pixel"),
+        ("visual-pointmaze-medium-navigate-v0", "unknown dataset"),
         ("cube-single-play-singletask-task1-v0", "cube-single-play-v0"),
         ("powderworld-easy-play-v0", "powderworld"),
     ],

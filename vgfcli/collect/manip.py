@@ -94,7 +94,8 @@ class ManipCollector:
     def __init__(self, rs):
         self.rs = rs
         self.env = make_env(rs.env_name, rs.episode_length)
-        self.oracles = _make_oracles(self.env, rs.env_name, rs.dataset_type, rs.noise, rs.noise_smoothing, rs.min_norm)
+        self.task = rs.env_name.removeprefix("visual-")  # the scene, whatever the camera shows of it
+        self.oracles = _make_oracles(self.env, self.task, rs.dataset_type, rs.noise, rs.noise_smoothing, rs.min_norm)
         self.markov = rs.dataset_type == "noisy"
         self.has_buttons = hasattr(self.env.unwrapped, "_cur_button_states")
 
@@ -105,7 +106,7 @@ class ManipCollector:
         """Run one episode; ``seeds_for_attempt(k)`` gives the seeds of the k-th try (scene may retry)."""
         for attempt in range(_MAX_ATTEMPTS):
             data, stats = self._run(seeds_for_attempt(attempt))
-            if not self.rs.env_name.startswith("scene") or _scene_is_healthy(data["qpos"]):
+            if not self.task.startswith("scene") or _scene_is_healthy(data["qpos"]):
                 stats["retries"] = attempt
                 return data, stats
         raise VgfError(f"{self.rs.name}: no healthy scene episode in {_MAX_ATTEMPTS} attempts")
@@ -115,14 +116,15 @@ class ManipCollector:
         unwrapped = env.unwrapped
         np.random.seed(seeds.legacy)
         ob, info = env.reset(seed=seeds.env)
-        p_stack = _stack_probability(rs.env_name, rng)
+        p_stack = _stack_probability(self.task, rng)
         noise_scale = rng.uniform(0.0, rs.noise) * _MARKOV_NOISE_DIMS if self.markov else None
         p_random = rs.p_random_action
         agent = self.oracles[info["privileged/target_task"]]
         agent.reset(ob, info)
 
         T = rs.episode_length
-        obs = np.empty((T, np.size(ob)), np.float32)
+        # state vectors as float32, camera frames (visual-*) as the uint8 images the env renders
+        obs = np.empty((T, np.size(ob)), np.float32) if ob.dtype != np.uint8 else np.empty((T, *ob.shape), np.uint8)
         actions = np.empty((T, 5), np.float32)
         qpos = np.empty((T, np.size(info["qpos"])), np.float32)
         qvel = np.empty((T, np.size(info["qvel"])), np.float32)

@@ -59,7 +59,7 @@ class Shard:
 
 def dataset_keys(rs: ResolvedSpec) -> list[str]:
     keys = ["observations", "actions", "terminals", "qpos", "qvel"]
-    if rs.family == "manipspace" and not rs.env_name.startswith("cube"):
+    if rs.family == "manipspace" and not rs.env_name.removeprefix("visual-").startswith("cube"):
         keys.append("button_states")  # scene and puzzle
     return keys
 

@@ -102,6 +102,7 @@ def collectable_names() -> list[str]:
     names = []
     for base in _MANIP_EPISODES:
         names += [f"{base}-play-v0", f"{base}-noisy-v0"]
+    names += [f"visual-{name}" for name in names]  # the same episodes seen by the camera (64 x 64 x 3 frames)
     for maze in _MAZE_NAVIGATE:
         names += [f"pointmaze-{maze}-navigate-v0", f"pointmaze-{maze}-stitch-v0"]
     return names
@@ -109,7 +110,8 @@ def collectable_names() -> list[str]:
 
 _COLLECTABLE_SUMMARY = (
     "cube-{single,double,triple,quadruple}-{play,noisy}-v0, scene-{play,noisy}-v0, "
-    "puzzle-{3x3,4x4,4x5,4x6}-{play,noisy}-v0, pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0"
+    "puzzle-{3x3,4x4,4x5,4x6}-{play,noisy}-v0, each also as visual-<name> (pixel observations), "
+    "pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0"
 )
 
 
@@ -128,11 +130,6 @@ def _reject(name: str) -> VgfError:
         return VgfError(
             f"dataset '{name}' is an evaluation variant that reads the files of its base dataset; "
             f"collect the base dataset (e.g. '{base}') instead"
-        )
-    if name.startswith("visual-") and bare in collectable_names():
-        return VgfError(
-            f"cannot collect '{name}': pixel-observation datasets are not supported (they render every step); "
-            f"collect the state-based '{bare}' instead"
         )
     if name.startswith("powderworld"):
         return VgfError(
@@ -179,8 +176,9 @@ def resolve_spec(spec: CollectSpec) -> ResolvedSpec:
         applicable = {"noise": _MAZE_NOISE}
     else:
         family = "manipspace"
-        base = "-".join(parts[:-2])
-        env_name = f"{base}-v0"
+        base = "-".join(parts[:-2]).removeprefix("visual-")
+        # visual-<base>-v0 renders its 64 x 64 camera as the observation; the oracles read the state
+        env_name = f"visual-{base}-v0" if name.startswith("visual-") else f"{base}-v0"
         episodes, length = _MANIP_EPISODES[base], _MANIP_LENGTH
         if dataset_type == "play":
             applicable = {"noise": _PLAN_NOISE, "noise_smoothing": _PLAN_SMOOTHING, "p_random_action": 0.0}
