@@ -71,3 +71,85 @@ def test_augmentation_is_seeded_shared_by_a_samples_keys_and_off_at_zero():
     assert run(0, 0.0) is batch and run(0, None) is batch
     applied = sum(not torch.equal(run(s, 0.5)["observations"], batch["observations"]) for s in range(40))
     assert 8 < applied < 32  # one coin per batch, p = 0.5
+
+
+# --- pixel datasets: ingest stores every frame once, chunked and compressed -------------------------
+
+
+def _visual_npz(path, episodes=2, length=6, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = episodes * length
+    terminals = np.zeros(n, bool)
+    terminals[length - 1::length] = True
+    np.savez(path, observations=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+             actions=rng.uniform(-1, 1, (n, 5)).astype(np.float32), terminals=terminals,
+             qpos=rng.normal(size=(n, 21)).astype(np.float32), qvel=np.zeros((n, 20), np.float32))
+    return path
+
+
+def test_a_visual_dataset_keeps_each_frame_once_and_names_transitions_by_row(tmp_path):
+    import h5py
+    import numpy as np
+
+    from vgfcli.data import canonical
+    from vgfcli.data.ogbench_npz import read_ogbench_npz
+
+    src = _visual_npz(tmp_path / "visual-cube-single-play-v0.npz")
+    ds = read_ogbench_npz(src, dataset_name="visual-cube-single-play-v0", task=1)
+    raw = np.load(src)["observations"]
+    assert ds.is_pixels and ds.frames is not None and ds.frames.shape == (12, 64, 64, 3)
+    assert ds.n_transitions == 10 and ds.obs_dim == 64 * 64 * 3
+    # s and s' are rows of the one frame array: s' of a transition is the next row of its episode
+    assert ds.observations.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert ds.next_observations.tolist() == [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
+    np.testing.assert_array_equal(ds.frames[ds.next_observations[0]], raw[1])
+    path = canonical.save(ds, tmp_path / "dataset.h5")
+    with h5py.File(path) as f:
+        assert f["frames"].shape == (12, 64, 64, 3) and f["frames"].dtype == np.uint8
+        assert f["frames"].chunks == (1, 64, 64, 3) and f["frames"].compression == "gzip"
+        assert f["observations"].dtype == np.int64 and f["next_observations"].shape == (10,)
+    memory, lazy = canonical.load(path), canonical.load(path, frames="lazy")
+    np.testing.assert_array_equal(memory.frames, raw)
+    rows = np.array([5, 0, 5, 11])  # any order, repeats included
+    np.testing.assert_array_equal(lazy.frames[rows], raw[rows])
+    import pickle
+
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lazy.frames))[rows], raw[rows])
+
+
+def test_a_corrupt_frame_array_is_a_clear_error(tmp_path):
+    import h5py
+    import numpy as np
+
+    from vgfcli.data import canonical
+    from vgfcli.data.ogbench_npz import read_ogbench_npz
+    from vgfcli.errors import VgfError
+
+    ds = read_ogbench_npz(_visual_npz(tmp_path / "visual-cube-single-play-v0.npz"),
+                          dataset_name="visual-cube-single-play-v0", task=1)
+    path = canonical.save(ds, tmp_path / "dataset.h5")
+    with h5py.File(path) as f:
+        chunk = f["frames"].id.get_chunk_info(3)
+    with open(path, "r+b") as f:  # scribble over one compressed frame
+        f.seek(chunk.byte_offset)
+        f.write(b"\xff" * min(chunk.size, 64))
+    with pytest.raises(VgfError, match="frames"):
+        canonical.load(path)
+    with pytest.raises(VgfError, match="frames could not be read"):
+        canonical.load(path, frames="lazy").frames[np.array([3])]
+
+
+def test_ingest_of_a_truncated_visual_file_is_exit_2_and_caches_nothing(tmp_path, vgf_home):
+    from typer.testing import CliRunner
+
+    from vgfcli.cli import app
+    from vgfcli.tracking import Store
+
+    src = _visual_npz(tmp_path / "visual-cube-single-play-v0.npz", episodes=3)
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) * 2 // 3])  # the frames member cut short
+    result = CliRunner().invoke(app, ["ingest", f"dataset.path={src}", "dataset.task=1"])
+    assert result.exit_code == 2 and "corrupt or truncated" in result.output
+    assert Store("vgf").find(stage="ingest", status=None) == []

@@ -66,7 +66,10 @@ class TensorData:
 def load_tensors(path: Path, device: torch.device) -> TensorData:
     from vgfcli.data import canonical
 
-    ds = canonical.load(path)
+    ds = canonical.load(path, frames="lazy")
+    if ds.is_pixels:
+        raise VgfError(f"{path}: a pixel dataset ({ds.attrs.get('env_id')}); this vgf ingests visual datasets but "
+                       "trains on state observations only so far (encoders and frame stacks: issue 24, in progress)")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)

@@ -2,6 +2,12 @@
 
 A ``Dataset`` is a flat table of N transitions ``(s, a, r, s', terminal, mask)``:
 
+* pixel datasets (OGBench's ``visual-*``) keep every frame once, ``frames`` uint8 ``[M, H, W, C]``, and
+  ``observations`` / ``next_observations`` are then int64 rows of it, never copies of the frames (a
+  reader picks ``s`` and ``s'`` by index, and frame stacks the same way, ``vgfcli.pixels``). On disk
+  the frames are chunked one frame per chunk and gzip-compressed, so a batch of random rows reads and
+  inflates only its own frames (``vgfcli.data.frames.FrameReader``) when the array is larger than memory.
+
 * ``terminals`` marks trajectory ends (1.0 on the last transition of each trajectory), so episodes are
   the runs between ones; it says nothing about bootstrapping.
 * ``masks`` says whether to bootstrap from ``s'``: 0 only at a true terminal state, 1 at time limits.
@@ -24,6 +30,7 @@ from vgfcli.errors import VgfError
 
 FORMAT_VERSION = 1
 CORE_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "masks")
+FRAME_INDEX_KEYS = ("observations", "next_observations")  # pixel datasets: rows of ``frames``
 # Ranks of the core arrays: [N, dim] or [N].
 _CORE_NDIM = {"observations": 2, "actions": 2, "rewards": 1, "next_observations": 2, "terminals": 1, "masks": 1}
 # Attributes that save() derives from the arrays; load() drops them so a round trip gives back ds.attrs.
@@ -45,6 +52,12 @@ class Dataset:
     # source_kind, source_name (a file name, no path: the output is the same bytes wherever it is
     # made), env_id, task_id, reward_convention, ...
     attrs: dict = field(default_factory=dict)
+    # pixel datasets: every frame once, uint8 [M, H, W, C] (observations, next_observations: int64 rows)
+    frames: np.ndarray | None = None
+
+    @property
+    def is_pixels(self) -> bool:
+        return self.frames is not None
 
     @property
     def n_transitions(self) -> int:
@@ -56,6 +69,9 @@ class Dataset:
 
     @property
     def obs_dim(self) -> int:
+        """Values per observation (a frame's H x W x C for pixel datasets)."""
+        if self.is_pixels:
+            return int(np.prod(self.frames.shape[1:]))
         return int(self.observations.shape[1])
 
     @property
@@ -166,12 +182,14 @@ def _reason(e: Exception) -> str:
 
 def validate(ds: Dataset, source: str) -> None:
     """Raise VgfError unless ``ds`` is a well-formed canonical dataset; ``source`` prefixes messages."""
-    core = {key: getattr(ds, key) for key in CORE_KEYS}
+    core = {key: getattr(ds, key) for key in CORE_KEYS if not (ds.is_pixels and key in FRAME_INDEX_KEYS)}
     for key, arr in core.items():
         if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
             raise VgfError(f"{source}: key '{key}' must be a float array, got {getattr(arr, 'dtype', type(arr))}")
     check_columns(source, core, _CORE_NDIM)
-    if ds.next_observations.shape != ds.observations.shape:
+    if ds.is_pixels:
+        validate_frame_index(ds, source)
+    elif ds.next_observations.shape != ds.observations.shape:
         raise VgfError(f"{source}: next_observations has shape {ds.next_observations.shape} "
                        f"but observations has {ds.observations.shape}")
     check_binary(source, "terminals", ds.terminals)
@@ -186,6 +204,23 @@ def validate(ds: Dataset, source: str) -> None:
         if arr.ndim == 0 or arr.shape[0] != ds.n_transitions:
             raise VgfError(f"{source}: extra '{key}' has shape {arr.shape}, expected {ds.n_transitions} rows")
         check_finite(source, key, arr)
+
+
+def validate_frame_index(ds: Dataset, source: str, frame_shape: tuple | None = None) -> None:
+    """A pixel dataset's frames (uint8 [M, H, W, C], at least one) and its two index columns (integers
+    [N] within 0..M-1). ``frame_shape`` [M, H, W, C] checks a frame array not read into memory."""
+    shape = tuple(ds.frames.shape) if frame_shape is None else tuple(frame_shape)
+    if frame_shape is None and (ds.frames.dtype != np.uint8 or ds.frames.ndim != 4):
+        raise VgfError(f"{source}: frames must be uint8 [M, H, W, C], got {ds.frames.dtype} {ds.frames.shape}")
+    if len(shape) != 4 or shape[0] < 1:
+        raise VgfError(f"{source}: frames have shape {shape}, expected [M >= 1, H, W, C]")
+    for key in FRAME_INDEX_KEYS:
+        rows = getattr(ds, key)
+        if rows.dtype.kind not in "iu" or rows.ndim != 1 or rows.shape[0] != ds.n_transitions:
+            raise VgfError(f"{source}: '{key}' of a pixel dataset must be {ds.n_transitions} frame rows, got "
+                           f"{rows.dtype} {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
+            raise VgfError(f"{source}: '{key}' points outside the {shape[0]} frames")
 
 
 def save(ds: Dataset, path: str | os.PathLike) -> Path:
@@ -206,6 +241,9 @@ def save(ds: Dataset, path: str | os.PathLike) -> Path:
         with h5py.File(tmp, "w") as f:
             for key in CORE_KEYS:
                 f.create_dataset(key, data=getattr(ds, key))
+            if ds.is_pixels:  # one frame per chunk: a random batch inflates its own frames only
+                f.create_dataset("frames", data=ds.frames, chunks=(1, *ds.frames.shape[1:]), compression="gzip",
+                                 compression_opts=1)
             for key, arr in ds.extras.items():
                 f.create_dataset(key, data=arr)
             for key, value in attrs.items():
@@ -220,8 +258,10 @@ def save(ds: Dataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike) -> Dataset:
-    """Read a file written by ``save`` and validate it; any problem -> VgfError naming the file."""
+def load(path: str | os.PathLike, frames: str = "memory") -> Dataset:
+    """Read a file written by ``save`` and validate it; any problem -> VgfError naming the file.
+    ``frames`` (pixel datasets): ``memory`` reads every frame (a corrupt chunk is an error here),
+    ``lazy`` gives a ``FrameReader`` that reads rows when asked (for arrays larger than memory)."""
     import h5py
 
     path = Path(path)
@@ -234,11 +274,29 @@ def load(path: str | os.PathLike) -> Dataset:
             raise VgfError(f"{source}: dataset format_version {version} is not supported (expected {FORMAT_VERSION})")
         raw = {key: read_hdf5_array(source, f, key) for key in CORE_KEYS}
         extras = {key: read_hdf5_array(source, f, key) for key, node in f.items()
-                  if key not in CORE_KEYS and isinstance(node, h5py.Dataset)}
+                  if key not in (*CORE_KEYS, "frames") and isinstance(node, h5py.Dataset)}
         attrs = {key: _plain(value) for key, value in f.attrs.items() if key not in _DERIVED_ATTRS}
-    check_columns(source, raw, _CORE_NDIM)
-    ds = Dataset(**{key: arr.astype(np.float32, copy=False) for key, arr in raw.items()}, extras=extras, attrs=attrs)
-    validate(ds, source)
+        pixels = "frames" in f
+        frame_shape = f["frames"].shape if pixels else None
+        if pixels and frames == "memory":
+            frame_array = read_hdf5_array(source, f, "frames")
+    if not pixels:
+        check_columns(source, raw, _CORE_NDIM)
+        ds = Dataset(**{key: arr.astype(np.float32, copy=False) for key, arr in raw.items()}, extras=extras,
+                     attrs=attrs)
+        validate(ds, source)
+        return ds
+    from vgfcli.data.frames import FrameReader
+
+    values = {key: arr if key in FRAME_INDEX_KEYS else arr.astype(np.float32, copy=False) for key, arr in raw.items()}
+    ds = Dataset(**values, extras=extras, attrs=attrs,
+                 frames=frame_array if frames == "memory" else FrameReader(path, frame_shape))
+    if frames == "memory":
+        validate(ds, source)
+    else:  # the frames' shape from the file's metadata: nothing is read until a batch asks
+        core = {key: arr for key, arr in values.items() if key not in FRAME_INDEX_KEYS}
+        check_columns(source, core, _CORE_NDIM)
+        validate_frame_index(ds, source, frame_shape)
     return ds
 
 
@@ -271,6 +329,8 @@ def summarize(ds: Dataset) -> dict:
         "action_max": float(ds.actions.max()),
         "reward_convention": str(ds.attrs.get("reward_convention", "unknown")),
         "obs_dim": ds.obs_dim,
+        **({"frames": int(ds.frames.shape[0]), "frame_shape": "x".join(map(str, ds.frames.shape[1:]))}
+           if ds.is_pixels else {}),
         "act_dim": ds.act_dim,
         "mask_zeros": int(ds.n_transitions - np.count_nonzero(ds.masks)),
     }

@@ -76,7 +76,8 @@ def read_ogbench_npz(path: str | Path, *, dataset_name: str, task: int | None) -
         split = "val"
     env = _singletask_env(env_id)  # before reading: a wrong name fails fast, not after decoding the file
     raw = _read_npz(path)
-    check_columns(source, raw, _NDIM)
+    pixels = raw["observations"].dtype == np.uint8  # visual-* datasets: camera frames [rows, H, W, C]
+    check_columns(source, raw, {**_NDIM, "observations": 4} if pixels else _NDIM)
     check_binary(source, "terminals", raw["terminals"])
     if raw["terminals"][-1] != 1:
         raise VgfError(f"{source}: the last row is not a trajectory end (terminals[-1] = 0); truncated file?")
@@ -86,14 +87,18 @@ def read_ogbench_npz(path: str | Path, *, dataset_name: str, task: int | None) -
     terminals = raw["terminals"].astype(np.float32)
     keep = terminals == 0
     keep_next = np.concatenate([[False], keep[:-1]])
-    observations = raw["observations"].astype(np.float32, copy=False)
     info = {key: raw[key][keep] for key in _INFO_KEYS if key in raw}
-    rewards, masks = _relabel(source, env_id, env, observations.shape[1], info)
+    if pixels:  # every frame stays, once; a transition names its two frames by row
+        frames, observations = raw["observations"], np.arange(len(keep), dtype=np.int64)
+    else:
+        frames, observations = None, raw["observations"].astype(np.float32, copy=False)
+    rewards, masks = _relabel(source, env_id, env, raw["observations"].shape[1:], info)
     ds = Dataset(
         observations=observations[keep],
         actions=raw["actions"].astype(np.float32, copy=False)[keep],
         rewards=rewards,
         next_observations=observations[keep_next],
+        frames=frames,
         terminals=np.concatenate([terminals[1:], [1.0]])[keep].astype(np.float32),
         masks=masks,
         extras=info,
@@ -194,15 +199,15 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _relabel(source: str, env_id: str, env, obs_dim: int,
+def _relabel(source: str, env_id: str, env, obs_shape: tuple,
              info: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Rewards and masks for ``env_id``'s task, computed by OGBench from qpos (and button states)."""
     needed = ["qpos"] + (["button_states"] if "scene" in env_id or "puzzle" in env_id else [])
     for key in needed:
         if key not in info:
             raise VgfError(f"{source}: missing key '{key}', needed to compute the rewards of {env_id}")
-    if env.observation_space.shape != (obs_dim,):
-        raise VgfError(f"{source}: observations have {obs_dim} columns but {env_id} observes "
+    if tuple(env.observation_space.shape) != tuple(obs_shape):
+        raise VgfError(f"{source}: observations have shape {tuple(obs_shape)} but {env_id} observes "
                        f"{env.observation_space.shape}; is the dataset name right?")
     from ogbench.relabel_utils import relabel_dataset
 
