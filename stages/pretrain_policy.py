@@ -26,13 +26,20 @@ class PretrainPolicyStage(Stage):
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
 
-        return {"policy": to_dict(cfg.policy), "chunk": cfg.chunk, "seed": cfg.seed}
+        policy = to_dict(cfg.policy)
+        key = {"policy": policy, "chunk": cfg.chunk, "seed": cfg.seed}
+        # pixel-only knobs enter the key when set, so state-based runs keep the keys they had
+        if policy.get("encoder") is None:
+            policy.pop("encoder", None)
+        key |= {k: cfg[k] for k in ("frame_stack", "p_aug") if cfg[k] is not None}
+        return key
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
 
         from vgfcli.cache import save_output
         from vgfcli.errors import VgfError
+        from vgfcli.nn.encoders import EncodedFlow, make_encoder
         from vgfcli.nn.flow import FlowPolicy
         from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop
 
@@ -40,19 +47,26 @@ class PretrainPolicyStage(Stage):
         device = resolve_device(cfg.device)
         run.set_tags({"vgf.device": str(device)})
         torch.manual_seed(cfg.seed)
-        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device, pixels=True,
+                            frame_stack=cfg.frame_stack)
         val = data
         if "val_dataset" in inputs.upstream:
-            val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device)
+            val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device, pixels=True,
+                               frame_stack=cfg.frame_stack)
         act_dim = data.act_dim * cfg.chunk
+        if (data.pixels is not None) != (p.encoder is not None):
+            raise VgfError(f"policy.encoder={p.encoder} but the dataset has "
+                           f"{'frames: set policy.encoder=impala_small' if data.pixels is not None else 'state observations: leave policy.encoder unset'}")
         try:
-            flow = FlowPolicy(data.obs_dim, act_dim, tuple(p.hidden), p.activation, p.layer_norm,
-                              time_embedding=p.time_embedding).to(device)
+            encoder = make_encoder(p.encoder, data.obs_shape) if p.encoder else None
+            flow = FlowPolicy(encoder.out_dim if encoder else data.obs_dim, act_dim, tuple(p.hidden), p.activation,
+                              p.layer_norm, time_embedding=p.time_embedding)
+            flow = (EncodedFlow(encoder, flow) if encoder else flow).to(device)
         except ValueError as exc:
             raise VgfError(f"policy.{exc}") from None
         t_grid = p.flow_steps if p.time_sampling == "grid" else None
         optimizer = torch.optim.Adam(flow.parameters(), lr=p.lr)
-        sampler = Sampler(data, p.batch_size, cfg.seed, chunk=cfg.chunk)
+        sampler = Sampler(data, p.batch_size, cfg.seed, chunk=cfg.chunk, p_aug=cfg.p_aug)
         val_sampler = Sampler(val, p.batch_size, cfg.seed, chunk=cfg.chunk)
         val_rows = torch.arange(val.size) if val_sampler.starts is None else val_sampler.starts
         val_batch = val_sampler.batch_at(val_rows[:VAL_ROWS])
@@ -91,6 +105,8 @@ class PretrainPolicyStage(Stage):
             "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
             "act_dim": act_dim, "chunk": cfg.chunk, "hidden": list(p.hidden), "flow_steps": p.flow_steps,
             "time_embedding": p.time_embedding, "activation": p.activation, "layer_norm": p.layer_norm,
+            **({"encoder": p.encoder, "obs_shape": list(data.obs_shape), "frame_stack": int(cfg.frame_stack or 1)}
+               if p.encoder else {}),
             "dataset_digest": inputs.digests["dataset"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
         }, out)

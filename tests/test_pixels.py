@@ -153,3 +153,76 @@ def test_ingest_of_a_truncated_visual_file_is_exit_2_and_caches_nothing(tmp_path
     result = CliRunner().invoke(app, ["ingest", f"dataset.path={src}", "dataset.task=1"])
     assert result.exit_code == 2 and "corrupt or truncated" in result.output
     assert Store("vgf").find(stage="ingest", status=None) == []
+
+
+# --- training on frames: batches of frame stacks, and the reference flow with its own encoder -------
+
+
+def _pixel_data(tmp_path, frame_stack=3, monkeypatch=None, lazy=False):
+    from vgfcli.data import canonical
+    from vgfcli.data.ogbench_npz import read_ogbench_npz
+    from vgfcli.training import load_tensors
+
+    ds = read_ogbench_npz(_visual_npz(tmp_path / "visual-cube-single-play-v0.npz", episodes=3, length=7),
+                          dataset_name="visual-cube-single-play-v0", task=1)
+    path = canonical.save(ds, tmp_path / f"dataset-{lazy}.h5")
+    if lazy:
+        monkeypatch.setattr("vgfcli.data.frames.fits_in_memory", lambda shape, share=0.5: False)
+    return ds, load_tensors(path, torch.device("cpu"), pixels=True, frame_stack=frame_stack)
+
+
+def test_batches_of_a_pixel_dataset_are_frame_stacks_in_memory_or_read_per_batch(tmp_path, monkeypatch):
+    from vgfcli.training import Sampler
+
+    ds, data = _pixel_data(tmp_path)
+    assert data.obs_shape == (64, 64, 9) and isinstance(data.pixels.frames, torch.Tensor)
+    batch = Sampler(data, 8, seed=0).batch_at(torch.tensor([0, 1, 6]))  # rows 0, 1 and episode 2's first
+    frames = torch.as_tensor(ds.frames)
+    assert batch["observations"].shape == (3, 64, 64, 9) and batch["observations"].dtype == torch.uint8
+    # row 1's stack: frames [0, 0, 1] (the first repeated); its next: [0, 1, 2]
+    assert torch.equal(batch["observations"][1], torch.cat([frames[0], frames[0], frames[1]], dim=-1))
+    assert torch.equal(batch["next_observations"][1], torch.cat([frames[0], frames[1], frames[2]], dim=-1))
+    assert torch.equal(batch["observations"][2], frames[7].repeat(1, 1, 3))  # transition 6 = frame 7
+    _, lazy = _pixel_data(tmp_path, monkeypatch=monkeypatch, lazy=True)
+    assert not isinstance(lazy.pixels.frames, torch.Tensor)
+    a, b = Sampler(data, 16, seed=3, p_aug=0.5).sample(), Sampler(lazy, 16, seed=3, p_aug=0.5).sample()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_pixel_flow_encodes_once_per_call_and_survives_its_file(tmp_path):
+    from vgfcli.agents import load_policy
+    from vgfcli.nn.encoders import EncodedFlow, make_encoder
+    from vgfcli.nn.flow import FlowPolicy
+
+    encoder = make_encoder("impala_debug", (64, 64, 6))
+    flow = EncodedFlow(encoder, FlowPolicy(encoder.out_dim, 5, (32, 32)))
+    calls = []
+    encoder.register_forward_hook(lambda *args: calls.append(1))
+    frames = torch.randint(0, 256, (4, 64, 64, 6), dtype=torch.uint8)
+    actions = flow.sample(frames, num=8, steps=10, generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (4, 8, 5) and len(calls) == 1  # 8 samples x 10 Euler steps, one encoding
+    path = tmp_path / "policy.pt"
+    torch.save({"flow": flow.state_dict(), "obs_dim": 64 * 64 * 6, "act_dim": 5, "hidden": [32, 32],
+                "flow_steps": 10, "encoder": "impala_debug", "obs_shape": [64, 64, 6]}, path)
+    loaded, saved = load_policy(path, "cpu")
+    again = loaded.sample(frames, num=8, steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(actions, again) and saved["encoder"] == "impala_debug"
+
+
+def test_pretrain_policy_trains_on_frames_and_acting_on_them_is_refused_clearly(tmp_path, vgf_home):
+    from typer.testing import CliRunner
+
+    from vgfcli.cli import app
+    from vgfcli.tracking import Store
+
+    path = _visual_npz(tmp_path / "visual-cube-single-play-v0.npz", episodes=3, length=8)
+    _visual_npz(tmp_path / "visual-cube-single-play-v0-val.npz", episodes=1, length=8, seed=1)
+    args = ["pipeline", "preset=smoke", "method=bc", "data.source=file", f"data.path={path}",
+            "task=visual-cube-single-play-singletask-task1-v0", "policy.encoder=impala_debug", "frame_stack=2",
+            "p_aug=0.5", "policy.steps=4", "policy.batch_size=8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "not built yet" in result.output
+    runs = Store("vgf").find(status=None)
+    assert {r.stage for r in runs} == {"ingest", "pretrain-policy"} and all(r.status == "FINISHED" for r in runs)
+    wrong = CliRunner().invoke(app, [*args[:-5], "policy.steps=4"])  # frames without an encoder
+    assert wrong.exit_code == 2 and "policy.encoder" in wrong.output

@@ -106,6 +106,9 @@ class PolicyConfig:
     # LayerNorm in v's hidden layers: null (none: the VGF/FQL/QAM actors) | pre (Dense -> LN -> act:
     # QGF's actor, use_layer_norm=1) | post (Dense -> act -> LN: FQL-style networks' order).
     layer_norm: Optional[str] = None
+    # Pixel datasets: the flow's own visual encoder (vgfcli.nn.encoders: impala_small as the reference
+    # commands use, impala, impala_large, impala_debug); None for state observations.
+    encoder: Optional[str] = None
     log_every: int = MISSING  # steps between logged training losses
     val_every: int = MISSING  # steps between validation losses (on the -val split when there is one)
     checkpoint_every: int = MISSING  # steps between resumable checkpoints
@@ -203,6 +206,10 @@ class TrainConfig:
     # recorded with each run (tag vgf.threads), not part of the cache key (like device).
     threads: Optional[int] = None
     chunk: int = MISSING  # H: actions per policy output (flattened); executed open loop
+    # Pixel datasets (visual-*): frames per observation, channels concatenated (the reference's
+    # --frame_stack; None = 1), and the chance a training batch is randomly shifted (--p_aug; None = 0).
+    frame_stack: Optional[int] = None
+    p_aug: Optional[float] = None
     data: DataConfig = MISSING
     policy: PolicyConfig = MISSING
     critic: CriticLoopConfig = MISSING
@@ -260,7 +267,9 @@ def _widths():
 
 CHECKS = {
     "train": {
-        "seed": _at_least(0), "chunk": _at_least(1), "threads": _at_least(1),
+        "seed": _at_least(0), "chunk": _at_least(1), "threads": _at_least(1), "frame_stack": _at_least(1),
+        "p_aug": ((lambda v: v is None or 0 <= v <= 1), "in [0, 1]"),
+        "policy.encoder": _one_of(None, "impala", "impala_small", "impala_large", "impala_debug"),
         "data.source": _one_of("collect", "ogbench", "file"), "data.kind": _one_of("ogbench", "d4rl", "minari"),
         "data.episodes": _at_least(1), "data.val_episodes": _at_least(0), "data.episode_length": _at_least(1),
         "data.workers": _at_least(1),

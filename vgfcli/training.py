@@ -39,8 +39,34 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
+class PixelFrames:
+    """A pixel dataset's frames, and observations made of them by index: a frame stack of ``frame_stack``
+    frames ending at a row, clamped to its episode's first frame (``vgfcli.pixels``)."""
+
+    frames: object  # uint8 [M, H, W, C]: a tensor on the data's device, or a FrameReader (larger than memory)
+    starts: torch.Tensor  # [M] each frame's episode start (a frame no transition uses: 0)
+    frame_stack: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        h, w, c = self.frames.shape[1:]
+        return int(h), int(w), int(c) * self.frame_stack
+
+    def observe(self, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, C * frame_stack]``: the observations whose newest frame is at ``rows``."""
+        from vgfcli.pixels import gather_stack, stack_indices
+
+        stacks = stack_indices(rows.cpu(), self.starts, self.frame_stack)
+        if isinstance(self.frames, torch.Tensor):
+            return gather_stack(self.frames, stacks.to(self.frames.device))
+        picked = torch.from_numpy(self.frames[stacks.reshape(-1).numpy()]).to(rows.device)
+        return gather_stack(picked, torch.arange(picked.shape[0], device=rows.device).reshape(stacks.shape))
+
+
+@dataclass
 class TensorData:
-    """The canonical dataset's arrays as float32 tensors on one device."""
+    """The canonical dataset's arrays as float32 tensors on one device. For a pixel dataset
+    ``observations`` and ``next_observations`` are frame rows (int64) and ``pixels`` makes them images."""
 
     observations: torch.Tensor
     actions: torch.Tensor
@@ -49,34 +75,65 @@ class TensorData:
     masks: torch.Tensor
     terminals: torch.Tensor  # 1.0 on the last row of each trajectory
     attrs: dict
+    pixels: PixelFrames | None = None
 
     @property
     def size(self) -> int:
         return self.observations.shape[0]
 
     @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """One observation's shape: ``(obs_dim,)``, or ``(H, W, C * frame_stack)`` for pixels."""
+        return self.pixels.shape if self.pixels is not None else (self.observations.shape[1],)
+
+    @property
     def obs_dim(self) -> int:
-        return self.observations.shape[1]
+        return int(np.prod(self.obs_shape))
 
     @property
     def act_dim(self) -> int:
         return self.actions.shape[1]
 
 
-def load_tensors(path: Path, device: torch.device) -> TensorData:
+def load_tensors(path: Path, device: torch.device, *, pixels: bool = False, frame_stack: int | None = None) -> TensorData:
+    """The dataset at ``path`` on ``device``. ``pixels``: whether the caller trains on frames (a pixel
+    dataset is refused otherwise); their frames are read into memory when they take at most half of
+    the memory available, else read per batch (``FrameReader``)."""
     from vgfcli.data import canonical
+    from vgfcli.data.frames import fits_in_memory
 
     ds = canonical.load(path, frames="lazy")
-    if ds.is_pixels:
-        raise VgfError(f"{path}: a pixel dataset ({ds.attrs.get('env_id')}); this vgf ingests visual datasets but "
-                       "trains on state observations only so far (encoders and frame stacks: issue 24, in progress)")
+    if ds.is_pixels and not pixels:
+        raise VgfError(f"{path}: a pixel dataset ({ds.attrs.get('env_id')}); only pretrain-policy trains on frames "
+                       "so far (the methods' critic encoders: issue 24, in progress)")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)
 
     actions = t(ds.actions).clamp_(-ACTION_CLIP, ACTION_CLIP)
-    return TensorData(t(ds.observations), actions, t(ds.rewards), t(ds.next_observations), t(ds.masks),
-                      t(ds.terminals), dict(ds.attrs))
+    if not ds.is_pixels:
+        return TensorData(t(ds.observations), actions, t(ds.rewards), t(ds.next_observations), t(ds.masks),
+                          t(ds.terminals), dict(ds.attrs))
+    frames = ds.frames
+    if fits_in_memory(frames.shape):
+        frames = torch.from_numpy(frames[np.arange(len(frames))]).to(device)
+    rows, next_rows = (torch.as_tensor(ds.observations, device=device), torch.as_tensor(ds.next_observations, device=device))
+    pixel_frames = PixelFrames(frames, frame_starts(ds.observations, ds.next_observations, ds.terminals, len(frames)),
+                               int(frame_stack or 1))
+    return TensorData(rows, actions, t(ds.rewards), next_rows, t(ds.masks), t(ds.terminals), dict(ds.attrs),
+                      pixel_frames)
+
+
+def frame_starts(rows: np.ndarray, next_rows: np.ndarray, terminals: np.ndarray, frames: int) -> torch.Tensor:
+    """``[frames]``: the frame row each frame's episode began at, from the transitions' frame rows and
+    their trajectory ends (a transition's next frame belongs to its episode)."""
+    from vgfcli.data.canonical import episode_starts
+
+    first = np.repeat(episode_starts(terminals), np.diff(np.append(episode_starts(terminals), len(terminals))))
+    starts = np.zeros(frames, dtype=np.int64)
+    starts[rows] = rows[first]
+    starts[next_rows] = rows[first]
+    return torch.as_tensor(starts)
 
 
 REWARD_TRANSFORMS = ("none", "return_range", "minus_one", "sparse")
@@ -130,8 +187,10 @@ class Sampler:
     for H = 1, the sampled row itself).
     """
 
-    def __init__(self, data: TensorData, batch_size: int, seed: int, chunk: int = 1, discount: float = 1.0):
+    def __init__(self, data: TensorData, batch_size: int, seed: int, chunk: int = 1, discount: float = 1.0,
+                 p_aug: float | None = None):
         self.data, self.batch_size, self.chunk, self.discount = data, batch_size, int(chunk), float(discount)
+        self.p_aug = p_aug  # pixels: chance a batch is randomly shifted (drawn from the same stream)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.starts = chunk_starts(data.terminals, self.chunk) if self.chunk > 1 else None
         if self.starts is not None and self.starts.numel() == 0:
@@ -145,7 +204,19 @@ class Sampler:
         return self.batch_at(idx)
 
     def batch_at(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The batch starting at dataset rows ``idx`` (valid chunk starts when ``chunk`` > 1)."""
+        """The batch starting at dataset rows ``idx`` (valid chunk starts when ``chunk`` > 1); a pixel
+        dataset's observations are frame stacks, shifted with probability ``p_aug``."""
+        batch = self._rows_at(idx)
+        pixels = self.data.pixels
+        if pixels is None:
+            return batch
+        from vgfcli.pixels import augment
+
+        batch["observations"] = pixels.observe(batch["observations"])
+        batch["next_observations"] = pixels.observe(batch["next_observations"])
+        return augment(batch, self.p_aug, self.generator)
+
+    def _rows_at(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         d, dev = self.data, self.data.observations.device
         idx = idx.to(dev, non_blocking=True)
         if self.chunk == 1:

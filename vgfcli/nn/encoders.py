@@ -110,3 +110,34 @@ def make_encoder(name: str, frame_shape: tuple[int, int, int]) -> ImpalaEncoder:
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder '{name}' (choose from {', '.join(ENCODERS)})")
     return ImpalaEncoder(frame_shape, ENCODERS[name])
+
+
+class EncodedFlow(nn.Module):
+    """A flow policy on frames: its own encoder (as the reference gives the BC flow one) in front of a
+    ``FlowPolicy`` on the features. Every method the flow offers encodes the frames once per call,
+    whatever the number of samples or Euler steps; ``encode`` gives the features to callers that
+    reuse them."""
+
+    def __init__(self, encoder: ImpalaEncoder, flow):
+        super().__init__()
+        self.encoder, self.flow = encoder, flow
+        self.act_dim = flow.act_dim
+        self.obs_shape = encoder.frame_shape
+
+    def encode(self, frames: Tensor) -> Tensor:
+        return self.encoder(frames)
+
+    def forward(self, frames: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        return self.flow(self.encoder(frames), x, t)
+
+    def conditioned(self, frames: Tensor):
+        return self.flow.conditioned(self.encoder(frames))
+
+    def loss(self, frames: Tensor, actions: Tensor, generator: torch.Generator | None = None,
+             t_grid: int | None = None) -> Tensor:
+        return self.flow.loss(self.encoder(frames), actions, generator, t_grid)
+
+    @torch.no_grad()
+    def sample(self, frames: Tensor, num: int | None = None, steps: int = 10,
+               generator: torch.Generator | None = None, clip: float | None = 1.0) -> Tensor:
+        return self.flow.sample(self.encoder(frames), num, steps, generator, clip)
