@@ -95,7 +95,8 @@ class EvaluateStage(Stage):
         render_seconds = 0.0
         rows = [reference, *settings]
         jobs = [RowJob(setting, setting is reference, env_id, e.episodes, e.num_envs, cfg.seed, e.max_episode_steps,
-                       int(e.video), e.video_size, q_fn is not None) for setting in rows]
+                       int(e.video), e.video_size, q_fn is not None, frame_stack=int(saved.get("frame_stack", 1)))
+                for setting in rows]
         workers = auto_workers(e.workers, len(jobs), e.episodes, device)
         threads = max(1, torch.get_num_threads() // workers)
         run.set_tags({"vgf.eval_workers": str(workers)})

@@ -209,7 +209,26 @@ def test_the_pixel_flow_encodes_once_per_call_and_survives_its_file(tmp_path):
     assert torch.equal(actions, again) and saved["encoder"] == "impala_debug"
 
 
-def test_pretrain_policy_trains_on_frames_and_acting_on_them_is_refused_clearly(tmp_path, vgf_home):
+def test_rollouts_stack_camera_frames_as_the_reference_wrapper_does():
+    import types
+
+    import numpy as np
+
+    from vgfcli.rollout import _Slot
+
+    slot = _Slot(env=types.SimpleNamespace(unwrapped=types.SimpleNamespace()))
+    frames = [np.full((4, 4, 3), v, np.uint8) for v in range(4)]
+    slot.observe(frames[0], 3, reset=True)
+    assert slot.obs.shape == (4, 4, 9) and slot.obs.dtype == np.uint8 and (slot.obs == 0).all()
+    slot.observe(frames[1], 3, reset=False)
+    slot.observe(frames[2], 3, reset=False)
+    slot.observe(frames[3], 3, reset=False)
+    assert slot.obs[0, 0].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3]  # oldest first
+    slot.observe(np.arange(3.0), 3, reset=True)  # a state stays a float32 vector
+    assert slot.obs.dtype == np.float32 and slot.obs.shape == (3,)
+
+
+def test_bc_on_frames_end_to_end_and_critics_on_frames_refused_clearly(tmp_path, vgf_home):
     from typer.testing import CliRunner
 
     from vgfcli.cli import app
@@ -217,12 +236,14 @@ def test_pretrain_policy_trains_on_frames_and_acting_on_them_is_refused_clearly(
 
     path = _visual_npz(tmp_path / "visual-cube-single-play-v0.npz", episodes=3, length=8)
     _visual_npz(tmp_path / "visual-cube-single-play-v0-val.npz", episodes=1, length=8, seed=1)
-    args = ["pipeline", "preset=smoke", "method=bc", "data.source=file", f"data.path={path}",
-            "task=visual-cube-single-play-singletask-task1-v0", "policy.encoder=impala_debug", "frame_stack=2",
-            "p_aug=0.5", "policy.steps=4", "policy.batch_size=8"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and "not built yet" in result.output
-    runs = Store("vgf").find(status=None)
-    assert {r.stage for r in runs} == {"ingest", "pretrain-policy"} and all(r.status == "FINISHED" for r in runs)
-    wrong = CliRunner().invoke(app, [*args[:-5], "policy.steps=4"])  # frames without an encoder
+    args = ["pipeline", "preset=smoke", "data.source=file", f"data.path={path}",
+            "task=visual-cube-single-play-singletask-task1-v0", "policy.steps=4", "policy.batch_size=8",
+            "evaluate.episodes=1", "evaluate.num_envs=1", "evaluate.max_episode_steps=4"]
+    pixels = ["policy.encoder=impala_debug", "frame_stack=2", "p_aug=0.5"]
+    result = CliRunner().invoke(app, [*args, *pixels, "method=bc", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {r.stage for r in Store("vgf").find()} == {"ingest", "pretrain-policy", "evaluate"}
+    critic = CliRunner().invoke(app, [*args, *pixels, "method=vgf"])
+    assert critic.exit_code == 2 and "only pretrain-policy trains on frames" in critic.output
+    wrong = CliRunner().invoke(app, [*args, "method=bc"])  # frames without an encoder
     assert wrong.exit_code == 2 and "policy.encoder" in wrong.output

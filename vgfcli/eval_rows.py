@@ -39,6 +39,7 @@ class RowJob:
     render_size: int
     record: bool
     acting_seed: int | None = None  # the row's acting stream (None = seeds.row_seed(seed, setting.key))
+    frame_stack: int = 1  # camera observations: frames per observation, as the policy was trained
 
 
 def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
@@ -62,7 +63,7 @@ def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
     result = evaluate_policy(job.env_id, policy, episodes=job.episodes, num_envs=job.num_envs, seed=job.seed,
                              max_episode_steps=job.max_episode_steps, action_repeat_chunk=agent.chunk,
                              progress=progress, render_episodes=job.render_episodes,
-                             render_size=job.render_size, record=job.record)
+                             render_size=job.render_size, record=job.record, frame_stack=job.frame_stack)
     return result, agent.compute
 
 

@@ -213,7 +213,7 @@ def _steps_draw_global_rng(env) -> bool:
 class _Slot:
     """One env copy and the episode it is running."""
 
-    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "swap_steps", "trace")
+    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "swap_steps", "trace", "frames")
 
     def __init__(self, env):
         self.env = env
@@ -225,6 +225,18 @@ class _Slot:
         self.length = 0
         self.legacy = None  # this episode's copy of numpy's global RNG state
         self.trace: dict[str, list] | None = None  # record=True: this episode's decisions and rewards
+        self.frames: list[np.ndarray] = []  # camera observations: the last frame_stack frames, oldest first
+
+    def observe(self, obs, frame_stack: int, reset: bool) -> None:
+        """The policy's view of ``obs``: a state as a float32 vector; a camera frame (uint8 H x W x C) with
+        the frames before it, channels concatenated, the first frame repeated at a reset (the reference's
+        frame-stack wrapper)."""
+        obs = np.asarray(obs)
+        if obs.dtype != np.uint8 or obs.ndim != 3:
+            self.obs = np.asarray(obs, np.float32).reshape(-1)
+            return
+        self.frames = [obs] * frame_stack if reset else [*self.frames[1:], obs]
+        self.obs = np.concatenate(self.frames, axis=-1)
 
     def call(self, fn, *args, **kwargs):
         out, self.legacy = call_with_rng(self.legacy, fn, *args, **kwargs)
@@ -250,6 +262,7 @@ def evaluate_policy(
     render_episodes: int = 0,
     render_size: int = 256,
     record: bool = False,
+    frame_stack: int = 1,
 ) -> EvalResult:
     """Run exactly ``episodes`` episodes of ``policy`` on ``num_envs`` lockstepped copies of ``env_id``.
 
@@ -257,6 +270,7 @@ def evaluate_policy(
     when ``action_repeat_chunk`` = H > 1: the H actions then run open loop, one per step, and an episode that
     ends mid-chunk drops the rest. Each step makes at most one policy call, over the copies whose chunk is used
     up. Actions are clipped to the action space, as OGBench/FQL evaluation clips to [-1, 1].
+    Camera observations (visual envs) reach the policy as uint8 ``[n, H, W, C * frame_stack]`` frame stacks.
     ``progress(n_finished)`` is called each time an episode finishes. Episodes ``0 .. render_episodes-1``
     are rendered frame by frame (``EvalResult.frames``); rendering reads the simulator's state and changes
     no outcome. ``record`` keeps every episode's decisions and rewards (``EvalResult.trace``).
@@ -321,7 +335,7 @@ def evaluate_policy(
         # OGBench's maze reset takes a few action_space.sample() steps; seed that RNG too.
         slot.env.action_space.seed(env_seed)
         obs, _ = slot.call(slot.env.reset, seed=env_seed)
-        slot.obs = np.asarray(obs, np.float32).reshape(-1)
+        slot.observe(obs, frame_stack, reset=True)
         slot.trace = {"obs": [], "actions": [], "t": [], "rewards": []} if record else None
         snap(slot)
 
@@ -363,7 +377,7 @@ def evaluate_policy(
                 steps += 1
                 s.ret += float(reward)
                 s.length += 1
-                s.obs = np.asarray(obs, np.float32).reshape(-1)
+                s.observe(obs, frame_stack, reset=False)
                 if s.trace is not None:
                     s.trace["rewards"].append(float(reward))
                 snap(s)
