@@ -116,7 +116,7 @@ def load_tensors(path: Path, device: torch.device, *, pixels: bool = False, fram
                           t(ds.terminals), dict(ds.attrs))
     frames = ds.frames
     if fits_in_memory(frames.shape):
-        frames = torch.from_numpy(frames[np.arange(len(frames))]).to(device)
+        frames = torch.from_numpy(frames.read_all()).to(device)
     rows, next_rows = (torch.as_tensor(ds.observations, device=device), torch.as_tensor(ds.next_observations, device=device))
     pixel_frames = PixelFrames(frames, frame_starts(ds.observations, ds.next_observations, ds.terminals, len(frames)),
                                int(frame_stack or 1))

@@ -46,6 +46,14 @@ class FrameReader:
                 from None
         return block[inverse]
 
+    def read_all(self) -> np.ndarray:
+        """Every frame, into one array (no second copy on the way)."""
+        try:
+            return self._frames()[()]
+        except (OSError, ValueError) as exc:
+            raise VgfError(f"{self.path}: frames could not be read ({str(exc).strip() or type(exc).__name__})") \
+                from None
+
     def __getstate__(self):  # pickled to a worker process without the open handle
         return {"path": self.path, "shape": self.shape, "cache_mb": self.cache_mb}
 
