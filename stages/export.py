@@ -9,7 +9,8 @@ autograd, the method's code or vgf is needed to run it. ``torch.export`` then ma
 with a dynamic batch dimension, saved as ``policy.pt2``; with ``export.format=onnx`` also as
 ``policy.onnx`` (only for acting without gradient kernels, which ONNX lacks: bc, fql, qam, vgf L=0).
 
-The program's inputs: ``observations`` ``[B, obs_dim]`` float32 and ``noise`` ``[B, noise_dim]``
+The program's inputs: ``observations`` ``[B, obs_dim]`` float32 (a policy on camera frames: uint8
+``[B, H, W, C * frame_stack]`` frame stacks, its encoder inside the program) and ``noise`` ``[B, noise_dim]``
 standard normals, every random draw ``act`` makes, in its order (``vgfcli.nn.noise``); the output
 is ``actions`` ``[B, act_dim]`` (an action chunk flattened where H > 1). ``vgf.json`` inside the
 file (``torch.export.load(path, extra_files={"vgf.json": ""})``) says all of this.
@@ -45,7 +46,7 @@ class ExportParityError(VgfError):
 class ExportStage(Stage):
     name = "export"
     config_name = "train"
-    code_version = 1
+    code_version = 2  # 2: vgf.json says the observations' shape and dtype (camera frames go in as uint8)
     main_metrics = ("parity_max_abs_diff", "noise_dim")
 
     needs = ("policy", "dataset", "critic")  # no critic for a method with nothing to train (BC)
@@ -74,7 +75,8 @@ class ExportStage(Stage):
         agent, saved = agents.load_agent(cfg, inputs.upstream, device, fp32_eager=True)
         run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
         setting = export_setting(agent, cfg)
-        obs = parity_observations(inputs.upstream["dataset"].output_paths()["dataset"], x.parity_states, device)
+        obs = parity_observations(inputs.upstream["dataset"].output_paths()["dataset"], x.parity_states, device,
+                                  saved.get("frame_stack"))
         agent.compute = NullCounter()  # a count made of the batch size would fix the program's batch size
 
         with ui.status(f"tracing {cfg.method.name} acting ({setting.label})"):
@@ -82,7 +84,9 @@ class ExportStage(Stage):
         meta = {"format": "vgf-acting-program/1", "method": cfg.method.name, "setting": setting.label,
                 "options": dict(setting.options), "obs_dim": agent.obs_dim, "act_dim": agent.act_dim,
                 "chunk": agent.chunk, "noise_dim": int(noise.shape[1]), "device": str(device), "dtype": "float32",
-                "inputs": {"observations": ["B", agent.obs_dim], "noise": ["B", int(noise.shape[1])]},
+                # camera frames go in as the uint8 frame stacks the rollouts make, states as float32 vectors
+                "observations_dtype": str(obs.dtype).removeprefix("torch."),
+                "inputs": {"observations": ["B", *obs.shape[1:]], "noise": ["B", int(noise.shape[1])]},
                 "outputs": {"actions": ["B", agent.act_dim]}, "torch": torch.__version__,
                 "usage": "torch.export.load(path).module()(observations, noise); noise = torch.randn(B, noise_dim)"}
         pt2 = run.staging / "policy.pt2"
@@ -110,6 +114,7 @@ class ExportStage(Stage):
         metrics = {"parity_max_abs_diff": worst, "noise_dim": float(noise.shape[1]), **speed}
         summary = {"method": cfg.method.name, "setting": setting.label, "options": dict(setting.options),
                    "noise_dim": int(noise.shape[1]), "obs_dim": agent.obs_dim, "act_dim": agent.act_dim,
+                   "observation_shape": list(obs.shape[1:]), "observations_dtype": meta["observations_dtype"],
                    "chunk": agent.chunk, "device": str(device), "parity_states": int(obs.shape[0]),
                    "parity_max_abs_diff": diffs, "format": x.format, **{k: round(v, 1) for k, v in speed.items()}}
         return StageResult(outputs=outputs, metrics=metrics, summary=summary)
@@ -121,7 +126,9 @@ class ExportStage(Stage):
         table = Table(title=f"export: {s['method']} ({s['setting']})", title_justify="left", show_header=False)
         for name, path in outcome.outputs.items():
             table.add_row(name, str(path))
-        table.add_row("inputs", f"observations [B, {s['obs_dim']}], noise [B, {s['noise_dim']}] ~ N(0, 1)")
+        shape = ", ".join(map(str, s.get("observation_shape", [s["obs_dim"]])))
+        table.add_row("inputs", f"observations [B, {shape}] {s.get('observations_dtype', 'float32')}, "
+                                f"noise [B, {s['noise_dim']}] ~ N(0, 1)")
         table.add_row("output", f"actions [B, {s['act_dim']}]" + (f" (chunk H = {s['chunk']})" if s["chunk"] > 1 else ""))
         table.add_row("parity |Δa| max", ", ".join(f"{k} {v:.2g}" for k, v in s["parity_max_abs_diff"].items())
                       + f" over {s['parity_states']} dataset states")
@@ -154,8 +161,9 @@ def export_setting(agent, cfg):
     return setting
 
 
-def parity_observations(dataset_path, count: int, device):
-    """``count`` observations spread evenly over the dataset (the states the policy was trained on)."""
+def parity_observations(dataset_path, count: int, device, frame_stack: int | None = None):
+    """``count`` observations spread evenly over the dataset (the states the policy was trained on);
+    for a pixel dataset, uint8 frame stacks of ``frame_stack`` frames as the rollouts make them."""
     import h5py
     import numpy as np
     import torch
@@ -163,8 +171,14 @@ def parity_observations(dataset_path, count: int, device):
     with h5py.File(dataset_path, "r") as f:
         rows = f["observations"].shape[0]
         index = np.unique(np.linspace(0, rows - 1, min(count, rows)).round().astype(np.int64))
-        obs = f["observations"][index]
-    return torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
+        pixels = "frames" in f
+        obs = None if pixels else f["observations"][index]
+    if not pixels:
+        return torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
+    from vgfcli.training import load_tensors
+
+    data = load_tensors(dataset_path, device, pixels=True, frame_stack=frame_stack)
+    return data.pixels.observe(data.observations[torch.as_tensor(index, device=device)])
 
 
 def trace_acting(agent, options: dict, obs, seed: int):

@@ -229,6 +229,8 @@ def test_rollouts_stack_camera_frames_as_the_reference_wrapper_does():
 
 
 def test_bc_on_frames_end_to_end_and_critics_on_frames_refused_clearly(tmp_path, vgf_home):
+    import json
+
     from typer.testing import CliRunner
 
     from vgfcli.cli import app
@@ -243,6 +245,12 @@ def test_bc_on_frames_end_to_end_and_critics_on_frames_refused_clearly(tmp_path,
     result = CliRunner().invoke(app, [*args, *pixels, "method=bc", "--json"])
     assert result.exit_code == 0, result.output
     assert {r.stage for r in Store("vgf").find()} == {"ingest", "pretrain-policy", "evaluate"}
+    # the exported program takes uint8 frame stacks, its encoder inside; parity is checked by the stage
+    export = CliRunner().invoke(app, ["export", *args[1:], *pixels, "method=bc", "export.format=onnx", "--json"])
+    assert export.exit_code == 0, export.output
+    summary = json.loads(export.stdout)["summary"]
+    assert summary["observation_shape"] == [64, 64, 6] and summary["observations_dtype"] == "uint8"
+    assert max(summary["parity_max_abs_diff"].values()) <= 1e-4
     critic = CliRunner().invoke(app, [*args, *pixels, "method=vgf"])
     assert critic.exit_code == 2 and "only pretrain-policy trains on frames" in critic.output
     wrong = CliRunner().invoke(app, [*args, "method=bc"])  # frames without an encoder
