@@ -313,7 +313,11 @@ def test_resolve_spec_official_defaults():
     assert (rs.episodes, rs.val_episodes, rs.episode_length) == (5000, 500, 201)
     json.dumps(rs.to_json())  # JSON-able for cache keys
     assert None not in rs.to_json().values()
-    assert len(collectable_names()) == 26
+    names = collectable_names()
+    visual = [n for n in names if n.startswith("visual-")]
+    assert len(names) == 44 and len(visual) == 18  # 18 manipulation datasets, each also seen by the camera
+    assert all(n.removeprefix("visual-") in names for n in visual)
+    assert r("visual-scene-noisy-v0").env_name == "visual-scene-v0"
 
 
 @pytest.mark.parametrize(
