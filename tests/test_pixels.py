@@ -251,6 +251,15 @@ def test_bc_on_frames_end_to_end_and_critics_on_frames_refused_clearly(tmp_path,
     summary = json.loads(export.stdout)["summary"]
     assert summary["observation_shape"] == [64, 64, 6] and summary["observations_dtype"] == "uint8"
     assert max(summary["parity_max_abs_diff"].values()) <= 1e-4
+    # --video: the usual front view beside what the agent sees; the observations keep their 64 x 64
+    video = CliRunner().invoke(app, ["evaluate", *args[1:], *pixels, "method=bc", "--video", "1",
+                                     "evaluate.video_size=96", "--json"])
+    assert video.exit_code == 0, video.output
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(json.loads(video.stdout)["videos"][0])
+    assert next(reader)["size"] == (192, 96)  # width, height
+    reader.close()
     critic = CliRunner().invoke(app, [*args, *pixels, "method=vgf"])
     assert critic.exit_code == 2 and "only pretrain-policy trains on frames" in critic.output
     wrong = CliRunner().invoke(app, [*args, "method=bc"])  # frames without an encoder

@@ -110,7 +110,8 @@ def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | N
     kwargs: dict[str, Any] = {}
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = int(max_episode_steps)
-    if render_size is not None:
+    if render_size is not None and not env_id.startswith("visual-"):
+        # a visual env's width and height are its observations' size: its videos are drawn apart
         kwargs |= {"render_mode": "rgb_array", "width": int(render_size), "height": int(render_size)}
     try:
         with warnings.catch_warnings():
@@ -201,8 +202,33 @@ def release_envs() -> None:
     """Close every pooled env copy (frees MuJoCo models and any renderer)."""
     for envs in _POOL.values():
         for env in envs:
+            view = getattr(env.unwrapped, "_vgf_view_renderer", None)
+            if view is not None:  # camera_and_view's renderer
+                view.close()
             env.close()
     _POOL.clear()
+
+
+def camera_and_view(env, camera: np.ndarray, size: int) -> np.ndarray:
+    """A video frame of a visual env: the usual front view at ``size`` pixels beside what the agent
+    sees (its camera frame, scaled up by whole pixels), ``[size, 2 * size, 3]`` uint8."""
+    import mujoco
+
+    unwrapped = env.unwrapped
+    renderer = getattr(unwrapped, "_vgf_view_renderer", None)
+    if renderer is None:
+        model = unwrapped._model
+        # the offscreen buffer was sized for the agent's small camera; the view needs a larger one
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        renderer = unwrapped._vgf_view_renderer = mujoco.Renderer(model, height=size, width=size)
+    renderer.update_scene(unwrapped._data, camera="front")
+    view = renderer.render()
+    scale = max(1, size // camera.shape[0])
+    seen = np.zeros((size, size, 3), np.uint8)
+    big = camera[..., :3].repeat(scale, axis=0).repeat(scale, axis=1)[:size, :size]
+    seen[:big.shape[0], :big.shape[1]] = big
+    return np.concatenate([view, seen], axis=1)
 
 
 def _steps_draw_global_rng(env) -> bool:
@@ -300,7 +326,7 @@ def evaluate_policy(
         if slot.episode is not None and slot.episode < render_episodes:
             tr = time.perf_counter()
             try:
-                frame = slot.env.render()
+                frame = slot.env.render() if not slot.frames else camera_and_view(slot.env, slot.frames[-1], render_size)
             except Exception as exc:  # no EGL device, no OSMesa library, ...
                 raise VgfError(f"rendering '{env_id}' failed with MUJOCO_GL={os.environ.get('MUJOCO_GL', '(unset)')} "
                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); try MUJOCO_GL=egl, or "
