@@ -65,7 +65,6 @@ class EvaluateStage(Stage):
 
         from vgfcli import plots, seeds
         from vgfcli.cache import write_bytes_atomic
-        from vgfcli.config import plain
         from vgfcli.eval_rows import RowJob, auto_workers, compute_columns, run_rows, score_row
         from vgfcli.methods.base import EvalSetting
         from vgfcli.protocols import task_label
@@ -102,7 +101,7 @@ class EvaluateStage(Stage):
         run.set_tags({"vgf.eval_workers": str(workers)})
         with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:
             scored = run_rows(agent, jobs, workers=workers, threads=threads, advance=bar.advance,
-                              make_agent=functools.partial(agents.acting_agent, plain(cfg), inputs.upstream, str(device)))
+                              make_agent=functools.partial(agents.acting_agent, cfg, inputs.upstream, str(device)))
         for setting, (result, counter) in zip(rows, scored):
             row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
             row |= compute_columns(result, counter)

@@ -107,14 +107,6 @@ def to_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def plain(cfg):
-    """``cfg`` with the same values but no schema behind it: what can be pickled to another process
-    (the methods' schemas are classes made at run time, which pickle cannot find by name)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(to_dict(cfg))
-
-
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``: the form MLflow params take."""
     flat: dict[str, object] = {}

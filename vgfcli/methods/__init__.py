@@ -24,15 +24,13 @@ def register_schemas() -> None:
     conf/method/<name>.yaml extends it (``defaults: [<name>_schema, _self_]``), so composition refuses
     a ``method.*`` value of the wrong type or a key the method does not have. The schema is the
     method's Config minus the knobs the stage fills from the shared sections
-    (``vgfcli.methods.configs.method_schema``). Imports every method (and torch)."""
+    (``Config.Schema``, ``vgfcli.methods.configs.method_schema``). Imports every method (and torch)."""
     global _registered
     if _registered:
         return
     from hydra.core.config_store import ConfigStore
 
-    from vgfcli.methods.configs import method_schema
-
     store = ConfigStore.instance()
     for name in NAMES:
-        store.store(group="method", name=f"{name}_schema", node=method_schema(name, load(name).Config))
+        store.store(group="method", name=f"{name}_schema", node=load(name).Config.Schema)
     _registered = True

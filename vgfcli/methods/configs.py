@@ -59,9 +59,25 @@ def _either(options) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+class _SchemaOf:
+    """``Config.Schema``: the schema of a method's Config (``method_schema``), made on first use and
+    kept on that class. It lives at ``<method module>.<Config>.Schema``, where pickle finds it again in
+    another process, so a composed config travels to worker processes as it is."""
+
+    def __get__(self, obj, owner: type) -> type:
+        schema = owner.__dict__.get("_schema")
+        if schema is None:
+            schema = method_schema(owner.__module__.rpartition(".")[2], owner)
+            schema.__module__, schema.__qualname__ = owner.__module__, f"{owner.__qualname__}.Schema"
+            owner._schema = schema
+        return schema
+
+
 class MethodConfig:
     """Base of the methods' Config dataclasses: ``validate``, which each method writes with the
     helpers below (every check of a method's values in one place), run once as a Config is made."""
+
+    Schema = _SchemaOf()
 
     def __post_init__(self) -> None:
         self.validate()
