@@ -62,10 +62,22 @@ class FrameReader:
 
 
 def fits_in_memory(shape: tuple[int, ...], share: float = 0.5) -> bool:
-    """Whether a uint8 array of ``shape`` takes at most ``share`` of the memory available now."""
-    size = int(np.prod(shape))
+    """Whether a uint8 array of ``shape`` takes at most ``share`` of the memory available now: the
+    kernel's MemAvailable, which counts the page cache it can reclaim (free memory alone is small on
+    a machine that has read a large file, such as the dataset just ingested)."""
+    return int(np.prod(shape)) <= share * available_memory()
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable; else free pages)."""
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return True
-    return size <= share * available
+        return 1 << 62  # unknown: assume it fits
