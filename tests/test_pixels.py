@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vgfcli.nn.encoders import ENCODERS, _same_pool, make_encoder
-from vgfcli.pixels import augment, episode_starts, gather_stack, next_stack_indices, shift_frames, stack_indices
+from vgfcli.pixels import augment, gather_stack, shift_frames, stack_indices
 
 
 @pytest.mark.parametrize("name, frames, out", [("impala_small", 3, 512), ("impala_small", 9, 512),
@@ -34,13 +34,23 @@ def test_same_pooling_pads_at_the_end_as_xla_does():
 
 
 def test_frame_stacks_repeat_the_first_frame_at_episode_starts():
-    terminals = torch.tensor([0, 0, 1, 0, 1, 0, 0, 0])  # episodes: rows 0-2, 3-4, 5-7
-    starts = episode_starts(terminals)
-    assert starts.tolist() == [0, 0, 0, 3, 3, 5, 5, 5]
-    stacks = stack_indices(torch.arange(8), starts, 3)
-    assert stacks.tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [3, 3, 3], [3, 3, 4], [5, 5, 5], [5, 5, 6],
-                               [5, 6, 7]]
-    assert next_stack_indices(stacks[:2], torch.tensor([1, 2])).tolist() == [[0, 0, 1], [0, 1, 2]]
+    import numpy as np
+
+    from vgfcli.training import frame_starts
+
+    # OGBench's layout: episodes of frames 0-3, 4-5 and 6-8; a transition per frame but each episode's
+    # last, whose next frame is the row after it
+    rows = np.array([0, 1, 2, 4, 6, 7])
+    terminals = np.array([0, 0, 1, 1, 0, 1], np.float32)
+    starts = frame_starts(rows, rows + 1, terminals, 9)
+    assert starts.tolist() == [0, 0, 0, 0, 4, 4, 6, 6, 6]
+    stacks = stack_indices(torch.arange(9), starts, 3)
+    assert stacks.tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3], [4, 4, 4], [4, 4, 5], [6, 6, 6],
+                               [6, 6, 7], [6, 7, 8]]
+    # the next state's stack is the current one shifted by one, ending in the next frame
+    current, following = stack_indices(torch.as_tensor(rows), starts, 3), stack_indices(torch.as_tensor(rows + 1),
+                                                                                         starts, 3)
+    assert torch.equal(following, torch.cat([current[:, 1:], torch.as_tensor(rows + 1).unsqueeze(1)], dim=1))
 
 
 def test_gathered_stacks_are_channels_oldest_first():

@@ -109,8 +109,6 @@ def load_agent(cfg, upstream: Mapping, device, fp32_eager: bool = False, compile
     flow, saved_policy = load_policy(upstream["policy"].output_paths()["policy"], device)
     if "critic" not in upstream:
         return new_agent(cfg, flow, saved_policy, device)[0], saved_policy
-    if saved_policy.get("encoder"):  # unreachable while train-critic refuses frames: said here all the same
-        raise VgfError("a critic on frames is not built yet (issue 24, in progress): bc acts on them")
     critic_path = upstream["critic"].output_paths()["critic"]
     saved = torch.load(critic_path, map_location="cpu", weights_only=False)
     check_compatible(saved, saved_policy["obs_dim"], saved_policy["act_dim"], saved_policy["dataset_digest"],

@@ -3,8 +3,8 @@
 Frames are stored once (uint8, ``[N, H, W, C]``). A frame stack of row t is a row of indices into that
 array, never a copy: ``[t - k + 1, ..., t]``, each clamped to the first frame of t's episode, so the
 first steps of an episode repeat its first frame (FQL's and VGF's ``Dataset._prestack_frames``). The
-next state's stack is the current stack shifted by one, ending in the next frame. The frames of a
-stack are concatenated along channels, oldest first.
+next state's stack is the stack ending at the next frame, which is the current one shifted by one.
+The frames of a stack are concatenated along channels, oldest first.
 
 Augmentation (``p_aug``): with probability ``p_aug`` per batch (one coin for the whole batch, as the
 reference's ``Dataset.sample`` draws), every sample is shifted by up to ``padding`` = 3 pixels in each
@@ -18,26 +18,11 @@ import torch
 from torch import Tensor
 
 
-def episode_starts(terminals: Tensor) -> Tensor:
-    """``[N]``: for each row, the row where its episode began (``terminals[t]`` = 1 at an episode's
-    last row)."""
-    n = terminals.shape[0]
-    ends = torch.nonzero(terminals.reshape(-1) > 0).reshape(-1)
-    firsts = torch.cat([torch.zeros(1, dtype=torch.long), ends + 1])
-    firsts = firsts[firsts < n]  # a last episode without its terminal row still starts after the one before
-    return firsts[torch.searchsorted(firsts, torch.arange(n), right=True) - 1]
-
-
 def stack_indices(rows: Tensor, starts: Tensor, frame_stack: int) -> Tensor:
     """``[B, frame_stack]`` frame indices of the stacks ending at ``rows`` (oldest first), clamped to
-    each row's episode start (``starts``, from ``episode_starts``)."""
+    each frame's episode start (``starts``: ``vgfcli.training.frame_starts``)."""
     offsets = torch.arange(frame_stack - 1, -1, -1, device=rows.device)
     return torch.maximum(rows.unsqueeze(1) - offsets, starts[rows].unsqueeze(1))
-
-
-def next_stack_indices(stack: Tensor, next_frame: Tensor) -> Tensor:
-    """The next state's stack: ``stack`` without its oldest frame, then ``next_frame`` ``[B]``."""
-    return torch.cat([stack[:, 1:], next_frame.unsqueeze(1)], dim=1)
 
 
 def gather_stack(frames: Tensor, indices: Tensor) -> Tensor:
