@@ -20,6 +20,9 @@ runner = CliRunner()
     ("critic.reward_transform=log", "critic.reward_transform must be one of"),
     ("evaluate.num_envs=0", "evaluate.num_envs must be at least 1"),
     ("evaluate.workers=0", "evaluate.workers must be at least 1"),
+    ("frame_stack=0", "frame_stack must be at least 1"),
+    ("p_aug=1.5", "p_aug must be in [0, 1]"),
+    ("policy.encoder=resnet", "policy.encoder must be one of"),
     ("critic.hidden=[]", "critic.hidden must be a non-empty list of widths >= 1"),
 ])
 def test_out_of_range_config_values_are_refused_before_any_run(override, message):
