@@ -123,7 +123,8 @@ class EvaluateStage(Stage):
                 val_loss = validation_loss(agent, inputs.upstream["val_dataset"].output_paths()["dataset"],
                                            chunk=agent.chunk, discount=discount, rewards_fn=rewards_fn,
                                            batches=e.value_batches, batch_size=cfg.critic.batch_size,
-                                           seed=cfg.seed + seeds.VALUE_CHECK, device=device)
+                                           seed=cfg.seed + seeds.VALUE_CHECK, device=device,
+                                           frame_stack=saved.get("frame_stack"))
         metric_name = results[0]["metric"]
         metrics = {f"{r['metric']}/{r['key']}": r["score"] for r in results}
         metrics |= {f"return_mean/{r['key']}": r["return_mean"] for r in results}

@@ -39,7 +39,12 @@ class TrainCriticStage(Stage):
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
 
-        key = {"critic": to_dict(cfg.critic), "method": to_dict(cfg.method), "seed": cfg.seed}
+        critic = to_dict(cfg.critic)
+        if critic.get("encoder") is None:  # pixel-only knobs enter the key when set: state keys stay as they were
+            critic.pop("encoder", None)
+        key = {"critic": critic, "method": to_dict(cfg.method), "seed": cfg.seed}
+        if cfg.p_aug is not None:
+            key["p_aug"] = cfg.p_aug  # (frame_stack is the policy's: its digest is in the key already)
         if cfg.method.get("train_budget", "fixed") != "fixed":
             # the adaptive TD target's own code version (2: its rules read fp32 Q), so that a change
             # to it does not invalidate every fixed-budget critic
@@ -57,10 +62,12 @@ class TrainCriticStage(Stage):
         device = resolve_device(cfg.device)
         run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name})
         torch.manual_seed(cfg.seed)
-        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
-        rewards = transform_rewards(data, c.reward_transform)
         policy_path = inputs.upstream["policy"].output_paths()["policy"]
         flow, saved = agents.load_policy(policy_path, device)
+        # frames: stacked as the policy was trained (its frame_stack), shifted with probability p_aug
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device, pixels=True,
+                            frame_stack=saved.get("frame_stack"))
+        rewards = transform_rewards(data, c.reward_transform)
         chunk = int(saved["chunk"])
         agents.check_compatible(saved, data.obs_dim, data.act_dim * chunk, inputs.digests["dataset"],
                                 str(policy_path))
@@ -68,8 +75,8 @@ class TrainCriticStage(Stage):
         if agent.amp is not None:  # the precision amp=auto resolved to here
             run.set_tags({"vgf.amp": agent.amp})
         with ui.status("preparing the method (e.g. the particle bank)"):
-            prepared = agent.prepare(data.next_observations)
-        sampler = Sampler(data, c.batch_size, cfg.seed, chunk=chunk, discount=method_cfg.discount)
+            prepared = agent.prepare(data.next_states)
+        sampler = Sampler(data, c.batch_size, cfg.seed, chunk=chunk, discount=method_cfg.discount, p_aug=cfg.p_aug)
 
         def state_fn() -> dict:
             return {"agent": agent.state_dict(), "sampler": sampler.generator.get_state()}
@@ -91,6 +98,7 @@ class TrainCriticStage(Stage):
         save_output({
             "method": cfg.method.name, "config": dataclasses.asdict(method_cfg), "agent": agent.state_dict(),
             "obs_dim": data.obs_dim, "act_dim": data.act_dim * chunk, "chunk": chunk,
+            **({"obs_shape": list(data.obs_shape), "frame_stack": int(saved["frame_stack"])} if data.pixels else {}),
             "dataset_digest": inputs.digests["dataset"],
             "policy_digest": inputs.digests["policy"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from vgfcli.methods.avgf import AVGFAgent, clip_global_norm, field_transport
+from vgfcli.nn.networks import PlainInput
 
 
-class AnalyticCritic(nn.Module):
+class AnalyticCritic(PlainInput, nn.Module):
     """Two members, Q_m(s, a) = -|a - s|^2 + m: grad_a mean Q = -2 (a - s), known everywhere."""
 
     members = 2

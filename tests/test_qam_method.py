@@ -23,6 +23,7 @@ from vgfcli.methods.qam import (
     sigma_schedule,
 )
 from vgfcli.nn.flow import FlowPolicy
+from vgfcli.nn.networks import PlainInput
 
 OBS, ACT = 3, 2
 TINY = dict(critic_hidden=(16, 16), actor_hidden=(16, 16), num_critics=3, flow_steps=3)
@@ -37,7 +38,7 @@ def random_batch(n=8, seed=0, act_dim=ACT):
     return batches.random_batch(OBS, act_dim, n, seed)
 
 
-class ConstantCritic(nn.Module):
+class ConstantCritic(PlainInput, nn.Module):
     """Member m returns values[m] + slope * sum(a), shaped like EnsembleCritic's output [M, *lead]."""
 
     def __init__(self, values, slope=0.0):
@@ -310,6 +311,6 @@ def test_method_yaml_lists_every_config_field_with_its_default():
     assert values.pop("defaults") == ["qam_schema", "_self_"]  # the types: vgfcli.methods.register_schemas
     defaults = dataclasses.asdict(QAMConfig())
     # set from the policy section, critic.hidden and the top-level seed
-    assert set(values) == set(defaults) - {"actor_hidden", "flow_steps", "critic_hidden", "seed"}
+    assert set(values) == set(defaults) - {"actor_hidden", "flow_steps", "critic_hidden", "seed", "encoder"}
     for key, value in values.items():
         assert (tuple(value) if isinstance(value, list) else value) == defaults[key], key

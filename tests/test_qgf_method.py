@@ -15,6 +15,7 @@ from vgfcli.methods import load
 from vgfcli.methods.base import config_from, scalars, to_batch
 from vgfcli.methods.qgf import QGFAgent, QGFConfig, expectile_loss, guidance_grad, guided_sample, q_target
 from vgfcli.nn.flow import FlowPolicy, euler_sample
+from vgfcli.nn.networks import PlainInput
 
 OBS, ACT = 4, 2
 TINY = dict(critic_hidden=(16, 16), actor_hidden=(16, 16), flow_steps=3)
@@ -29,14 +30,14 @@ def random_batch(n=8, seed=0):
     return batches.random_batch(OBS, ACT, n, seed)
 
 
-class FakeCritic(nn.Module):
+class FakeCritic(PlainInput, nn.Module):
     """Q_m(s, a) = (m + 1) * sum(a) + s_0 - m, shaped like EnsembleCritic's output [M, *lead]."""
 
     def forward(self, obs, actions):
         return torch.stack([(m + 1) * actions.sum(-1) + obs[..., 0] - m for m in range(2)])
 
 
-class FakeValue(nn.Module):
+class FakeValue(PlainInput, nn.Module):
     """V(s) = 0.5 * s_0, shaped like the value MLP's output [*lead, 1]."""
 
     def forward(self, obs):
@@ -248,7 +249,7 @@ def test_act_shapes_inference_mode_and_best_of_n():
     n, w = 6, 0.2
     chosen = agent.act(obs, guidance=w, num_particles=n, generator=torch.Generator().manual_seed(4))
     noise = torch.randn((5, n, ACT), generator=torch.Generator().manual_seed(4))
-    q_fn = agent._q_fn("target", "min")
+    q_fn = agent._q_fn("target", "min", obs.unsqueeze(1))
     candidates = guided_sample(agent.reference, q_fn, obs.unsqueeze(1), noise, agent.cfg.flow_steps, w)
     best = candidates[torch.arange(5), q_fn(obs.unsqueeze(1), candidates).argmax(1)]
     assert torch.equal(chosen, best)
@@ -286,5 +287,5 @@ def test_config_validation_registry_and_yaml_defaults():
     assert values.pop("defaults") == ["qgf_schema", "_self_"]  # the types: vgfcli.methods.register_schemas
     fields = {f.name: f.default for f in dataclasses.fields(QGFConfig)}
     # set from the policy, critic.hidden and the top-level seed (stages/train_critic.py)
-    assert set(values) == set(fields) - {"actor_hidden", "flow_steps", "critic_hidden", "seed"}
+    assert set(values) == set(fields) - {"actor_hidden", "flow_steps", "critic_hidden", "seed", "encoder"}
     assert config_from(QGFConfig, values) == QGFConfig()

@@ -35,7 +35,7 @@ def test_method_yaml_lists_every_config_field_with_its_default(method):
     assert values.pop("name") == method
     assert values.pop("defaults") == [f"{method}_schema", "_self_"]  # typed by the method's schema
     defaults = dataclasses.asdict(methods.load(method).Config())
-    shared = {"actor_hidden", "flow_steps", "critic_hidden", "seed", "compile"}  # from policy / critic / top level
+    shared = {"actor_hidden", "flow_steps", "critic_hidden", "seed", "compile", "encoder"}  # from policy / critic / top level
     assert set(values) == set(defaults) - shared
     for key, value in values.items():
         assert (tuple(value) if isinstance(value, list) else value) == defaults[key], key

@@ -11,7 +11,7 @@ from vgfcli.methods import load
 from vgfcli.methods.base import config_from, scalars, to_batch
 from vgfcli.methods.vgf import ParticleBank, VGFAgent, VGFConfig, build_bank, refresh_bank, td_target
 from vgfcli.nn.flow import FlowPolicy
-from vgfcli.nn.networks import MLP, EnsembleCritic
+from vgfcli.nn.networks import MLP, EnsembleCritic, PlainInput
 
 OBS, ACT = 4, 2
 TINY = dict(critic_hidden=(32, 32), actor_hidden=(32, 32))
@@ -34,7 +34,7 @@ def random_batch(n=16, seed=0, indices=True):
     return batch
 
 
-class FakeCritic(nn.Module):
+class FakeCritic(PlainInput, nn.Module):
     """Q_m(s, a) = (m + 1) * sum(a) + s_0 - m, shaped like EnsembleCritic's output [M, *lead]."""
 
     def __init__(self, members=2):

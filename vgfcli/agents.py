@@ -37,7 +37,8 @@ def method_config(cfg, saved_policy: Mapping):
     """The method's module and its Config from the ``method`` section. Knobs every method shares come
     from the shared sections, where the Config has them: the reference flow's widths and Euler steps
     from the policy itself, the critic's widths from ``critic.hidden``, torch.compile of the update
-    from ``critic.compile``, the seed from the top level."""
+    from ``critic.compile``, the seed from the top level, the visual encoder from ``critic.encoder`` (null:
+    the policy's, so that one ``policy.encoder=impala_small`` sets both, as the reference's one flag does)."""
     from vgfcli import methods
     from vgfcli.config import to_dict
     from vgfcli.methods.base import config_from
@@ -45,7 +46,8 @@ def method_config(cfg, saved_policy: Mapping):
     values = to_dict(cfg.method)
     name = values.pop("name")
     shared = {"actor_hidden": tuple(saved_policy["hidden"]), "flow_steps": int(saved_policy["flow_steps"]),
-              "critic_hidden": tuple(cfg.critic.hidden), "seed": int(cfg.seed), "compile": bool(cfg.critic.compile)}
+              "critic_hidden": tuple(cfg.critic.hidden), "seed": int(cfg.seed), "compile": bool(cfg.critic.compile),
+              "encoder": cfg.critic.get("encoder") or saved_policy.get("encoder")}
     try:
         module = methods.load(name)
         fields = {f.name for f in dataclasses.fields(module.Config)}
@@ -87,10 +89,15 @@ def check_compatible(saved: Mapping, obs_dim: int, act_dim: int, dataset_digest:
                        f"{dataset_digest[:12]}); pretrain a policy on this dataset")
 
 
+def observation_shape(saved: Mapping):
+    """What a saved policy or critic acts on: its state width, or its frame stacks' (H, W, C) shape."""
+    return tuple(saved["obs_shape"]) if saved.get("obs_shape") else int(saved["obs_dim"])
+
+
 def new_agent(cfg, flow, saved_policy: Mapping, device):
     """A fresh agent of ``cfg``'s method around the reference ``flow``, and its Config."""
     module, method_cfg = method_config(cfg, saved_policy)
-    agent = module.Agent.create(method_cfg, saved_policy["obs_dim"], saved_policy["act_dim"], device,
+    agent = module.Agent.create(method_cfg, observation_shape(saved_policy), saved_policy["act_dim"], device,
                                 reference=flow, chunk=int(saved_policy["chunk"]))
     return agent, method_cfg
 
@@ -120,7 +127,7 @@ def load_agent(cfg, upstream: Mapping, device, fp32_eager: bool = False, compile
     speed = {"compile": bool(compile)} if "compile" in saved["config"] else {}
     if fp32_eager:
         speed = {k: v for k, v in (("compile", False), ("amp", "off")) if k in saved["config"]}
-    agent = module.Agent.create(saved["config"], saved["obs_dim"], saved["act_dim"], device, reference=flow,
+    agent = module.Agent.create(saved["config"], observation_shape(saved), saved["act_dim"], device, reference=flow,
                                 chunk=saved.get("chunk", 1), **speed)
     agent.load_state_dict(saved["agent"])
     return agent, saved

@@ -12,6 +12,10 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+# vgfcli.nn.encoders.ENCODERS' names, written out so that composing a config imports no torch (a test
+# keeps the two equal).
+ENCODER_NAMES = ("impala", "impala_small", "impala_large", "impala_debug")
+
 
 @dataclass
 class TrackingConfig:
@@ -128,6 +132,9 @@ class CriticLoopConfig:
     # torch.compile the method's update where it has a compiled path (vgf): compiled once per shape
     # (tens of seconds, reported as compile_s), eager where torch.compile cannot run.
     compile: bool = False
+    # Pixel datasets: the visual encoder of the method's own networks (the critic, its target, FQL's
+    # one-step policy, ...: each its own); None = the same as policy.encoder. Unused on state vectors.
+    encoder: Optional[str] = None
     log_every: int = MISSING
     checkpoint_every: int = MISSING
 
@@ -269,7 +276,7 @@ CHECKS = {
     "train": {
         "seed": _at_least(0), "chunk": _at_least(1), "threads": _at_least(1), "frame_stack": _at_least(1),
         "p_aug": ((lambda v: v is None or 0 <= v <= 1), "in [0, 1]"),
-        "policy.encoder": _one_of(None, "impala", "impala_small", "impala_large", "impala_debug"),
+        "policy.encoder": _one_of(None, *ENCODER_NAMES), "critic.encoder": _one_of(None, *ENCODER_NAMES),
         "data.source": _one_of("collect", "ogbench", "file"), "data.kind": _one_of("ogbench", "d4rl", "minari"),
         "data.episodes": _at_least(1), "data.val_episodes": _at_least(0), "data.episode_length": _at_least(1),
         "data.workers": _at_least(1),

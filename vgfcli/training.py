@@ -94,6 +94,33 @@ class TensorData:
     def act_dim(self) -> int:
         return self.actions.shape[1]
 
+    @property
+    def next_states(self):
+        """What a method precomputes from (``Agent.prepare``): the next observations, row-indexable, as
+        tensors; for pixels an ``ObservedRows`` that makes each row's frame stack when indexed."""
+        if self.pixels is None:
+            return self.next_observations
+        return ObservedRows(self.next_observations, self.pixels)
+
+
+@dataclass
+class ObservedRows:
+    """A pixel dataset's observations by row, made when indexed: ``view[idx]`` is the uint8 frame
+    stacks ``[len(idx), H, W, C]`` of rows ``idx`` (a batch's worth at a time, never all of them)."""
+
+    rows: torch.Tensor  # [N] frame rows (int64)
+    pixels: PixelFrames
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.pixels.observe(self.rows[idx])
+
 
 def load_tensors(path: Path, device: torch.device, *, pixels: bool = False, frame_stack: int | None = None) -> TensorData:
     """The dataset at ``path`` on ``device``. ``pixels``: whether the caller trains on frames (a pixel
@@ -104,8 +131,8 @@ def load_tensors(path: Path, device: torch.device, *, pixels: bool = False, fram
 
     ds = canonical.load(path, frames="lazy")
     if ds.is_pixels and not pixels:
-        raise VgfError(f"{path}: a pixel dataset ({ds.attrs.get('env_id')}); only pretrain-policy trains on frames "
-                       "so far (the methods' critic encoders: issue 24, in progress)")
+        raise VgfError(f"{path}: a pixel dataset ({ds.attrs.get('env_id')}); this stage does not take frames yet "
+                       "(collect, ingest, pretrain-policy, train-critic, evaluate and export do)")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)

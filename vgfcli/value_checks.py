@@ -64,11 +64,13 @@ def value_q_fn(agent, device):
     if agent.critic is None:
         return None
 
+    size = 256 if agent.pixels else 4096  # frame stacks are ~100x a state's size
+
     def q_fn(obs, actions):
         out = []
-        for start in range(0, len(obs), 4096):
-            o = torch.as_tensor(obs[start:start + 4096], dtype=torch.float32, device=device)
-            a = torch.as_tensor(actions[start:start + 4096], dtype=torch.float32, device=device)
+        for start in range(0, len(obs), size):
+            o = agent.batched(obs[start:start + size])[0]
+            a = torch.as_tensor(actions[start:start + size], dtype=torch.float32, device=device)
             out.append(agent.q_values(o, a).cpu().numpy())
         return np.concatenate(out)
 
@@ -76,15 +78,16 @@ def value_q_fn(agent, device):
 
 
 def validation_loss(agent, val_path, *, chunk: int, discount: float, rewards_fn, batches: int, batch_size: int,
-                    seed: int, device) -> float | None:
-    """Mean of the method's critic loss over ``batches`` batches of the validation split (no update)."""
+                    seed: int, device, frame_stack: int | None = None) -> float | None:
+    """Mean of the method's critic loss over ``batches`` batches of the validation split (no update;
+    frames stacked as the agent was trained, never shifted)."""
     import torch
 
     from vgfcli.training import Sampler, load_tensors
 
     if agent.critic is None or batches < 1:
         return None
-    data = load_tensors(val_path, device)
+    data = load_tensors(val_path, device, pixels=True, frame_stack=frame_stack)
     data.rewards.copy_(torch.as_tensor(rewards_fn(data.rewards.cpu().numpy()), dtype=data.rewards.dtype))
     sampler = Sampler(data, batch_size, seed, chunk=chunk, discount=discount)
     losses = []

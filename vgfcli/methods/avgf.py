@@ -76,6 +76,9 @@ class AVGFConfig(MethodConfig):
     train_steps: int = 5  # L of the TD target's transport (train_vgf_steps)
     test_steps: int = 3  # L when acting outside `vgf evaluate` (which sweeps evaluate.budgets)
     vgf_lr: float = 0.1  # Adam's learning rate on the particles
+    # Visual encoder of the method's own networks on camera frames (impala_small, ...; each network its
+    # own, as in the reference code); from critic.encoder, null there = the policy's. None: state vectors.
+    encoder: str | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -122,19 +125,28 @@ class AVGFAgent(Agent):
     def __init__(self, cfg: AVGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
         super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
         self._critic_and_target()
-        self.field = MLP((obs_dim, act_dim), cfg.critic_hidden, act_dim, cfg.activation,
-                         cfg.critic_norm).to(self.device)
+        self.field = self.encoded(MLP((self.feature_dim, act_dim), cfg.critic_hidden, act_dim, cfg.activation,
+                                      cfg.critic_norm).to(self.device))
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.field_optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.field_lr)
 
     def reference_samples(self, obs: Tensor, n: int, generator: torch.Generator) -> Tensor:
         noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
-        with torch.no_grad():
-            return euler_sample(self.reference, obs.unsqueeze(1), noise, self.cfg.flow_steps)
+        with torch.no_grad():  # frames: the reference's encoder, once for the N samples and K steps
+            return euler_sample(self.reference.head, self.reference.encode(obs).unsqueeze(1), noise,
+                                self.cfg.flow_steps)
 
-    def field_target(self, obs: Tensor, actions: Tensor) -> Tensor:
-        """``grad_a mean_m Q_m(s, a)`` ``[B, d]`` at the dataset's pairs, the critic held constant."""
-        grad, _ = value_grad(lambda o, a: frozen_call(self.critic, o, a), obs, actions, "mean")
+    def moved(self, obs: Tensor, start: Tensor, steps: int, per_state: bool) -> Tensor:
+        """``start`` moved ``steps`` steps along the field at ``obs`` (frames encoded once by the
+        field's encoder, then shared by every particle and step)."""
+        cfg = self.cfg
+        return field_transport(self.field.head, self.field.encode(obs), start, steps, cfg.vgf_lr, cfg.grad_clip,
+                               per_state=per_state)
+
+    def field_target(self, features: Tensor, actions: Tensor) -> Tensor:
+        """``grad_a mean_m Q_m(s, a)`` ``[B, d]`` at the dataset's pairs, the critic held constant;
+        ``features``: the states as the critic's head reads them."""
+        grad, _ = value_grad(lambda o, a: frozen_call(self.critic.head, o, a), features, actions, "mean")
         if self.cfg.normalize_field_target:
             grad = grad / (grad.norm(dim=-1, keepdim=True) + 1e-8)
         return grad.detach()
@@ -146,14 +158,14 @@ class AVGFAgent(Agent):
         next_obs, obs, actions = batch["next_observations"], batch["observations"], batch["actions"]
         with torch.no_grad():
             start = self.reference_samples(next_obs, cfg.num_particles, self.generator)
-            moved = field_transport(self.field, next_obs, start, cfg.train_steps, cfg.vgf_lr, cfg.grad_clip,
-                                    per_state=False)
+            moved = self.moved(next_obs, start, cfg.train_steps, per_state=False)
             next_qs = self.target_critic(next_obs.unsqueeze(1), moved)            # [M, B, N]
             y = td_target(next_qs, batch["rewards"], batch["masks"], self.bootstrap_discount, cfg.q_agg,
                           cfg.particle_agg)
-        qs = self.critic(obs, actions)
+        features = self.critic.encode(obs)  # frames: once, for the critic's loss and the field's target
+        qs = self.critic.head(features, actions)
         critic_loss = (qs - y).square().sum(0).mean()
-        score = self.field_target(obs, actions)
+        score = self.field_target(features.detach(), actions)
         field = self.field(obs, actions)
         field_loss = (field - score).square().mean()
         info = {"critic_loss": critic_loss.detach(), "q_mean": qs.detach().mean(), "target_mean": y.mean(),
@@ -184,11 +196,9 @@ class AVGFAgent(Agent):
         cfg = self.cfg
         steps = cfg.test_steps if steps is None else int(steps)
         n = cfg.num_particles if num_particles is None else int(num_particles)
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 1
-        obs = obs.unsqueeze(0) if single else obs
+        obs, single = self.batched(obs)
         start = self.reference_samples(obs, n, generator or self.act_generator)
-        moved = field_transport(self.field, obs, start, steps, cfg.vgf_lr, cfg.grad_clip, per_state=True)
+        moved = self.moved(obs, start, steps, per_state=True)
         b = obs.shape[0]
         self.compute.add(b, forward=b * n if n > 1 else 0, field=b * n * steps)
         self.compute.add_steps(steps, b)

@@ -33,6 +33,7 @@ turns it into floats for logging.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -167,7 +168,7 @@ def best_by_q(critic, obs: Tensor, candidates: Tensor, q_agg: str) -> Tensor:
 
     if candidates.shape[1] == 1:
         return candidates[:, 0]
-    with torch.no_grad():
+    with torch.no_grad():  # frames are encoded once per state, then shared by the N candidates
         q = aggregate_members(critic(obs.unsqueeze(1), candidates), q_agg)  # [B, N]
         # A NaN Q never wins (argmax would pick it: NaN compares as the largest).
         q = torch.nan_to_num(q, nan=float("-inf"))
@@ -204,14 +205,27 @@ class Agent(ABC):
         compiles nothing (all but VGF)."""
         return 0.0
 
-    def __init__(self, cfg, obs_dim: int, act_dim: int, device: torch.device, reference, chunk: int = 1):
-        """The fields every agent has: ``cfg`` (checked by ``config_from`` already), the dims, the
+    def __init__(self, cfg, obs_dim, act_dim: int, device: torch.device, reference, chunk: int = 1):
+        """The fields every agent has: ``cfg`` (checked by ``config_from`` already), the observation's
+        shape (``obs_dim``: a state's width, or a frame stack's (H, W, C) shape), the
         device, the chunk, the pretrained ``reference`` flow on the device and frozen, and the agent's
         two random streams, ``generator`` (training noise) and ``act_generator`` (acting). A method's
         __init__ calls this, then builds its networks and optimisers (their order fixes the weights a
         seed gives)."""
         self.cfg = cfg
-        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
+        # One observation's shape: (obs_dim,), or (H, W, C * frame_stack) for camera frames, which every
+        # network the method builds reads through an encoder of its own (``encoded``).
+        self.obs_shape = (int(obs_dim),) if isinstance(obs_dim, int) else tuple(int(v) for v in obs_dim)
+        self.obs_dim, self.act_dim = math.prod(self.obs_shape), int(act_dim)
+        self.pixels = len(self.obs_shape) == 3
+        from vgfcli.nn.encoders import feature_size
+
+        encoder = getattr(cfg, "encoder", None)
+        if self.pixels != (encoder is not None):
+            raise ValueError(f"observations are camera frames {self.obs_shape}: set critic.encoder (e.g. impala_small)"
+                             if self.pixels else f"encoder={encoder} applies to camera frames, not state vectors")
+        # What a network's head reads: the state itself, or the encoder's features.
+        self.feature_dim = feature_size(encoder, self.obs_shape) if self.pixels else self.obs_dim
         self.device = torch.device(device)
         self.chunk = int(chunk)
         if self.chunk < 1 or self.act_dim % self.chunk:
@@ -245,17 +259,39 @@ class Agent(ABC):
             reference = FlowPolicy(obs_dim, act_dim, cfg.actor_hidden, **activation)
         return cls(cfg, obs_dim, act_dim, device, reference, chunk)
 
+    def _new_encoder(self):
+        from vgfcli.nn.encoders import make_encoder
+
+        return make_encoder(self.cfg.encoder, self.obs_shape)
+
+    def encoded(self, head: torch.nn.Module) -> torch.nn.Module:
+        """``head`` (a network on ``feature_dim`` inputs) as the method uses it: itself on state vectors;
+        on frames with a fresh encoder of its own in front (``vgfcli.nn.encoders.Encoded``)."""
+        if not self.pixels:
+            return head
+        from vgfcli.nn.encoders import Encoded
+
+        return Encoded(self._new_encoder(), head).to(self.device)
+
+    def batched(self, obs) -> tuple[Tensor, bool]:
+        """``obs`` on the agent's device as a batch, and whether it was one observation. State vectors
+        become float32; frames stay uint8 (the encoder scales them)."""
+        obs = torch.as_tensor(obs, device=self.device, dtype=None if self.pixels else torch.float32)
+        single = obs.dim() == len(self.obs_shape)
+        return (obs.unsqueeze(0) if single else obs), single
+
     def _critic_and_target(self) -> None:
         """``critic``: an ``EnsembleCritic`` of ``cfg.num_critics`` members (``critic_hidden``,
-        ``activation``, ``critic_norm``), then ``target_critic``: a second one (its own initialisation
-        drawn, then overwritten) holding the critic's weights, frozen."""
+        ``activation``, ``critic_norm``; on frames one encoder in front serves all members, as in the
+        reference's ``Value``), then ``target_critic``: a second one (its own initialisation drawn, then
+        overwritten) holding the critic's weights, encoder included, frozen."""
         from vgfcli.nn.networks import EnsembleCritic
 
         cfg = self.cfg
 
         def ensemble():
-            return EnsembleCritic(self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.num_critics, cfg.activation,
-                                  cfg.critic_norm).to(self.device)
+            return self.encoded(EnsembleCritic(self.feature_dim, self.act_dim, cfg.critic_hidden, cfg.num_critics,
+                                               cfg.activation, cfg.critic_norm).to(self.device))
 
         self.critic = ensemble()
         self.target_critic = ensemble()
@@ -329,10 +365,8 @@ class Agent(ABC):
     @torch.no_grad()
     def act_reference(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One sample of the reference flow per state: the behaviour-cloned policy alone."""
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 1
-        actions = self.reference.sample(obs.unsqueeze(0) if single else obs, steps=self.cfg.flow_steps,
-                                        generator=generator)
+        obs, single = self.batched(obs)
+        actions = self.reference.sample(obs, steps=self.cfg.flow_steps, generator=generator)
         return actions[0] if single else actions
 
     @abstractmethod

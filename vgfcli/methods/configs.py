@@ -21,9 +21,9 @@ from typing import Any
 
 # Config fields every method's Config may have whose values the stage takes from the shared sections,
 # not from the ``method`` section: the reference flow's widths and Euler steps (the pretrained policy),
-# the critic's widths (critic.hidden), the seed (top level) and torch.compile (critic.compile /
-# evaluate.compile). The method's YAML and its schema leave them out.
-SHARED_FIELDS = ("actor_hidden", "flow_steps", "critic_hidden", "seed", "compile")
+# the critic's widths (critic.hidden), the seed (top level), torch.compile (critic.compile /
+# evaluate.compile) and the visual encoder (critic.encoder). The method's YAML and its schema leave them out.
+SHARED_FIELDS = ("actor_hidden", "flow_steps", "critic_hidden", "seed", "compile", "encoder")
 
 
 def config_from(config_cls: type, cfg: Any = None, **overrides):

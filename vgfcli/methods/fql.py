@@ -58,6 +58,9 @@ class FQLConfig(MethodConfig):
     # Reference flow (frozen; filled from the pretrained policy by the stage).
     actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
     flow_steps: int = 10
+    # Visual encoder of the method's own networks on camera frames (impala_small, ...; each network its
+    # own, as in the reference code); from critic.encoder, null there = the policy's. None: state vectors.
+    encoder: str | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -86,8 +89,8 @@ class FQLAgent(Agent):
     def __init__(self, cfg: FQLConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):
         super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
         self._critic_and_target()
-        self.onestep = MLP((obs_dim, act_dim), cfg.onestep_hidden, act_dim, cfg.activation,
-                           cfg.actor_norm).to(self.device)
+        self.onestep = self.encoded(MLP((self.feature_dim, act_dim), cfg.onestep_hidden, act_dim, cfg.activation,
+                                        cfg.actor_norm).to(self.device))
         self.optimizer = torch.optim.Adam([*self.critic.parameters(), *self.onestep.parameters()], lr=cfg.lr)
 
     def policy(self, obs: Tensor, noise: Tensor) -> Tensor:
@@ -107,7 +110,8 @@ class FQLAgent(Agent):
             next_actions = self.policy(next_obs, self._noise((b,), self.generator)).clamp(-1, 1)
             next_q = aggregate_members(self.target_critic(next_obs, next_actions), cfg.q_agg)
             y = batch["rewards"] + self.bootstrap_discount * batch["masks"] * next_q
-        qs = self.critic(obs, batch["actions"])
+        features = self.critic.encode(obs)  # frames: once, for the critic's loss and the actor's Q term
+        qs = self.critic.head(features, batch["actions"])
         critic_loss = (qs - y).square().mean()
 
         noise = self._noise((b,), self.generator)
@@ -115,7 +119,7 @@ class FQLAgent(Agent):
         actions = self.policy(obs, noise)
         distill_loss = (actions - target).square().mean()
         # Only the actor moves through this term: the critic's weights take no gradient from it.
-        q = frozen_call(self.critic, obs, actions.clamp(-1, 1)).mean(0)
+        q = frozen_call(self.critic.head, features.detach(), actions.clamp(-1, 1)).mean(0)
         q_loss = -q.mean()
         if cfg.normalize_q_loss:
             q_loss = q_loss / q.detach().abs().mean().clamp_min(1e-6)
@@ -138,9 +142,7 @@ class FQLAgent(Agent):
         """mu(s, z) for fresh noise, clipped; with ``num_particles`` N > 1 the best of N by online Q."""
         generator = generator or self.act_generator
         n = num_particles or 1
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 1
-        obs = obs.unsqueeze(0) if single else obs
+        obs, single = self.batched(obs)
         cand = self.policy(obs.unsqueeze(1), self._noise((obs.shape[0], n), generator)).clamp(-1, 1)
         actions = best_by_q(self.critic, obs, cand, self.cfg.q_agg)
         self.compute.add(obs.shape[0], obs.shape[0] * n * (n > 1))  # the selection's critic forwards

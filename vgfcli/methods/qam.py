@@ -115,6 +115,9 @@ class QAMConfig(MethodConfig):
     actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
     # Euler steps K of every flow integration, and T of the adjoint-matching SDE.
     flow_steps: int = 10
+    # Visual encoder of the method's own networks on camera frames (impala_small, ...; each network its
+    # own, as in the reference code); from critic.encoder, null there = the policy's. None: state vectors.
+    encoder: str | None = None
     # Seed of the agent's random streams (training noise; acting has its own stream).
     seed: int = 0
 
@@ -186,6 +189,9 @@ def _fresh_copy(flow: nn.Module) -> nn.Module:
                 m.weight.uniform_(-bound, bound)
                 if m.bias is not None:
                     m.bias.zero_()
+            elif isinstance(m, nn.Conv2d):  # a pixel flow's encoder (``nn.encoders``' initialisers)
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 m.reset_parameters()
     return clone
@@ -215,10 +221,11 @@ class QAMAgent(Agent):
         trained = [*self.critic.parameters(), *self.policy.parameters()]
         if cfg.variant == "fql":
             # The code's one-step actor is the flow's network without the time input.
-            self.onestep = MLP((obs_dim, act_dim), cfg.actor_hidden, act_dim, cfg.activation).to(dev)
+            self.onestep = self.encoded(MLP((self.feature_dim, act_dim), cfg.actor_hidden, act_dim,
+                                            cfg.activation).to(dev))
             trained += list(self.onestep.parameters())
         elif cfg.variant == "edit":
-            self.edit = EditPolicy(obs_dim, act_dim, cfg.actor_hidden, cfg.activation).to(dev)
+            self.edit = self.encoded(EditPolicy(self.feature_dim, act_dim, cfg.actor_hidden, cfg.activation).to(dev))
             self.log_alpha = nn.Parameter(torch.zeros((), device=dev))  # LogParam, alpha = 1 at start
             trained += [*self.edit.parameters(), self.log_alpha]
         self.trained = trained
@@ -228,10 +235,18 @@ class QAMAgent(Agent):
 
     # --- policies ---------------------------------------------------------------------------------
 
-    def policy_velocity(self, obs: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """The fine-tuned velocity field: v_theta, or v_b + v_theta with ``residual``."""
-        v = self.policy(obs, x, t)
-        return v + self.reference(obs, x, t) if self.cfg.residual else v
+    def policy_velocity(self, policy_obs: Tensor, reference_obs: Tensor):
+        """The fine-tuned velocity field v(., x, t): v_theta, or v_b + v_theta with ``residual``, at
+        the states as the policy flow and the reference read them (``*_obs``: the states, or each
+        one's features, shaped to broadcast against x). It ignores its first argument, so that frames
+        are encoded once per network, not at every step of an integration."""
+        policy, reference, residual = self.policy.head, self.reference.head, self.cfg.residual
+
+        def velocity(_obs: Tensor, x: Tensor, t: Tensor) -> Tensor:
+            v = policy(policy_obs, x, t)
+            return v + reference(reference_obs, x, t) if residual else v
+
+        return velocity
 
     def _noise(self, lead: tuple[int, ...], generator: torch.Generator) -> Tensor:
         return normal((*lead, self.act_dim), generator, self.device)
@@ -246,8 +261,10 @@ class QAMAgent(Agent):
         noise = self._noise((obs.shape[0], n), generator)
         if cfg.variant == "fql":
             return self.onestep(obs, noise).clamp(-1, 1)
-        velocity = self.reference if cfg.tau_inv == 0 else self.policy_velocity
-        actions = euler_sample(velocity, obs, noise, cfg.flow_steps)
+        reference_obs = self.reference.encode(obs)  # frames: each flow encodes them once for all K steps
+        velocity = (self.reference.head if cfg.tau_inv == 0
+                    else self.policy_velocity(self.policy.encode(obs), reference_obs))
+        actions = euler_sample(velocity, reference_obs, noise, cfg.flow_steps)
         if cfg.variant == "edit":
             edit, _ = self.edit(obs, actions, generator)
             actions = (actions + cfg.edit_scale * edit).clamp(-1, 1)
@@ -269,35 +286,43 @@ class QAMAgent(Agent):
         y = batch["rewards"] + self.bootstrap_discount * batch["masks"] * pessimistic_value(next_qs, self.cfg.rho)
         return y, {"target_mean": y.mean(), "next_q_std": next_qs.std(0, correction=0).mean()}
 
-    def adjoint_states(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Rollout states x_0..x_{T-1} ``[T, B, d]``, their lean adjoints ``[T, B, d]`` and a_T."""
+    def adjoint_states(self, obs: Tensor, policy_obs: Tensor, reference_obs: Tensor, critic_obs: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+        """Rollout states x_0..x_{T-1} ``[T, B, d]``, their lean adjoints ``[T, B, d]`` and a_T at the
+        states ``obs``, given as each network reads them (``*_obs``; the online critic's)."""
         cfg, steps = self.cfg, self.cfg.flow_steps
         b = obs.shape[0]
         with torch.no_grad():
             x0 = self._noise((b,), self.generator)
             noises = self._noise((max(steps - 1, 0), b), self.generator)
-            xs = memoryless_rollout(self.policy_velocity, self.reference, obs, x0, noises, steps)
-        critic = self.target_critic if cfg.use_target_grad else self.critic
+            xs = memoryless_rollout(self.policy_velocity(policy_obs, reference_obs), self.reference.head,
+                                    reference_obs, x0, noises, steps)
+            if cfg.use_target_grad:
+                critic_obs = self.target_critic.encode(obs)
+        head = (self.target_critic if cfg.use_target_grad else self.critic).head
 
         def q_fn(o, a):
-            return critic(o, a.clamp(-1, 1) if cfg.clip_adj else a)
+            return head(o, a.clamp(-1, 1) if cfg.clip_adj else a)
 
-        grad, _ = value_grad(q_fn, obs, xs[-1], "mean")          # grad_a sum_b mean_i Q_i
+        grad, _ = value_grad(q_fn, critic_obs, xs[-1], "mean")          # grad_a sum_b mean_i Q_i
         a_final = -cfg.tau_inv * grad
-        return xs[:-1], lean_adjoint(self.reference, obs, xs, a_final, steps), a_final
+        return xs[:-1], lean_adjoint(self.reference.head, reference_obs, xs, a_final, steps), a_final
 
-    def actor_losses(self, obs: Tensor) -> tuple[Tensor, Info]:
-        """Adjoint-matching loss of v_theta plus the variant's loss, and metrics."""
+    def actor_losses(self, obs: Tensor, critic_obs: Tensor) -> tuple[Tensor, Info]:
+        """Adjoint-matching loss of v_theta plus the variant's loss, and metrics. ``critic_obs``: the
+        states as the online critic reads them (constant here: the actor's terms never train it)."""
         cfg, steps = self.cfg, self.cfg.flow_steps
-        xs, adjoints, a_final = self.adjoint_states(obs)
+        policy_obs = self.policy.encode(obs)  # frames: once, with the gradient the policy's encoder learns by
+        with torch.no_grad():
+            reference_obs = self.reference.encode(obs)
+        xs, adjoints, a_final = self.adjoint_states(obs, policy_obs.detach(), reference_obs, critic_obs)
         t = (torch.arange(steps, device=obs.device, dtype=xs.dtype) / steps).reshape(steps, 1, 1)
-        obs_k = obs.unsqueeze(0)                                    # [1, B, obs]: broadcast over steps
-        v_theta = self.policy(obs_k, xs, t)
+        v_theta = self.policy.head(policy_obs.unsqueeze(0), xs, t)          # [1, B, .]: broadcast over steps
         if cfg.residual:
             diff = v_theta
         else:
             with torch.no_grad():
-                v_base = self.reference(obs_k, xs, t)
+                v_base = self.reference.head(reference_obs.unsqueeze(0), xs, t)
             diff = v_theta - v_base
         adj_loss = adjoint_matching_loss(diff, adjoints, sigma_schedule(steps, xs.dtype, xs.device))
         abs_a = a_final.abs()
@@ -307,20 +332,21 @@ class QAMAgent(Agent):
         if cfg.variant == "fql":
             noise = self._noise((obs.shape[0],), self.generator)
             with torch.no_grad():
-                flow_actions = euler_sample(self.policy_velocity, obs, noise, steps)
+                flow_actions = euler_sample(self.policy_velocity(policy_obs.detach(), reference_obs), reference_obs,
+                                            noise, steps)
             mu = self.onestep(obs, noise)
             distill = (flow_actions - mu).square().mean()
             # frozen_call: the Q term moves the actor only, never the critic (the code's params=None).
-            q_loss = -frozen_call(self.critic, obs, mu.clamp(-1, 1)).mean(0).mean()
+            q_loss = -frozen_call(self.critic.head, critic_obs, mu.clamp(-1, 1)).mean(0).mean()
             loss = loss + q_loss + cfg.fql_alpha * distill
             info.update(fql_distill_loss=distill.detach(), fql_q_loss=q_loss.detach())
         elif cfg.variant == "edit":
             with torch.no_grad():
-                flow_actions = euler_sample(self.policy_velocity, obs, self._noise((obs.shape[0],), self.generator),
-                                            steps)
+                flow_actions = euler_sample(self.policy_velocity(policy_obs.detach(), reference_obs), reference_obs,
+                                            self._noise((obs.shape[0],), self.generator), steps)
             edit, log_prob = self.edit(obs, flow_actions, self.generator)
             edited = (flow_actions + cfg.edit_scale * edit).clamp(-1, 1)
-            q_loss = -frozen_call(self.critic, obs, edited).mean(0).mean()
+            q_loss = -frozen_call(self.critic.head, critic_obs, edited).mean(0).mean()
             alpha = self.log_alpha.exp()
             entropy_loss = (log_prob * alpha.detach()).mean()
             entropy = -log_prob.detach().mean()
@@ -335,9 +361,10 @@ class QAMAgent(Agent):
 
     def losses(self, batch: Batch) -> tuple[Tensor, Info]:
         y, target_info = self.target(batch)
-        qs = self.critic(batch["observations"], batch["actions"])          # [M, B]
+        critic_obs = self.critic.encode(batch["observations"])  # frames: once, for its loss and the actor's
+        qs = self.critic.head(critic_obs, batch["actions"])                # [M, B]
         critic_loss = (qs - y).square().mean()                             # mean over members too
-        actor_loss, actor_info = self.actor_losses(batch["observations"])
+        actor_loss, actor_info = self.actor_losses(batch["observations"], critic_obs.detach())
         q = qs.detach()
         info = {"critic_loss": critic_loss.detach(), "q_mean": q.mean(), "q_max": q.max(), "q_min": q.min(),
                 **target_info, **actor_info}
@@ -360,9 +387,7 @@ class QAMAgent(Agent):
         N > 1 (default ``best_of_n``) the best of N candidates by mean-member online Q. Needs no
         gradients, so it runs under ``torch.inference_mode`` as is."""
         n = int(num_particles or self.cfg.best_of_n)
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 1
-        obs = obs.unsqueeze(0) if single else obs
+        obs, single = self.batched(obs)
         actions = self._select(obs, n, generator or self.act_generator)
         self.compute.add(obs.shape[0], obs.shape[0] * n * (n > 1))  # the selection's critic forwards
         return actions[0] if single else actions

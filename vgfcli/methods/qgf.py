@@ -99,6 +99,9 @@ class QGFConfig(MethodConfig):
     # Guided samples per state when acting; the one with the largest Q is executed (`bfn_values`).
     num_particles: int = 1
 
+    # Visual encoder of the method's own networks on camera frames (impala_small, ...; each network its
+    # own, as in the reference code); from critic.encoder, null there = the policy's. None: state vectors.
+    encoder: str | None = None
     # Seed of the agent's random streams (training draws nothing; acting has its own stream).
     seed: int = 0
 
@@ -207,7 +210,8 @@ class QGFAgent(Agent):
                  chunk: int = 1):
         super().__init__(cfg, obs_dim, act_dim, device, reference, chunk)
         self._critic_and_target()
-        self.value = MLP(obs_dim, cfg.critic_hidden, 1, cfg.activation, cfg.critic_norm).to(self.device)
+        self.value = self.encoded(MLP(self.feature_dim, cfg.critic_hidden, 1, cfg.activation,
+                                      cfg.critic_norm).to(self.device))
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr)
 
@@ -216,9 +220,12 @@ class QGFAgent(Agent):
     def _critic(self, which: str):
         return self.target_critic if which == "target" else self.critic
 
-    def _q_fn(self, which: str, agg: str) -> QFn:
-        critic = self._critic(which)
-        return lambda obs, actions: aggregate_members(critic(obs, actions), agg)
+    def _q_fn(self, which: str, agg: str, features: Tensor) -> QFn:
+        """Q of the guiding critic at the states it has encoded once (``features``, shaped as the
+        sampler's condition): the function ignores the condition it is called with, which is the
+        reference's view of the states."""
+        head = self._critic(which).head
+        return lambda _obs, actions: aggregate_members(head(features, actions), agg)
 
     def v(self, obs: Tensor) -> Tensor:
         """V(s) ``[*lead]``."""
@@ -287,25 +294,25 @@ class QGFAgent(Agent):
         if n < 1 or point not in GUIDANCE_POINTS or not math.isfinite(w):
             raise ValueError(f"bad act options: num_particles={n}, guidance={w}, guidance_point={point!r}")
         generator = generator or self.act_generator
-        q_fn = self._q_fn(cfg.guide_critic, cfg.guide_q_agg)
+        critic = self._critic(cfg.guide_critic)
         with torch.inference_mode(False):
-            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            obs, single = self.batched(obs)
             # Tensors made under inference_mode cannot enter autograd: use a normal copy.
             obs = obs.clone() if obs.is_inference() else obs
-            single = obs.dim() == 1
-            obs = obs.unsqueeze(0) if single else obs
+            with torch.no_grad():  # frames: each network encodes them once, for every step and particle
+                flow_obs, critic_obs = self.reference.encode(obs), critic.encode(obs)
             if n == 1:
-                cond = obs
                 noise = normal((obs.shape[0], self.act_dim), generator, self.device)
-            else:
-                cond = obs.unsqueeze(1)                                       # [B, 1, D] vs [B, N, d]
+            else:  # [B, 1, D] vs [B, N, d]
+                flow_obs, critic_obs = flow_obs.unsqueeze(1), critic_obs.unsqueeze(1)
                 noise = normal((obs.shape[0], n, self.act_dim), generator, self.device)
-            actions = guided_sample(self.reference, q_fn, cond, noise, cfg.flow_steps, w, point)
+            q_fn = self._q_fn(cfg.guide_critic, cfg.guide_q_agg, critic_obs)
+            actions = guided_sample(self.reference.head, q_fn, flow_obs, noise, cfg.flow_steps, w, point)
             # guidance: a critic forward + backward per particle at each Euler step; then the selection
             b, guided = obs.shape[0], cfg.flow_steps * n * (w != 0)
             self.compute.add(b, b * (guided + n * (n > 1)), b * guided)
             if n > 1:
-                actions = best_by_q(self._critic(cfg.guide_critic), obs, actions, cfg.guide_q_agg)
+                actions = best_by_q(critic.head, critic_obs[:, 0], actions, cfg.guide_q_agg)
         return actions[0] if single else actions
 
     def eval_settings(self, evaluate_cfg) -> list[EvalSetting]:

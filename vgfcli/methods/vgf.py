@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vgfcli import seeds
 from vgfcli.budgets import RULES, explore_steps, parse_budgets  # noqa: F401 (the last two re-exported)
 from vgfcli.methods.base import Batch, Info, MethodConfig
 from vgfcli.methods.vgf_acting import VGFActing
+from vgfcli.methods.vgf_bank import ReferenceBank
 from vgfcli.nn import closed_form
 from vgfcli.nn.adaptive import StopRule, adaptive_transport
-from vgfcli.nn.bank import ParticleBank, RollingBank, build_bank, fill_bank, refresh_bank
+from vgfcli.nn.bank import ParticleBank, RollingBank, build_bank, fill_bank, refresh_bank  # noqa: F401 (re-exported)
 from vgfcli.nn.compiled import Compiled
 from vgfcli.nn.flow import FlowPolicy, euler_sample
 from vgfcli.nn.networks import CastCopy, EnsembleCritic
@@ -142,6 +142,9 @@ class VGFConfig(MethodConfig):
     # torch.compile cannot run. The stages set it from critic.compile (train-critic) and
     # evaluate.compile (evaluate), not from the method section.
     compile: bool = False
+    # Visual encoder of the method's own networks on camera frames (impala_small, ...; each network its
+    # own, as in the reference code); from critic.encoder, null there = the policy's. None: state vectors.
+    encoder: str | None = None
     # Seed of the agent's random streams (training noise; acting has its own stream).
     seed: int = 0
     # Reference samples kept per dataset next state (the particle bank; `prepare` builds it once,
@@ -184,19 +187,20 @@ _AGG_MEMBERS = ("min", "mean")
 # TD target
 
 
-def _moved_next_q(online, target, shape, next_obs: Tensor, start: Tensor, steps: int,
+def _moved_next_q(online, target, shape, online_obs: Tensor, target_obs: Tensor, start: Tensor, steps: int,
                   options: dict) -> tuple[Tensor, Tensor]:
     """The TD target's particles (``start`` moved along the online critic) and the target critic's Q
-    ``[M, B, N]`` at them: one pure function of tensors, so ``torch.compile`` sees it whole."""
-    moved = closed_form.transport(online, shape, next_obs, start, steps, **options)
-    return moved, closed_form.q_values(target, shape, next_obs, moved)
+    ``[M, B, N]`` at them: one pure function of tensors, so ``torch.compile`` sees it whole. Each critic
+    reads the next states as it sees them (``*_obs``: the states, or its own encoder's features)."""
+    moved = closed_form.transport(online, shape, online_obs, start, steps, **options)
+    return moved, closed_form.q_values(target, shape, target_obs, moved)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Agent
 
 
-class VGFAgent(VGFActing):
+class VGFAgent(ReferenceBank, VGFActing):
     """Critic ensemble + frozen reference flow + particle transport. See the module docstring."""
 
     name = "vgf"
@@ -238,22 +242,24 @@ class VGFAgent(VGFActing):
 
     def reference_samples(self, obs: Tensor, n: int, indices: Tensor | None = None,
                           generator: torch.Generator | None = None) -> Tensor:
-        """``[B, n, d]`` reference samples at ``obs`` ``[B, obs_dim]``: from the bank when one is
-        set and ``indices`` (bank rows) are given, else by K Euler steps of the frozen flow."""
+        """``[B, n, d]`` reference samples at ``obs`` ``[B, *obs_shape]``: from the bank when one is
+        set and ``indices`` (bank rows) are given, else by K Euler steps of the frozen flow (frames
+        encoded once, by the reference's own encoder)."""
         generator = generator or self.generator
         if self.bank is not None and indices is not None:
             return self.bank.draw(indices, n, generator, device=self.device)
         noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
         with torch.no_grad():
-            return euler_sample(self._compiled_fn("flow", self._sampling_flow()), obs.unsqueeze(1), noise,
-                                self.cfg.flow_steps)
+            return euler_sample(self._compiled_fn("flow", self._sampling_flow()),
+                                self.reference.encode(obs).unsqueeze(1), noise, self.cfg.flow_steps)
 
     def _sampling_flow(self):
-        """The frozen reference as sampling runs it: itself, or with ``amp=bf16`` a bf16 copy made
-        once per weights (re-made after ``load_state_dict``)."""
+        """The frozen reference flow (on features, for frames) as sampling runs it: itself, or with
+        ``amp=bf16`` a bf16 copy made once per weights (re-made after ``load_state_dict``)."""
+        flow = self.reference.head
         if self.amp != "bf16":
-            return self.reference
-        return self._low_precision("reference", self.reference, lambda: CastCopy(self.reference, torch.bfloat16))
+            return flow
+        return self._low_precision("reference", flow, lambda: CastCopy(flow, torch.bfloat16))
 
     def _low_precision(self, name: str, module, make):
         """``make()``, a bf16 copy of ``module``'s weights, kept until those weights change. Every
@@ -267,7 +273,8 @@ class VGFAgent(VGFActing):
         return cached[1]
 
     def transport(self, obs: Tensor, particles: Tensor, steps: int) -> Tensor:
-        """Move ``particles`` ``[B, N, d]`` for ``steps`` steps along the ONLINE critic's gradient."""
+        """Move ``particles`` ``[B, N, d]`` for ``steps`` steps along the ONLINE critic's gradient.
+        ``obs``: the states as the critic's head reads them (``critic.encode``'s features, for frames)."""
         if steps == 0:
             return particles
         cfg = self.cfg
@@ -278,14 +285,14 @@ class VGFAgent(VGFActing):
             # Tensors made under inference_mode cannot enter autograd: use normal copies.
             obs = obs.clone() if obs.is_inference() else obs
             particles = particles.clone() if particles.is_inference() else particles
-            x = transport(self.critic, obs.unsqueeze(1), particles, steps, alpha=cfg.alpha,
+            x = transport(self.critic.head, obs.unsqueeze(1), particles, steps, alpha=cfg.alpha,
                           lr=cfg.vgf_lr, rule=cfg.step_rule, q_agg=cfg.grad_q_agg,
                           bandwidth=cfg.bandwidth, bandwidth_grad=cfg.bandwidth_grad)
         return x.float()
 
     def _closed_form(self, *others) -> bool:
-        """cfg.closed_form, where the critics are ``EnsembleCritic`` (whose maths it writes out)."""
-        return self.cfg.closed_form and all(isinstance(c, EnsembleCritic) for c in (self.critic, *others))
+        """cfg.closed_form, where the critics' heads are ``EnsembleCritic`` (whose maths it writes out)."""
+        return self.cfg.closed_form and all(isinstance(c.head, EnsembleCritic) for c in (self.critic, *others))
 
     def _transport_options(self) -> dict:
         cfg = self.cfg
@@ -294,34 +301,40 @@ class VGFAgent(VGFActing):
 
     def _closed_form_transport(self, obs: Tensor, particles: Tensor, steps: int) -> Tensor:
         fn = self._compiled_fn("transport", closed_form.transport)
-        return fn(self._online_tensors(), closed_form.CriticShape.of(self.critic), obs, particles, steps,
+        return fn(self._online_tensors(), closed_form.CriticShape.of(self.critic.head), obs, particles, steps,
                   **self._transport_options())
 
     def _online_tensors(self):
         """The online critic's tensors for the transport; bf16 matmuls with ``amp=bf16`` (the weights
         cast once per update, or once for all of acting)."""
+        head = self.critic.head
         if self.amp != "bf16":
-            return closed_form.critic_tensors(self.critic)
-        return self._low_precision("critic", self.critic,
-                                   lambda: closed_form.critic_tensors(self.critic, torch.bfloat16))
+            return closed_form.critic_tensors(head)
+        return self._low_precision("critic", head, lambda: closed_form.critic_tensors(head, torch.bfloat16))
 
     @torch.no_grad()
-    def target(self, batch: Batch) -> tuple[Tensor, Info]:
-        """TD target ``[B]`` and particle statistics."""
+    def target(self, batch: Batch, obs_features: Tensor | None = None) -> tuple[Tensor, Info]:
+        """TD target ``[B]`` and particle statistics. Frames are encoded once per network: the next
+        states by the online critic (its transport), the target critic and (without a bank) the
+        reference; ``obs_features`` are the online critic's of the batch's states, where the caller
+        has them (the adaptive budget reads Q at the dataset actions)."""
         cfg = self.cfg
         next_obs = batch["next_observations"]
         start = self.reference_samples(next_obs, cfg.num_particles, batch.get("indices"))
+        online_next, target_next = self.critic.encode(next_obs), self.target_critic.encode(next_obs)
         info = {}
         if cfg.train_budget != "fixed":  # per-state budget: eager (the shapes change as states stop)
-            moved, next_qs, info = self._adaptive_target(batch, start)
+            if obs_features is None:
+                obs_features = self.critic.encode(batch["observations"])
+            moved, next_qs, info = self._adaptive_target(batch, start, obs_features, online_next, target_next)
         elif self._closed_form(self.target_critic):  # transport + target critic: one graph to compile
             moved, next_qs = self._compiled_fn("moved_next_q", _moved_next_q)(
-                self._online_tensors(), closed_form.critic_tensors(self.target_critic),
-                closed_form.CriticShape.of(self.critic), next_obs, start, cfg.train_steps,
+                self._online_tensors(), closed_form.critic_tensors(self.target_critic.head),
+                closed_form.CriticShape.of(self.critic.head), online_next, target_next, start, cfg.train_steps,
                 self._transport_options())
         else:
-            moved = self.transport(next_obs, start, cfg.train_steps)
-            next_qs = self._compiled_fn("target_critic", self.target_critic)(next_obs.unsqueeze(1), moved)
+            moved = self.transport(online_next, start, cfg.train_steps)
+            next_qs = self._compiled_fn("target_critic", self.target_critic.head)(target_next.unsqueeze(1), moved)
         y = td_target(next_qs, batch["rewards"], batch["masks"], self.bootstrap_discount, cfg.q_agg,
                       cfg.particle_agg)
         info |= {"target_mean": y.mean(), "next_q_mean": next_qs.mean(),
@@ -331,21 +344,21 @@ class VGFAgent(VGFActing):
             info["vgf_var"] = moved.var(dim=1).mean()
         return y, info
 
-    def _adaptive_target(self, batch: Batch, start: Tensor) -> tuple[Tensor, Tensor, Info]:
+    def _adaptive_target(self, batch: Batch, start: Tensor, obs_features: Tensor, online_next: Tensor,
+                         target_next: Tensor) -> tuple[Tensor, Tensor, Info]:
         """The TD target's particles under ``train_budget`` (at most train_steps steps per state) and the
         target critic's Q at them. The disagreement ceiling is the ``stop_quantile`` of the online
         members' std at this batch's dataset actions: it follows the critic as it learns."""
         cfg = self.cfg
         # fp32 whatever amp says: the rules compare Q differences of the size of bf16's error in Q
-        online, shape = closed_form.critic_tensors(self.critic), closed_form.CriticShape.of(self.critic)
-        at_data = closed_form.q_values(online, shape, batch["observations"], batch["actions"].unsqueeze(1))
+        online, shape = closed_form.critic_tensors(self.critic.head), closed_form.CriticShape.of(self.critic.head)
+        at_data = closed_form.q_values(online, shape, obs_features, batch["actions"].unsqueeze(1))
         ceiling = torch.quantile(at_data.float().std(0).reshape(-1), cfg.stop_quantile).item()
         stop = StopRule.named(cfg.train_budget, ceiling, cfg.stop_gain)
-        result = adaptive_transport(online, shape, batch["next_observations"], start, cfg.train_steps, stop,
+        result = adaptive_transport(online, shape, online_next, start, cfg.train_steps, stop,
                                     **self._adaptive_options())
         moved = result.particles.float()
-        next_qs = closed_form.q_values(closed_form.critic_tensors(self.target_critic), shape,
-                                       batch["next_observations"], moved)
+        next_qs = closed_form.q_values(closed_form.critic_tensors(self.target_critic.head), shape, target_next, moved)
         return moved, next_qs, {"target_steps_mean": result.steps.float().mean()}
 
     def _adaptive_options(self) -> dict:
@@ -356,8 +369,9 @@ class VGFAgent(VGFActing):
     # --- contract ---------------------------------------------------------------------------------
 
     def losses(self, batch: Batch) -> tuple[Tensor, Info]:
-        y, info = self.target(batch)
-        qs = self._compiled_fn("critic", self.critic)(batch["observations"], batch["actions"])  # [M, B]
+        features = self.critic.encode(batch["observations"])  # frames: once, for the loss and the target
+        y, info = self.target(batch, features.detach())
+        qs = self._compiled_fn("critic", self.critic.head)(features, batch["actions"])  # [M, B]
         loss = (qs - y).square().sum(0).mean()
         info = {"critic_loss": loss.detach(), "q_mean": qs.detach().mean(),
                 "q_std_members": qs.detach().std(0).mean() if qs.shape[0] > 1 else qs.new_zeros(()),
@@ -367,7 +381,7 @@ class VGFAgent(VGFActing):
     def update(self, batch: Batch) -> Info:
         loss, info = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        critic = self._compiled_fn("critic", self.critic)
+        critic = self._compiled_fn("critic", self.critic.head)
         start = time.perf_counter()
         loss.backward()
         if critic.active and self.step == self._first_step:  # the compiled backward is built here
@@ -377,57 +391,10 @@ class VGFAgent(VGFActing):
         self._maybe_refresh_bank()
         return info
 
-    # --- the particle bank ------------------------------------------------------------------------
-
-    def set_bank(self, bank: ParticleBank | None) -> None:
-        self.bank = bank
-        self._rolling = None
-
-    def prepare(self, next_observations: Tensor) -> Info:
-        """Build the particle bank for the training data's next states (when ``bank_size`` > 0), as it
-        stands after the refreshes of the first ``self.step`` updates (none for a new agent)."""
-        if self.cfg.bank_size == 0:
-            return {}
-        cfg = self.cfg
-        # On the agent's device, where batch indices live: drawing from it needs no host round trip.
-        samples = torch.empty((len(next_observations), cfg.bank_size, self.act_dim), device=self.device)
-        self.bank = ParticleBank(samples)
-        self._bank_obs = next_observations
-        # Its own seeded streams: a resumed run rebuilds exactly the bank it had.
-        self._rolling = RollingBank(len(next_observations), cfg.bank_refresh_rows, cfg.seed + seeds.BANK_ROLLING)
-        self._bank_at = None
-        self._fill_bank_at(self._refreshes_done())
-        return {"bank_states": torch.tensor(float(self.bank.num_states))}
-
-    def _refreshes_done(self) -> int:
-        every = self.cfg.bank_refresh_every
-        return self.step // every if every else 0
-
-    def _fill_slice(self, c: int, g: int) -> None:
-        fill_bank(self.bank.samples, self._sampling_flow(), self._bank_obs, self._rolling.slice_rows(c),
-                  steps=self.cfg.flow_steps, generator=self._rolling.generator(c, g, self.device))
-
-    def _fill_bank_at(self, n: int) -> None:
-        """Bring the bank to its state after ``n`` refreshes, redrawing only the slices that differ."""
-        rolling, now = self._rolling, self._bank_at
-        for c in range(rolling.slices):
-            g = rolling.generation(c, n)
-            if now is None or g != rolling.generation(c, now):
-                self._fill_slice(c, g)
-        self._bank_at = n
-
-    def _maybe_refresh_bank(self) -> None:
-        """After update ``self.step``: redraw the next slice when a refresh falls due."""
-        every = self.cfg.bank_refresh_every
-        if self._rolling is None or not every or self.step % every:
-            return
-        self._fill_bank_at(self.step // every)  # one slice: refresh number step // every - 1
-
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self._first_step = self.step
-        if self._rolling is not None:  # a bank built by prepare(): bring it to the resumed step
-            self._fill_bank_at(self._refreshes_done())
+        self._resume_bank()
 
 
 Agent = VGFAgent

@@ -21,15 +21,16 @@ from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members
 
 
-def _act_best(flow, transport_tensors, critic_tensors, shape, obs: Tensor, noise: Tensor, flow_steps: int,
-              steps: int, options: dict, q_agg: str) -> Tensor:
+def _act_best(flow, transport_tensors, critic_tensors, shape, flow_obs: Tensor, critic_obs: Tensor, noise: Tensor,
+              flow_steps: int, steps: int, options: dict, q_agg: str) -> Tensor:
     """``[B, d]``: K Euler steps of the reference from ``noise`` ``[B, N, d]``, ``steps`` transport steps,
-    then per state the particle of largest online Q (a NaN Q never wins; N = 1 needs no critic)."""
-    start = euler_sample(flow, obs.unsqueeze(1), noise, flow_steps)
-    moved = closed_form.transport(transport_tensors, shape, obs, start, steps, **options)
+    then per state the particle of largest online Q (a NaN Q never wins; N = 1 needs no critic). The
+    flow and the critic each read the states as they see them (``*_obs``: the states, or features)."""
+    start = euler_sample(flow, flow_obs.unsqueeze(1), noise, flow_steps)
+    moved = closed_form.transport(transport_tensors, shape, critic_obs, start, steps, **options)
     if moved.shape[1] == 1:
         return moved[:, 0]
-    q = aggregate_members(closed_form.q_values(critic_tensors, shape, obs, moved), q_agg)
+    q = aggregate_members(closed_form.q_values(critic_tensors, shape, critic_obs, moved), q_agg)
     best = torch.nan_to_num(q, nan=float("-inf")).argmax(dim=1)
     return moved[torch.arange(moved.shape[0], device=moved.device), best]
 
@@ -54,9 +55,7 @@ class VGFActing(Agent):
         n = cfg.num_particles if num_particles is None else num_particles
         select = cfg.select if select is None else select
         generator = generator or self.act_generator
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 1
-        obs = obs.unsqueeze(0) if single else obs
+        obs, single = self.batched(obs)
         if budget is not None:
             actions = self._act_adaptive(obs, n, steps, budget, stop_quantile, stop_gain, generator)
             return actions[0] if single else actions
@@ -67,12 +66,14 @@ class VGFActing(Agent):
             actions = self._act_closed_form(obs, n, steps, generator)
             return actions[0] if single else actions
         particles = self.reference_samples(obs, n, generator=generator)
-        particles = self.transport(obs, particles, steps)
+        with torch.no_grad():  # frames: encoded once for every particle and step
+            features = self.critic.encode(obs)
+        particles = self.transport(features, particles, steps)
         if n == 1 or select == "max":
-            actions = best_by_q(self.critic, obs, particles, cfg.q_agg)
+            actions = best_by_q(self.critic.head, features, particles, cfg.q_agg)
         else:
             with torch.no_grad():
-                q = aggregate_members(self.critic(obs.unsqueeze(1), particles), cfg.q_agg)  # [B, N]
+                q = aggregate_members(self.critic.head(features.unsqueeze(1), particles), cfg.q_agg)  # [B, N]
                 q = torch.nan_to_num(q, nan=float("-inf"))  # a NaN Q is never chosen
             if select == "softmax":
                 logits = (q - q.max(dim=1, keepdim=True).values) / cfg.softmax_temp
@@ -96,11 +97,12 @@ class VGFActing(Agent):
         ceiling = self.disagreement_ceiling(quantile) if reads_disagreement(budget) else float("inf")
         stop = StopRule.named(budget, ceiling, cfg.stop_gain if stop_gain is None else stop_gain)
         noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
-        start = euler_sample(self._sampling_flow(), obs.unsqueeze(1), noise, cfg.flow_steps)
+        start = euler_sample(self._sampling_flow(), self.reference.encode(obs).unsqueeze(1), noise, cfg.flow_steps)
         # The critic in fp32 whatever amp says: the rules compare Q differences of the size of bf16's
         # error in Q, and the choice among particles reads the same fp32 Q as the fixed budgets' rows.
-        result = adaptive_transport(closed_form.critic_tensors(self.critic), closed_form.CriticShape.of(self.critic),
-                                    obs, start, max_steps, stop, **self._adaptive_options())
+        head = self.critic.head
+        result = adaptive_transport(closed_form.critic_tensors(head), closed_form.CriticShape.of(head),
+                                    self.critic.encode(obs), start, max_steps, stop, **self._adaptive_options())
         self.compute.add(obs.shape[0], result.forward, result.backward)
         self.compute.add_steps(result.steps)
         q = torch.nan_to_num(aggregate_members(result.member_q.float(), cfg.q_agg), nan=float("-inf"))
@@ -120,10 +122,11 @@ class VGFActing(Agent):
         does for select=max, with the same random draws)."""
         cfg = self.cfg
         noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
+        head = self.critic.head  # frames: each network encodes them once, before the loops
         return self._compiled_fn("act", _act_best)(
-            self._sampling_flow(), self._online_tensors(), closed_form.critic_tensors(self.critic),
-            closed_form.CriticShape.of(self.critic), obs, noise, cfg.flow_steps, steps, self._transport_options(),
-            cfg.q_agg)
+            self._sampling_flow(), self._online_tensors(), closed_form.critic_tensors(head),
+            closed_form.CriticShape.of(head), self.reference.encode(obs), self.critic.encode(obs), noise,
+            cfg.flow_steps, steps, self._transport_options(), cfg.q_agg)
 
     def explore_options(self, budget: str | None = None) -> dict:
         """Online data collection (``vgf finetune``). Default (``budget`` None): best-of-N over N fresh

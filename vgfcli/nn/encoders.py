@@ -105,11 +105,56 @@ class ImpalaEncoder(nn.Module):
         return x.reshape(*lead, self.out_dim)
 
 
-def make_encoder(name: str, frame_shape: tuple[int, int, int]) -> ImpalaEncoder:
-    """The encoder called ``name`` (``ENCODERS``) for frames of ``frame_shape`` (H, W, C)."""
+def feature_size(name: str, frame_shape: tuple[int, int, int]) -> int:
+    """The width of the features encoder ``name`` makes of frames of ``frame_shape`` (no weights drawn)."""
+    spec = _spec(name)
+    if spec.hidden:
+        return spec.hidden[-1]
+    height, width = frame_shape[0], frame_shape[1]
+    for _ in spec.stacks:
+        height, width = -(-height // 2), -(-width // 2)
+    return spec.stacks[-1] * height * width
+
+
+def _spec(name: str) -> EncoderSpec:
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder '{name}' (choose from {', '.join(ENCODERS)})")
-    return ImpalaEncoder(frame_shape, ENCODERS[name])
+    return ENCODERS[name]
+
+
+def make_encoder(name: str, frame_shape: tuple[int, int, int]) -> ImpalaEncoder:
+    """The encoder called ``name`` (``ENCODERS``) for frames of ``frame_shape`` (H, W, C)."""
+    return ImpalaEncoder(frame_shape, _spec(name))
+
+
+class Encoded(nn.Module):
+    """A network on frames: its own encoder (as the reference code gives each network, the target
+    critic included, one of its own) in front of ``head``, the same network a state-based run uses,
+    built on the encoder's features. ``encode`` + ``head`` is ``forward`` split in two, for callers
+    that encode a batch once and then run the head many times (``vgfcli.nn.networks.PlainInput``)."""
+
+    def __init__(self, encoder: ImpalaEncoder, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def encode(self, frames: Tensor) -> Tensor:
+        return self.encoder(frames)
+
+    def forward(self, frames: Tensor, *rest: Tensor) -> Tensor:
+        return self.head(self.encoder(frames), *rest)
+
+    @property
+    def members(self) -> int:  # a critic ensemble's size (one encoder serves all its members)
+        return self.head.members
+
+    @property
+    def act_dim(self) -> int:
+        return self.head.act_dim
+
+    @torch.no_grad()
+    def polyak_(self, source: "Encoded", tau: float) -> None:
+        """In place: self <- tau * source + (1 - tau) * self, the encoder included (the target network)."""
+        torch._foreach_lerp_(list(self.parameters()), list(source.parameters()), tau)
 
 
 class EncodedFlow(nn.Module):
@@ -126,6 +171,11 @@ class EncodedFlow(nn.Module):
 
     def encode(self, frames: Tensor) -> Tensor:
         return self.encoder(frames)
+
+    @property
+    def head(self):
+        """The flow on features (``PlainInput``'s contract)."""
+        return self.flow
 
     def forward(self, frames: Tensor, x: Tensor, t: Tensor) -> Tensor:
         return self.flow(self.encoder(frames), x, t)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from vgfcli.nn.networks import MLP
+from vgfcli.nn.networks import MLP, PlainInput
 from vgfcli.nn.noise import normal
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -83,7 +83,7 @@ def sinusoidal_embedding(t: Tensor, size: int = 16, max_period: float = 10000.0)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-class FlowPolicy(nn.Module):
+class FlowPolicy(PlainInput, nn.Module):
     """Velocity field ``v(s, x, t)``: an MLP on ``concat(s, x, t)`` (4 x 512, no LayerNorm by default);
     ``time_embedding="sinusoidal"`` feeds a 16-wide sinusoidal embedding of t instead of t itself.
 

@@ -52,11 +52,26 @@ def _xavier_(weight: Tensor, fan_in: int, fan_out: int) -> None:
         weight.uniform_(-bound, bound)
 
 
+class PlainInput:
+    """What every network on state vectors offers the methods: ``encode`` (the identity) and ``head``
+    (the network itself). On camera frames a network is ``vgfcli.nn.encoders.Encoded`` instead: its own
+    visual encoder in front of the same head. Methods encode a batch once (``features =
+    net.encode(obs)``) and run ``net.head`` on the features as often as they need (every particle,
+    every transport or Euler step), so the two cases share one code path."""
+
+    def encode(self, obs: Tensor) -> Tensor:
+        return obs
+
+    @property
+    def head(self):
+        return self
+
+
 def _as_dims(in_dims: int | Sequence[int]) -> tuple[int, ...]:
     return (int(in_dims),) if isinstance(in_dims, int) else tuple(int(d) for d in in_dims)
 
 
-class MLP(nn.Module):
+class MLP(PlainInput, nn.Module):
     """``in -> hidden_dims -> out_dim`` perceptron; the output layer is linear.
 
     Args:
@@ -144,7 +159,7 @@ def _shared_input_matmul(x: Tensor, w: Tensor) -> Tensor:
     return _SharedInputMatmul.apply(x, w)
 
 
-class EnsembleCritic(nn.Module):
+class EnsembleCritic(PlainInput, nn.Module):
     """``members`` independent Q(s, a) perceptrons evaluated together.
 
     Every layer holds the weights of all members stacked, ``[members, in, out]``, and runs as one
@@ -221,6 +236,8 @@ class CastCopy(nn.Module):
         super().__init__()
         self.inner = copy.deepcopy(module).to(dtype).requires_grad_(False)
         self.dtype = dtype
+        if hasattr(module, "act_dim"):  # a flow's: what samplers read of it
+            self.act_dim = module.act_dim
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.inner(*(x.to(self.dtype) for x in inputs)).float()
