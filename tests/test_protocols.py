@@ -16,6 +16,8 @@ from vgfcli.protocols import family_candidates, task_label
     ("antmaze-medium-play-v2", ["d4rl-antmaze"]),  # not OGBench's antmaze-medium: OGBench has no "play" maze
     ("antmaze-umaze-v2", ["d4rl-antmaze"]),
     ("pen-cloned-v1", ["d4rl-adroit"]),
+    ("visual-cube-single-play-singletask-task1-v0", ["visual-cube-single", "visual-cube", "cube-single", "cube"]),
+    ("visual-scene-play-singletask-task1-v0", ["visual-scene", "scene"]),
     ("something-else", []),
 ])
 def test_task_families_most_specific_first(label, families):
@@ -34,6 +36,25 @@ def test_each_method_gets_its_task_settings():
     assert (antmaze.method.alpha, antmaze.method.q_agg) == (10, "min")
     vgf = compose("train", ["task=antmaze-large-navigate-singletask-task1-v0"])
     assert (vgf.method.discount, vgf.method.q_agg, vgf.method.grad_q_agg) == (0.995, "min", "mean")
+
+
+def test_camera_tasks_get_the_visual_settings_and_their_own_fql_alphas():
+    """seohongpark/fql README's visual commands: impala_small, p_aug 0.5, frame_stack 3, 500k steps;
+    alpha 300 (cube-single, puzzle) or 100 (cube-double, scene). Methods without visual commands keep
+    their state task's settings."""
+    for task, alpha in (("visual-cube-single-play-singletask-task1-v0", 300),
+                        ("visual-cube-double-play-singletask-task1-v0", 100),
+                        ("visual-scene-play-singletask-task1-v0", 100), ("visual-puzzle-4x4-play-singletask-task1-v0", 300)):
+        cfg = compose("train", ["method=fql", f"task={task}", "preset=paper"])
+        assert cfg.choices.observation == "pixels" and cfg.method.alpha == alpha
+        assert (cfg.policy.encoder, cfg.p_aug, cfg.frame_stack, cfg.critic.steps) == ("impala_small", 0.5, 3, 500000)
+    vgf = compose("train", ["task=visual-scene-play-singletask-task1-v0"])
+    assert vgf.choices.protocol == "vgf_scene" and vgf.policy.encoder == "impala_small"
+    state = compose("train", ["task=scene-play-singletask-task1-v0"])
+    assert state.choices.observation == "state" and state.policy.encoder is None and state.frame_stack is None
+    # the user's word wins: no frames for a state task unless asked, and a value over the file's
+    assert compose("train", ["task=visual-scene-play-singletask-task1-v0", "frame_stack=1"]).frame_stack == 1
+    assert compose("train", ["task=visual-scene-play-singletask-task1-v0", "observation=state"]).policy.encoder is None
 
 
 def test_a_variant_has_its_own_row():

@@ -23,18 +23,22 @@ def compose(config_name: str, overrides: list[str] | None = None):
     """Compose ``conf/<config_name>.yaml`` with ``overrides``; returns a read-only DictConfig.
 
     A config with a ``protocol`` group (the training config) gets the per-task settings of its method
-    and task (``vgfcli.protocols``) unless the overrides pick a protocol themselves; overrides of
-    single values still win over it.
+    and task and, for a camera task, ``observation=pixels`` (``vgfcli.protocols``), unless the overrides
+    pick them themselves; overrides of single values still win over both.
     """
     overrides = list(overrides or [])
     cfg = _compose_once(config_name, overrides)
-    if "protocol" in cfg.get("choices", {}) and not any(o.startswith("protocol=") for o in overrides):
-        from vgfcli.protocols import protocol_for, task_label
+    if "protocol" not in cfg.get("choices", {}):
+        return cfg
+    from vgfcli.protocols import observation_for, protocol_for, task_label
 
-        option = protocol_for(cfg.method, task_label(cfg), config_dir())
-        if option is not None:
-            cfg = _compose_once(config_name, [f"protocol={option}", *overrides])
-    return cfg
+    label, picked = task_label(cfg), []
+    if not any(o.startswith("observation=") for o in overrides) and observation_for(label) != "state":
+        picked.append(f"observation={observation_for(label)}")
+    option = None if any(o.startswith("protocol=") for o in overrides) else protocol_for(cfg.method, label, config_dir())
+    if option is not None:
+        picked.append(f"protocol={option}")
+    return _compose_once(config_name, [*picked, *overrides]) if picked else cfg
 
 
 def _compose_once(config_name: str, overrides: list[str]):

@@ -48,10 +48,14 @@ def file_label(path) -> str:
 def family_candidates(label: str) -> list[str]:
     """Task families of ``label``, most specific first: ``cube-single-play-singletask-task2-v0`` ->
     ``[cube-single, cube]``; ``antmaze-large-navigate-...`` -> ``[antmaze-large, antmaze]``;
+    ``visual-cube-single-play-...`` -> ``[visual-cube-single, visual-cube, cube-single, cube]``;
     ``hopper-medium-v2`` -> ``[d4rl-locomotion]``. Empty when the label matches no known family."""
     name = label.lower()
     if re.match(_D4RL_ANTMAZE, name):  # antmaze-medium-play-v2 would otherwise read as an OGBench "play" env
         return ["d4rl-antmaze"]
+    if name.startswith("visual-"):  # the camera task's own settings first, then its state task's
+        state = family_candidates(name.removeprefix("visual-"))
+        return [f"visual-{f}" for f in state] + state
     match = re.match(rf"^(?P<env>[a-z0-9]+(?:-[a-z0-9]+)*?)-{_OGBENCH_TYPES}(-|$)", name)
     if match:
         env = match.group("env")
@@ -61,6 +65,12 @@ def family_candidates(label: str) -> list[str]:
         if name.startswith(prefix):
             return [family]
     return []
+
+
+def observation_for(label: str) -> str:
+    """``conf/observation``'s option for a task: ``pixels`` for OGBench's camera tasks (visual-*), else
+    ``state``."""
+    return "pixels" if label.lower().startswith("visual-") else "state"
 
 
 def protocol_for(method_cfg, label: str, conf_dir: Path) -> str | None:

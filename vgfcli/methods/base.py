@@ -220,12 +220,13 @@ class Agent(ABC):
         self.pixels = len(self.obs_shape) == 3
         from vgfcli.nn.encoders import feature_size
 
-        encoder = getattr(cfg, "encoder", None)
-        if self.pixels != (encoder is not None):
-            raise ValueError(f"observations are camera frames {self.obs_shape}: set critic.encoder (e.g. impala_small)"
-                             if self.pixels else f"encoder={encoder} applies to camera frames, not state vectors")
+        encoder = getattr(cfg, "encoder", None)  # None also for a method with no networks of its own (BC)
+        if self.pixels and encoder is None and hasattr(cfg, "encoder"):
+            raise ValueError(f"observations are camera frames {self.obs_shape}: set critic.encoder (e.g. impala_small)")
+        if encoder is not None and not self.pixels:
+            raise ValueError(f"encoder={encoder} applies to camera frames, not state vectors")
         # What a network's head reads: the state itself, or the encoder's features.
-        self.feature_dim = feature_size(encoder, self.obs_shape) if self.pixels else self.obs_dim
+        self.feature_dim = feature_size(encoder, self.obs_shape) if encoder else self.obs_dim
         self.device = torch.device(device)
         self.chunk = int(chunk)
         if self.chunk < 1 or self.act_dim % self.chunk:
