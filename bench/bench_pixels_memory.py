@@ -1,10 +1,12 @@
-"""Peak memory of ingest and pretrain-policy on pixel datasets of growing size, against the frames' raw
+"""Peak memory of ingest, pretrain-policy and train-critic on pixel datasets of growing size, against the frames' raw
 uint8 size (issue 24: at most 1.5x; the reference loaders need 2x plus Python's overhead).
 
 Each size gets a visual-cube-single dataset of synthetic 64 x 64 x 3 frames (memory does not depend on
 what the pixels show; rendering a million real frames takes days on a CPU: ``vgf collect`` renders
 about 6 frames/s per core here), ingested with ``vgf ingest`` (train and val) and trained on with ``vgf
-pretrain-policy`` (impala_small, frame_stack 3, p_aug 0.5, a few updates). Every command is a fresh
+pretrain-policy`` (impala_small, frame_stack 3, p_aug 0.5, a few updates), then ``vgf train-critic``
+(VGF, its critic and target encoders, the particle bank of 32 reference samples per next state filled
+from the frames: the whole dataset encoded once). Every command is a fresh
 process; its peak RSS comes from ``wait4``. The slope of peak RSS over raw frame bytes across sizes is
 what a larger dataset adds; the intercept is the interpreter, torch and MLflow.
 
@@ -75,12 +77,18 @@ def main() -> None:
                                  f"task={TASK}", "policy.encoder=impala_small", "frame_stack=3", "p_aug=0.5",
                                  "preset=smoke", f"policy.steps={args.steps}", "policy.batch_size=64",
                                  "policy.hidden=[512,512,512,512]", "threads=2"], env)
-        rows.append({"frames": frames, "raw_mb": raw / 2**20, "ingest_peak_mb": ingest, "train_peak_mb": train})
+            critic = peak_rss_mb(["train-critic", "data.source=file", f"data.path={tmp / 'visual-cube-single-play-v0.npz'}",
+                                  f"task={TASK}", "policy.encoder=impala_small", "frame_stack=3", "p_aug=0.5",
+                                  "preset=smoke", f"policy.steps={args.steps}", "policy.batch_size=64",
+                                  "policy.hidden=[512,512,512,512]", "method=vgf", f"critic.steps={args.steps}",
+                                  "critic.batch_size=64", "critic.hidden=[512,512,512,512]", "threads=2"], env)
+        rows.append({"frames": frames, "raw_mb": raw / 2**20, "ingest_peak_mb": ingest, "train_peak_mb": train,
+                     "critic_peak_mb": critic})
         print(f"{frames:>8} frames  raw {raw / 2**20:8.0f} MiB  ingest peak {ingest:8.0f} MiB  "
-              f"pretrain-policy peak {train:8.0f} MiB", flush=True)
+              f"pretrain-policy peak {train:8.0f} MiB  train-critic peak {critic:8.0f} MiB", flush=True)
     x = np.array([r["raw_mb"] for r in rows])
     fits = {}
-    for key in ("ingest_peak_mb", "train_peak_mb"):
+    for key in ("ingest_peak_mb", "train_peak_mb", "critic_peak_mb"):
         slope, intercept = np.polyfit(x, np.array([r[key] for r in rows]), 1)
         fits[key] = {"slope": float(slope), "intercept_mb": float(intercept)}
         print(f"{key}: {slope:.2f} MiB per MiB of raw frames, + {intercept:.0f} MiB")
