@@ -270,5 +270,5 @@ def test_bc_on_frames_end_to_end_and_frames_without_an_encoder_refused_clearly(t
     reader = imageio_ffmpeg.read_frames(json.loads(video.stdout)["videos"][0])
     assert next(reader)["size"] == (192, 96)  # width, height
     reader.close()
-    wrong = CliRunner().invoke(app, [*args, "method=bc"])  # frames without an encoder
+    wrong = CliRunner().invoke(app, [*args, "method=bc", "observation=state"])  # frames, no encoder
     assert wrong.exit_code == 2 and "policy.encoder" in wrong.output
