@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE, ACT = (64, 64, 9), 5
 CONFIGS = {  # widths (critic and reference flow), batch, particles N, Euler steps K, L_train
     "visual-quick": dict(hidden=[256, 256, 256], batch=64, particles=8, flow_steps=10, train_steps=3),
-    "visual-paper-n4": dict(hidden=[512, 512, 512, 512], batch=64, particles=4, flow_steps=10, train_steps=3),
+    "visual-paper": dict(hidden=[512, 512, 512, 512], batch=256, particles=10, flow_steps=10, train_steps=3),
 }
 BUDGETS = (0, 3)
 
