@@ -68,6 +68,18 @@ sys.path.insert(0, sys.argv[1])
 from agents.vgf_pixels import VGFAgent, get_config
 spec = json.loads(sys.argv[2])
 shape, a = tuple(spec["shape"]), spec["act_dim"]
+
+
+def median_s(fn, n):
+    """Median wall seconds of ``fn()`` over ``n`` calls, each waited for."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 out = {}
 for name, c in spec["configs"].items():
     cfg = get_config()
@@ -81,23 +93,20 @@ for name, c in spec["configs"].items():
     batch = dict(observations=frames(b), next_observations=frames(b),
                  actions=rng.uniform(-1, 1, (b, a)).astype(np.float32), rewards=np.zeros(b, np.float32),
                  masks=np.ones(b, np.float32), terminals=np.zeros(b, np.float32))
+    state = {"agent": agent}
+
+    def update():
+        state["agent"], info = state["agent"].update(batch)
+        return info
+
     t0 = time.perf_counter()
-    agent, info = agent.update(batch); jax.block_until_ready(info)
-    row = {"update_compile_s": time.perf_counter() - t0}
-    times = []
-    for _ in range(spec["steps"]):
-        t = time.perf_counter(); agent, info = agent.update(batch); jax.block_until_ready(info)
-        times.append(time.perf_counter() - t)
-    row["update_ms"] = 1e3 * float(np.median(times))
+    jax.block_until_ready(update())
+    row = {"update_compile_s": time.perf_counter() - t0, "update_ms": 1e3 * median_s(update, spec["steps"])}
     obs, key = frames(1)[0], jax.random.PRNGKey(0)
     for L in spec["budgets"]:
-        jax.block_until_ready(agent.sample_actions(obs, seed=key, eval_vgf_steps=L))
-        times = []
-        for _ in range(spec["act_calls"]):
-            t = time.perf_counter()
-            jax.block_until_ready(agent.sample_actions(obs, seed=key, eval_vgf_steps=L))
-            times.append(time.perf_counter() - t)
-        row[f"actions_per_s_L{L}"] = 1.0 / float(np.median(times))
+        act = lambda: state["agent"].sample_actions(obs, seed=key, eval_vgf_steps=L)
+        jax.block_until_ready(act())
+        row[f"actions_per_s_L{L}"] = 1.0 / median_s(act, spec["act_calls"])
     out[name] = row
 print("RESULT " + json.dumps(out))
 '''
