@@ -177,7 +177,7 @@ def parity_observations(dataset_path, count: int, device, frame_stack: int | Non
         return torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
     from vgfcli.training import load_tensors
 
-    data = load_tensors(dataset_path, device, pixels=True, frame_stack=frame_stack)
+    data = load_tensors(dataset_path, device, frame_stack=frame_stack)
     return data.pixels.observe(data.observations[torch.as_tensor(index, device=device)])
 
 

@@ -88,7 +88,8 @@ class FinetuneStage(Stage):
         agent, saved = agents.load_agent(cfg, inputs.upstream, device, compile=bool(cfg.critic.compile))
         env_id = agents.evaluation_env(cfg, saved["dataset_attrs"])
         rewards_fn = reward_map(inputs.upstream["critic"].summary)
-        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device)
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device,
+                            frame_stack=saved.get("frame_stack"))
         data.rewards.copy_(torch.as_tensor(rewards_fn(data.rewards.cpu().numpy()), dtype=data.rewards.dtype))
         try:
             buffer = ReplayBuffer(data, o.steps, sampling=o.sampling, buffer_size=o.buffer_size, chunk=agent.chunk)
@@ -97,7 +98,7 @@ class FinetuneStage(Stage):
         except ValueError as exc:
             raise VgfError(f"finetune: {exc}") from None
         sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + seeds.ONLINE_SAMPLER, chunk=agent.chunk,
-                                discount=float(agent.cfg.discount))
+                                discount=float(agent.cfg.discount), p_aug=cfg.p_aug)
         actor = OnlineActor(env_id, agent, buffer, rewards_fn, cfg.seed, o.max_episode_steps, run.log_metrics,
                             explore)
         curves: list[dict] = []
@@ -107,7 +108,8 @@ class FinetuneStage(Stage):
             if step > 0:  # the critic has moved since train-critic measured its disagreement
                 metrics = {f"online/{k}": float(v) for k, v in recalibrate(agent, buffer, cfg, step).items()}
             with ui.status(f"evaluating at online step {step}"):
-                rows = score_rows(agent, settings, env_id, o, cfg.seed, step, saved["dataset_attrs"])
+                rows = score_rows(agent, settings, env_id, o, cfg.seed, step, saved["dataset_attrs"],
+                                  int(saved.get("frame_stack", 1)))
             curves.append({"step": step, "rows": rows})
             return metrics | {f"online/{r['metric']}/{r['key']}": r["score"] for r in rows}
 
@@ -213,7 +215,9 @@ def recalibrate(agent, buffer, cfg, step: int) -> dict:
 
 
 class OnlineActor:
-    """One env copy stepped by the agent, transition by transition, into the replay buffer."""
+    """One env copy stepped by the agent, transition by transition, into the replay buffer. On camera
+    frames each frame goes into the buffer's frame store once, and the agent sees the frame stack the
+    buffer makes of it (the first frame repeated at a reset, as training and evaluation stack them)."""
 
     def __init__(self, env_id: str, agent, buffer, rewards_fn, seed: int, max_episode_steps, log, options: dict):
         from vgfcli.rollout import make_env
@@ -223,7 +227,9 @@ class OnlineActor:
         space = self.env.action_space
         self.low, self.high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
         self.options = options  # act() keywords of exploration (Agent.explore_options)
+        self.pixels = buffer.pixels is not None
         self.episode, self.obs, self.queue, self.actions = 0, None, [], []
+        self.first = None  # camera frames: the buffer row of the open episode's first frame
         self.ret, self.length, self.legacy = 0.0, 0, None
         self.finished: list[dict] = []
 
@@ -233,13 +239,30 @@ class OnlineActor:
         out, self.legacy = call_with_rng(self.legacy, fn, *args, **kwargs)
         return out
 
-    def _start(self) -> None:
+    def _start(self, record: bool = True) -> None:
         env_seed, legacy_seed = seeds.episode_seeds(self.seed, self.episode, seeds.ONLINE)
         self.legacy = np.random.RandomState(legacy_seed).get_state()
         self.env.action_space.seed(env_seed)
         obs, _ = self._call(self.env.reset, seed=env_seed)
-        self.obs = np.asarray(obs, np.float32).reshape(-1)
+        self.obs = self._observed(obs, record)
         self.queue, self.actions, self.ret, self.length = [], [], 0.0, 0
+
+    def _observed(self, obs, record: bool):
+        """A state as a float32 vector; a camera frame as its buffer row (stored when ``record``)."""
+        if not self.pixels:
+            return np.asarray(obs, np.float32).reshape(-1)
+        if not record:
+            return np.asarray(obs)
+        row = self.buffer.add_frame(obs, self.first)
+        self.first = row if self.first is None else self.first
+        return row
+
+    def _acting_input(self):
+        import torch
+
+        if self.pixels:  # [1, H, W, C * frame_stack] uint8
+            return self.buffer.pixels.observe(torch.tensor([self.obs], device=self.buffer.observations.device))
+        return torch.as_tensor(self.obs, device=self.agent.device).unsqueeze(0)
 
     def step(self) -> None:
         import torch
@@ -248,12 +271,11 @@ class OnlineActor:
             self._start()
         if not self.queue:
             with torch.inference_mode():  # as the curves' scoring acts: one compiled graph serves both
-                obs = torch.as_tensor(self.obs, device=self.agent.device).unsqueeze(0)
-                chunk = self.agent.act(obs, **self.options).detach().cpu().numpy().astype(np.float64)
+                chunk = self.agent.act(self._acting_input(), **self.options).detach().cpu().numpy().astype(np.float64)
             self.queue = list(np.clip(chunk.reshape(self.agent.chunk, -1), self.low, self.high))
         action = self.queue.pop(0)
         next_obs, reward, terminated, truncated, info = self._call(self.env.step, action)
-        next_obs = np.asarray(next_obs, np.float32).reshape(-1)
+        next_obs = self._observed(next_obs, record=True)
         done = bool(terminated or truncated)
         self.buffer.add(self.obs, action, float(self.rewards_fn(np.asarray([reward]))[0]), next_obs,
                         0.0 if terminated else 1.0, done)
@@ -266,37 +288,42 @@ class OnlineActor:
             self.finished.append({"return": self.ret, "length": self.length, "success": success})
             self.log({"online/episode_return": self.ret, "online/episode_success": success},
                      step=self.buffer.online)
-            self.episode, self.obs = self.episode + 1, None
+            self.episode, self.obs, self.first = self.episode + 1, None, None
 
     def state(self) -> dict:
         return {"episode": self.episode, "actions": np.asarray(self.actions), "queue": np.asarray(self.queue),
                 "ret": self.ret, "length": self.length, "obs": self.obs, "finished": list(self.finished),
-                "open": self.obs is not None}
+                "open": self.obs is not None, "first": self.first}
 
     def load_state(self, state: dict) -> None:
         """Back to the checkpoint's step: the open episode replayed from its seeded reset."""
         self.episode, self.finished = int(state["episode"]), list(state["finished"])
-        self.obs = None
+        self.obs, self.first = None, state.get("first")
         if state["open"]:
-            self._start()
+            self._start(record=False)  # the buffer has the episode's frames already (its online state)
             for action in state["actions"]:
                 obs, *_ = self._call(self.env.step, action)
-                self.obs = np.asarray(obs, np.float32).reshape(-1)
-            if not np.array_equal(self.obs, state["obs"]):
+                self.obs = self._observed(obs, record=False)
+            # the replay must reach the checkpoint's state (on frames: the frame stored at its row)
+            expected = self.buffer.pixels.frames[int(state["obs"])].cpu().numpy() if self.pixels else state["obs"]
+            if not np.array_equal(self.obs, expected):
                 raise VgfError("finetune: replaying the open episode did not reach the checkpoint's state "
                                "(the environment is not deterministic); delete the checkpoint to start over")
+            self.obs = int(state["obs"]) if self.pixels else self.obs
             self.actions = list(state["actions"])
             self.queue = list(state["queue"])
             self.ret, self.length = float(state["ret"]), int(state["length"])
 
 
-def score_rows(agent, settings, env_id: str, o, seed: int, step: int, dataset_attrs: dict) -> list[dict]:
+def score_rows(agent, settings, env_id: str, o, seed: int, step: int, dataset_attrs: dict,
+               frame_stack: int = 1) -> list[dict]:
     """Every row's score on ``o.eval_episodes`` episodes, acting from a generator of its own (so scoring
     leaves the exploration's random stream alone): evaluate's rows, one after another."""
     from vgfcli.eval_rows import RowJob, run_rows, score_row
 
     jobs = [RowJob(setting, False, env_id, o.eval_episodes, min(o.eval_episodes, 10), seed, o.max_episode_steps,
-                   0, 256, False, acting_seed=seed + seeds.CURVE_ROWS + step) for setting in settings]
+                   0, 256, False, acting_seed=seed + seeds.CURVE_ROWS + step, frame_stack=frame_stack)
+            for setting in settings]
     return [score_row(setting, result, dataset_attrs, env_id)[0]
             for setting, (result, _) in zip(settings, run_rows(agent, jobs))]
 

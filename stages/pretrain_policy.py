@@ -47,11 +47,11 @@ class PretrainPolicyStage(Stage):
         device = resolve_device(cfg.device)
         run.set_tags({"vgf.device": str(device)})
         torch.manual_seed(cfg.seed)
-        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device, pixels=True,
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device,
                             frame_stack=cfg.frame_stack)
         val = data
         if "val_dataset" in inputs.upstream:
-            val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device, pixels=True,
+            val = load_tensors(inputs.upstream["val_dataset"].output_paths()["dataset"], device,
                                frame_stack=cfg.frame_stack)
         act_dim = data.act_dim * cfg.chunk
         if (data.pixels is not None) != (p.encoder is not None):

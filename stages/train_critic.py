@@ -65,7 +65,7 @@ class TrainCriticStage(Stage):
         policy_path = inputs.upstream["policy"].output_paths()["policy"]
         flow, saved = agents.load_policy(policy_path, device)
         # frames: stacked as the policy was trained (its frame_stack), shifted with probability p_aug
-        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device, pixels=True,
+        data = load_tensors(inputs.upstream["dataset"].output_paths()["dataset"], device,
                             frame_stack=saved.get("frame_stack"))
         rewards = transform_rewards(data, c.reward_transform)
         chunk = int(saved["chunk"])

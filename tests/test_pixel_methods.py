@@ -152,6 +152,36 @@ def test_every_method_runs_the_pipeline_and_exports_on_frames(vgf_home):
     export = CliRunner().invoke(app, ["export", *args, "method=vgf", "export.format=pt2", "--json"])
     assert export.exit_code == 0, export.output
     assert max(json.loads(export.stdout)["summary"]["parity_max_abs_diff"].values()) <= 1e-4
-    # fine-tuning on frames is not there yet: a clear refusal, no traceback
-    finetune = CliRunner().invoke(app, ["finetune", *args, "method=vgf"])
-    assert finetune.exit_code == 2 and "does not take frames yet" in finetune.output
+    # fine-tuning on frames: online camera frames into the buffer's frame store, the curves on frames
+    finetune = CliRunner().invoke(app, ["finetune", *args, "method=vgf", "--json"])
+    assert finetune.exit_code == 0, finetune.output
+    assert json.loads(finetune.stdout)["summary"]["online_steps"] == 16
+
+
+def test_the_replay_buffer_stores_each_online_frame_once_and_stacks_it_as_training_does():
+    from vgfcli.replay import ReplayBuffer, ReplaySampler
+    from vgfcli.training import PixelFrames, TensorData
+
+    frames = torch.randint(0, 256, (6, 4, 4, 3), dtype=torch.uint8)  # one dataset episode of 6 frames
+    rows = torch.arange(5)
+    data = TensorData(rows, torch.zeros(5, 2), torch.zeros(5), rows + 1, torch.ones(5), torch.zeros(5), {},
+                      PixelFrames(frames, torch.zeros(6, dtype=torch.int64), 2))
+    buffer = ReplayBuffer(data, online_steps=4)
+    online = [torch.full((4, 4, 3), v, dtype=torch.uint8) for v in range(1, 6)]
+    first = buffer.add_frame(online[0])
+    assert first == 6  # after the dataset's frames
+    previous = first
+    for i, frame in enumerate(online[1:]):
+        row = buffer.add_frame(frame, first)
+        buffer.add(previous, torch.zeros(2), 1.0, row, 1.0, i == 3)
+        previous = row
+    assert buffer.size == 9 and buffer.frames_used == 11
+    stack = buffer.pixels.observe(torch.tensor([first, first + 1]))
+    assert torch.equal(stack[0], torch.cat([online[0], online[0]], -1))  # the reset frame repeated
+    assert torch.equal(stack[1], torch.cat([online[0], online[1]], -1))
+    batch = ReplaySampler(buffer, 4, seed=0).batch_at(torch.tensor([5]))  # the first online transition
+    assert torch.equal(batch["next_observations"][0], stack[1])
+    again = ReplayBuffer(data, online_steps=4)
+    again.load_online_state(buffer.online_state())
+    assert again.frames_used == 11 and torch.equal(again.pixels.frames[:11], buffer.pixels.frames[:11])
+    assert torch.equal(again.pixels.observe(torch.tensor([9])), buffer.pixels.observe(torch.tensor([9])))

@@ -178,7 +178,7 @@ def _pixel_data(tmp_path, frame_stack=3, monkeypatch=None, lazy=False):
     path = canonical.save(ds, tmp_path / f"dataset-{lazy}.h5")
     if lazy:
         monkeypatch.setattr("vgfcli.data.frames.fits_in_memory", lambda shape, share=0.5: False)
-    return ds, load_tensors(path, torch.device("cpu"), pixels=True, frame_stack=frame_stack)
+    return ds, load_tensors(path, torch.device("cpu"), frame_stack=frame_stack)
 
 
 def test_batches_of_a_pixel_dataset_are_frame_stacks_in_memory_or_read_per_batch(tmp_path, monkeypatch):

@@ -13,6 +13,12 @@ ways VGF's ``main.py`` (``--off2on_style``) fills and samples it are ``sampling`
 - ``online`` (``wsrl``): the same separate ring; batches from the online rows alone.
 
 ``buffer_size`` None never overwrites anything (QAM's main.py sizes its buffer |D| + online steps).
+
+On camera frames (``data.pixels``) the transition rows name frames, as in the dataset: each online
+frame is written once into the frame store after the dataset's (``add_frame``, with its episode's
+first frame for stacking), and ``add`` takes frame rows. Frames are never overwritten: a wrapped ring
+reuses transition rows only, so the store holds the dataset's frames plus one per online step and one
+per online episode's reset (the dataset's frames must be in memory).
 Rows nothing will ever write are not allocated: the buffer holds at most ``|D| + online steps`` rows.
 Before the first online row, ``balanced`` and ``online`` batches come from the dataset.
 
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from vgfcli.training import Sampler, TensorData, chunk_starts
+from vgfcli.training import PixelFrames, Sampler, TensorData, chunk_starts
 
 SAMPLING = ("uniform", "balanced", "online")
 _COLUMNS = ("observations", "actions", "rewards", "next_observations", "masks", "terminals")
@@ -51,18 +57,36 @@ class ReplayBuffer(TensorData):
                              f"{online_steps:,} online rows) would wrap around, which action chunks (chunk={chunk}) "
                              f"cannot sample across: raise online.buffer_size or set it to null")
 
-        def grow(t: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
-            out[:d] = t
-            return out
-
-        super().__init__(*(grow(getattr(data, k)) for k in _COLUMNS), dict(data.attrs))
+        super().__init__(*(_grown(getattr(data, k), rows) for k in _COLUMNS), dict(data.attrs))
+        self.pixels, self.frames_used = None, 0
+        if data.pixels is not None:
+            self._frame_store(data.pixels, online_steps)
         self.sampling = sampling
         self.offline = d
         self.ring_start, self.ring_end = ring_start, rows
         self.written = 0  # online transitions added so far (also those since overwritten)
         self.pointer = d
         self.episode_start = d  # first row of the online episode being filled (chunks: never wraps)
+
+    def _frame_store(self, pixels: PixelFrames, online_steps: int) -> None:
+        if not isinstance(pixels.frames, torch.Tensor):
+            raise ValueError("fine-tuning on frames needs the dataset's frames in memory (they take more than "
+                             "half of the memory available here)")
+        m = pixels.frames.shape[0]
+        self.pixels = PixelFrames(_grown(pixels.frames, m + online_steps + online_steps // 8 + 16),
+                                  _grown(pixels.starts, m + online_steps + online_steps // 8 + 16), pixels.frame_stack)
+        self.frames_used = self.dataset_frames = m
+
+    def add_frame(self, frame, episode_start: int | None = None) -> int:
+        """Store one online camera frame ``[H, W, C]`` and return its row; ``episode_start``: the row of
+        its episode's first frame (None: this frame starts an episode)."""
+        p, row = self.pixels, self.frames_used
+        if row == p.frames.shape[0]:  # more resets than reserved: room for as many again
+            p.frames, p.starts = _grown(p.frames, 2 * row), _grown(p.starts, 2 * row)
+        p.frames[row] = torch.as_tensor(frame, dtype=p.frames.dtype, device=p.frames.device)
+        p.starts[row] = row if episode_start is None else episode_start
+        self.frames_used = row + 1
+        return row
 
     @property
     def size(self) -> int:
@@ -74,11 +98,12 @@ class ReplayBuffer(TensorData):
         return self.written
 
     def add(self, obs, action, reward: float, next_obs, mask: float, terminal: bool) -> None:
-        i, dev = self.pointer, self.observations.device
-        self.observations[i] = torch.as_tensor(obs, dtype=torch.float32, device=dev)
+        """One online transition; ``obs`` and ``next_obs`` are states, or frame rows (``add_frame``)."""
+        i, dev, kind = self.pointer, self.observations.device, self.observations.dtype
+        self.observations[i] = torch.as_tensor(obs, dtype=kind, device=dev)
         self.actions[i] = torch.as_tensor(action, dtype=torch.float32, device=dev)
         self.rewards[i] = float(reward)
-        self.next_observations[i] = torch.as_tensor(next_obs, dtype=torch.float32, device=dev)
+        self.next_observations[i] = torch.as_tensor(next_obs, dtype=kind, device=dev)
         self.masks[i] = float(mask)
         self.terminals[i] = float(terminal)
         self.written += 1
@@ -104,6 +129,9 @@ class ReplayBuffer(TensorData):
         rows = self._written_rows()
         state = {k: getattr(self, k)[rows].cpu().clone() for k in _COLUMNS}
         state["written"] = self.written
+        if self.pixels is not None:
+            online = slice(self.dataset_frames, self.frames_used)
+            state |= {"frames": self.pixels.frames[online].cpu().clone(), "starts": self.pixels.starts[online].cpu().clone()}
         return state
 
     def load_online_state(self, state: dict) -> None:
@@ -112,6 +140,15 @@ class ReplayBuffer(TensorData):
         for key in _COLUMNS:
             getattr(self, key)[rows] = state[key].to(self.observations.device)
         self.pointer = self._position(self.written)
+        if self.pixels is not None:
+            p, n = self.pixels, len(state["frames"])
+            self.frames_used = self.dataset_frames
+            if self.dataset_frames + n > p.frames.shape[0]:
+                p.frames = _grown(p.frames, self.dataset_frames + n)
+                p.starts = _grown(p.starts, self.dataset_frames + n)
+            p.frames[self.dataset_frames:self.dataset_frames + n] = state["frames"].to(p.frames.device)
+            p.starts[self.dataset_frames:self.dataset_frames + n] = state["starts"].to(p.starts.device)
+            self.frames_used = self.dataset_frames + n
         online_terminals = self.terminals[self.offline:self.offline + min(self.written, self.ring_end - self.offline)]
         ends = torch.nonzero(online_terminals > 0).flatten()
         self.episode_start = self.offline + (int(ends[-1]) + 1 if len(ends) else 0)
@@ -121,8 +158,9 @@ class ReplaySampler(Sampler):
     """Batches from a ``ReplayBuffer`` by its ``sampling`` (see the module docstring)."""
 
     def __init__(self, buffer: ReplayBuffer, batch_size: int, seed: int, chunk: int = 1, discount: float = 1.0,
-                 sampling: str | None = None):
-        super().__init__(buffer, batch_size, seed, chunk=1, discount=discount)  # starts: the dataset rows' alone
+                 sampling: str | None = None, p_aug: float | None = None):
+        # starts: the dataset rows' alone; p_aug: frames shifted as in offline training
+        super().__init__(buffer, batch_size, seed, chunk=1, discount=discount, p_aug=p_aug)
         self.chunk, self.buffer = int(chunk), buffer
         self.sampling = buffer.sampling if sampling is None else sampling  # another mix over the same rows
         self.offline_starts = chunk_starts(buffer.terminals[:buffer.offline], self.chunk) if self.chunk > 1 else None
@@ -166,6 +204,13 @@ class ReplaySampler(Sampler):
             else:
                 parts.append(pool[torch.randint(0, len(pool), (n,), generator=g)])
         return self.batch_at(torch.cat(parts))
+
+
+def _grown(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` with room for ``rows`` rows along its first dimension (the new rows zero)."""
+    out = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    out[:t.shape[0]] = t
+    return out
 
 
 def _split(total: int, parts: int) -> list[int]:

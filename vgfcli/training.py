@@ -122,17 +122,14 @@ class ObservedRows:
         return self.pixels.observe(self.rows[idx])
 
 
-def load_tensors(path: Path, device: torch.device, *, pixels: bool = False, frame_stack: int | None = None) -> TensorData:
-    """The dataset at ``path`` on ``device``. ``pixels``: whether the caller trains on frames (a pixel
-    dataset is refused otherwise); their frames are read into memory when they take at most half of
-    the memory available, else read per batch (``FrameReader``)."""
+def load_tensors(path: Path, device: torch.device, *, frame_stack: int | None = None) -> TensorData:
+    """The dataset at ``path`` on ``device``. A pixel dataset's frames are read into memory when they
+    take at most half of the memory available, else read per batch (``FrameReader``); its
+    observations are stacks of ``frame_stack`` frames (None: 1)."""
     from vgfcli.data import canonical
     from vgfcli.data.frames import fits_in_memory
 
     ds = canonical.load(path, frames="lazy")
-    if ds.is_pixels and not pixels:
-        raise VgfError(f"{path}: a pixel dataset ({ds.attrs.get('env_id')}); this stage does not take frames yet "
-                       "(collect, ingest, pretrain-policy, train-critic, evaluate and export do)")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)

@@ -87,7 +87,7 @@ def validation_loss(agent, val_path, *, chunk: int, discount: float, rewards_fn,
 
     if agent.critic is None or batches < 1:
         return None
-    data = load_tensors(val_path, device, pixels=True, frame_stack=frame_stack)
+    data = load_tensors(val_path, device, frame_stack=frame_stack)
     data.rewards.copy_(torch.as_tensor(rewards_fn(data.rewards.cpu().numpy()), dtype=data.rewards.dtype))
     sampler = Sampler(data, batch_size, seed, chunk=chunk, discount=discount)
     losses = []
