@@ -97,6 +97,7 @@ class FinetuneStage(Stage):
             explore = agent.explore_options(o.explore_budget)
         except ValueError as exc:
             raise VgfError(f"finetune: {exc}") from None
+        del data  # the buffer holds its own copy (with room for the online rows): the dataset's arrays go now
         sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + seeds.ONLINE_SAMPLER, chunk=agent.chunk,
                                 discount=float(agent.cfg.discount), p_aug=cfg.p_aug)
         actor = OnlineActor(env_id, agent, buffer, rewards_fn, cfg.seed, o.max_episode_steps, run.log_metrics,
