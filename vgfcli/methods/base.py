@@ -26,6 +26,12 @@ A batch is a mapping of tensors on the agent's device (``to_batch`` converts num
     next_observations [B, obs_dim], and optionally indices [B] (int64 dataset rows; methods that
     cache per-transition data, such as VGF's particle bank, read it).
 
+Camera frames: ``obs_dim`` is then the frame stack's shape (H, W, C), observations are uint8
+[B, H, W, C], and every network a method builds goes through ``encoded`` (its own encoder in front,
+``cfg.encoder``). A network is ``encode`` + ``head`` (``vgfcli.nn.networks.PlainInput``): a method
+encodes a batch once per network and runs ``head`` on the features in its loops over particles and
+steps, so the state and pixel cases share one code path.
+
 ``info`` maps metric names to detached 0-dim tensors (no device sync on the hot path); ``scalars``
 turns it into floats for logging.
 """
