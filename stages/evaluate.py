@@ -96,7 +96,7 @@ class EvaluateStage(Stage):
         jobs = [RowJob(setting, setting is reference, env_id, e.episodes, e.num_envs, cfg.seed, e.max_episode_steps,
                        int(e.video), e.video_size, q_fn is not None, frame_stack=int(saved.get("frame_stack", 1)))
                 for setting in rows]
-        workers = auto_workers(e.workers, len(jobs), e.episodes, device)
+        workers = auto_workers(e.workers, len(jobs), e.episodes, device, rendered=agent.pixels)
         threads = max(1, torch.get_num_threads() // workers)
         run.set_tags({"vgf.eval_workers": str(workers)})
         with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:

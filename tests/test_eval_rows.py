@@ -1,5 +1,6 @@
 """Evaluation rows: seeds of their own, how many workers, and errors from a worker process."""
 
+import os
 import types
 
 import pytest
@@ -23,6 +24,8 @@ def test_workers_one_per_core_for_long_cpu_evaluations_only():
     assert 1 <= auto_workers(None, rows=5, episodes=50, device="cpu") <= 5
     assert auto_workers(None, rows=1, episodes=50, device="cpu") == 1
     assert auto_workers(3, rows=2, episodes=2, device="cpu") == 2  # never more than one per row
+    # camera frames: every step renders, so even short rows pay a worker's start
+    assert auto_workers(None, rows=3, episodes=10, device="cpu", rendered=True) == min(3, len(os.sched_getaffinity(0)))
 
 
 def stub_agent():

@@ -67,12 +67,14 @@ def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
     return result, agent.compute
 
 
-def auto_workers(requested: int | None, rows: int, episodes: int, device) -> int:
+def auto_workers(requested: int | None, rows: int, episodes: int, device, rendered: bool = False) -> int:
     """``requested``, or (None) one per core up to one per row: on CPU only, and only where the rows
-    are long enough (20+ episodes each) to pay a worker's start (~5 s: imports, agent, env copies)."""
+    are long enough to pay a worker's start (~5 s: imports, agent, env copies): 20+ episodes each, or
+    any number where every step renders the camera the agent sees (``rendered``: a few frames per
+    second per core, so one row of 10 episodes takes minutes)."""
     if requested is not None:
         return max(1, min(int(requested), rows))
-    if str(device) != "cpu" or episodes < 20:
+    if str(device) != "cpu" or (episodes < 20 and not rendered):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, rows))
