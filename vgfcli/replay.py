@@ -13,14 +13,14 @@ ways VGF's ``main.py`` (``--off2on_style``) fills and samples it are ``sampling`
 - ``online`` (``wsrl``): the same separate ring; batches from the online rows alone.
 
 ``buffer_size`` None never overwrites anything (QAM's main.py sizes its buffer |D| + online steps).
+Rows nothing will ever write are not allocated: the buffer holds at most ``|D| + online steps`` rows.
+Before the first online row, ``balanced`` and ``online`` batches come from the dataset.
 
 On camera frames (``data.pixels``) the transition rows name frames, as in the dataset: each online
 frame is written once into the frame store after the dataset's (``add_frame``, with its episode's
 first frame for stacking), and ``add`` takes frame rows. Frames are never overwritten: a wrapped ring
 reuses transition rows only, so the store holds the dataset's frames plus one per online step and one
 per online episode's reset (the dataset's frames must be in memory).
-Rows nothing will ever write are not allocated: the buffer holds at most ``|D| + online steps`` rows.
-Before the first online row, ``balanced`` and ``online`` batches come from the dataset.
 
 With action chunks (H > 1) a batch row is an H-step sequence inside one trajectory; the online rows
 of an episode become sequence starts when the episode ends (its last row is then known). A buffer
@@ -72,17 +72,22 @@ class ReplayBuffer(TensorData):
         if not isinstance(pixels.frames, torch.Tensor):
             raise ValueError("fine-tuning on frames needs the dataset's frames in memory (they take more than "
                              "half of the memory available here)")
-        m = pixels.frames.shape[0]
-        self.pixels = PixelFrames(_grown(pixels.frames, m + online_steps + online_steps // 8 + 16),
-                                  _grown(pixels.starts, m + online_steps + online_steps // 8 + 16), pixels.frame_stack)
-        self.frames_used = self.dataset_frames = m
+        self.pixels = PixelFrames(pixels.frames, pixels.starts, pixels.frame_stack)
+        self.frames_used = self.dataset_frames = pixels.frames.shape[0]
+        # one frame per online step, and a reserve for the episodes' reset frames (grown if it runs out)
+        self._reserve_frames(self.dataset_frames + online_steps + online_steps // 8 + 16)
+
+    def _reserve_frames(self, rows: int) -> None:
+        """Room for at least ``rows`` frames in the store (the frames kept, the new rows zero)."""
+        p = self.pixels
+        if rows > p.frames.shape[0]:
+            p.frames, p.starts = _grown(p.frames, rows), _grown(p.starts, rows)
 
     def add_frame(self, frame, episode_start: int | None = None) -> int:
         """Store one online camera frame ``[H, W, C]`` and return its row; ``episode_start``: the row of
         its episode's first frame (None: this frame starts an episode)."""
         p, row = self.pixels, self.frames_used
-        if row == p.frames.shape[0]:  # more resets than reserved: room for as many again
-            p.frames, p.starts = _grown(p.frames, 2 * row), _grown(p.starts, 2 * row)
+        self._reserve_frames(row + 1 if row < p.frames.shape[0] else 2 * row)  # out of reserve: double it
         p.frames[row] = torch.as_tensor(frame, dtype=p.frames.dtype, device=p.frames.device)
         p.starts[row] = row if episode_start is None else episode_start
         self.frames_used = row + 1
@@ -141,14 +146,11 @@ class ReplayBuffer(TensorData):
             getattr(self, key)[rows] = state[key].to(self.observations.device)
         self.pointer = self._position(self.written)
         if self.pixels is not None:
-            p, n = self.pixels, len(state["frames"])
-            self.frames_used = self.dataset_frames
-            if self.dataset_frames + n > p.frames.shape[0]:
-                p.frames = _grown(p.frames, self.dataset_frames + n)
-                p.starts = _grown(p.starts, self.dataset_frames + n)
-            p.frames[self.dataset_frames:self.dataset_frames + n] = state["frames"].to(p.frames.device)
-            p.starts[self.dataset_frames:self.dataset_frames + n] = state["starts"].to(p.starts.device)
-            self.frames_used = self.dataset_frames + n
+            p, online = self.pixels, slice(self.dataset_frames, self.dataset_frames + len(state["frames"]))
+            self._reserve_frames(online.stop)
+            p.frames[online] = state["frames"].to(p.frames.device)
+            p.starts[online] = state["starts"].to(p.starts.device)
+            self.frames_used = online.stop
         online_terminals = self.terminals[self.offline:self.offline + min(self.written, self.ring_end - self.offline)]
         ends = torch.nonzero(online_terminals > 0).flatten()
         self.episode_start = self.offline + (int(ends[-1]) + 1 if len(ends) else 0)
