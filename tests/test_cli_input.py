@@ -23,6 +23,7 @@ runner = CliRunner()
     ("frame_stack=0", "frame_stack must be at least 1"),
     ("p_aug=1.5", "p_aug must be in [0, 1]"),
     ("policy.encoder=resnet", "policy.encoder must be one of"),
+    ("critic.encoder=resnet", "critic.encoder must be one of"),
     ("critic.hidden=[]", "critic.hidden must be a non-empty list of widths >= 1"),
 ])
 def test_out_of_range_config_values_are_refused_before_any_run(override, message):

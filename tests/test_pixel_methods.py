@@ -105,6 +105,25 @@ def test_the_target_critic_blends_its_encoder_and_the_checkpoint_keeps_it():
                                agent.act(obs, generator=torch.Generator().manual_seed(0)), rtol=0, atol=0)
 
 
+def test_the_encoder_names_the_config_accepts_are_the_encoders_there_are():
+    from vgfcli.nn.encoders import ENCODERS
+    from vgfcli.schema import ENCODER_NAMES
+
+    assert set(ENCODER_NAMES) == set(ENCODERS)
+
+
+def test_critic_encoder_defaults_to_the_policys_and_can_differ():
+    from vgfcli.agents import method_config
+    from vgfcli.config import compose
+
+    saved = {"hidden": [16], "flow_steps": 3, "encoder": "impala_small"}  # what a pixel policy file records
+    task = "task=visual-cube-single-play-singletask-task1-v0"
+    assert method_config(compose("train", [task]), saved)[1].encoder == "impala_small"
+    own = compose("train", [task, "critic.encoder=impala_debug"])
+    assert method_config(own, saved)[1].encoder == "impala_debug"
+    assert method_config(compose("train", []), {"hidden": [16], "flow_steps": 3})[1].encoder is None  # states
+
+
 def test_frames_need_an_encoder_and_states_refuse_one():
     with pytest.raises(ValueError, match="critic.encoder"):
         pixel_agent("fql", encoder=None)
