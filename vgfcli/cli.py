@@ -13,7 +13,6 @@ import functools
 import os
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -102,12 +101,12 @@ def _internal_error(exc: Exception):
 def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool,
                flags: dict[str, bool] | None = None) -> None:
     from vgfcli.config import compose, to_yaml
-    from vgfcli.graph import load_stage
+    from vgfcli.graph import command_stage
     from vgfcli.stage import execute, report
     from vgfcli.ui import UI
     from vgfcli.upstream import Upstream
 
-    stage = load_stage(name)
+    stage = command_stage(name, overrides)
     cfg = compose(stage.config_name, overrides)
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
@@ -120,7 +119,7 @@ def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bo
 
 
 def _warn_ignored(cfg, flags: dict[str, bool] | None, ui) -> None:
-    if flags:
+    if flags and "method" in cfg:  # the RL domain's methods
         from vgfcli.agents import ignored_knobs
 
         for message in ignored_knobs(cfg, flags):
@@ -153,7 +152,9 @@ def ingest(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json
     [bold]vgf ingest dataset.name=cube-single-play-singletask-task2-v0[/],
     [bold]vgf ingest dataset.collect_run=latest[/] (the newest [bold]vgf collect[/] output),
     [bold]vgf ingest dataset=d4rl dataset.path=hopper-medium-v2.hdf5[/],
-    [bold]vgf ingest dataset=minari dataset.path=~/.minari/datasets/mujoco/hopper/medium-v0[/].
+    [bold]vgf ingest dataset=minari dataset.path=~/.minari/datasets/mujoco/hopper/medium-v0[/];
+    prompt sets: [bold]vgf ingest domain=llm prompts.source=file prompts.path=prompts.jsonl[/] (.jsonl, .parquet, or a
+    datasets folder).
     """
     _run_stage("ingest", overrides, force, json_out, show_cfg)
 
@@ -176,6 +177,15 @@ def train_critic(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE
                  show_cfg: bool = CFG) -> None:
     """Train the method's TD critic against the frozen reference policy (method=vgf, method.alpha=..., ...)."""
     _run_stage("train-critic", overrides, force, json_out, show_cfg)
+
+
+@app.command("train-reward")
+@_user_errors
+def train_reward(overrides: Optional[List[str]] = OVERRIDES, force: bool = FORCE, json_out: bool = JSON,
+                 show_cfg: bool = CFG) -> None:
+    """domain=llm: a Bradley-Terry reward model on the prompt set's chosen/rejected pairs, from the reference
+    LM's body (reward.base=policy) or a model of your own; the critic's counterpart for language models."""
+    _run_stage("train-reward", ["domain=llm", *(overrides or [])], force, json_out, show_cfg)
 
 
 @app.command()
@@ -224,7 +234,8 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
              force: bool = typer.Option(False, "--force", help="Recompute every stage."), json_out: bool = JSON,
              show_cfg: bool = CFG) -> None:
     """The whole chain: collect -> ingest -> pretrain-policy -> train-critic -> evaluate (-> finetune with
-    [bold]finetune=true[/]), each from cache (the stage graph: vgfcli/graph.py).
+    [bold]finetune=true[/]), each from cache (the stage graph: vgfcli/graph.py); [bold]domain=llm[/]: ingest ->
+    pretrain-policy (SFT) -> train-reward -> evaluate on language models.
 
     A stage whose config and inputs are unchanged is reused; [bold]data.source=file data.path=...[/] starts
     from a given dataset instead of collecting. Example:
@@ -233,10 +244,11 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     from vgfcli import graph
     from vgfcli.config import compose, to_yaml
     from vgfcli.stage import execute, report
-    from vgfcli.ui import UI
+    from vgfcli.ui import UI, stages_table
     from vgfcli.upstream import Upstream
 
-    cfg = compose("train", [*(overrides or []), *_sweep_overrides(budget, guidance, particles, video)])
+    cfg = compose(graph.pipeline_config(overrides),
+                  [*(overrides or []), *_sweep_overrides(budget, guidance, particles, video)])
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
         return
@@ -259,7 +271,7 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
             name: {"run_id": o.run_id, "cache_hit": o.cache_hit, "outputs": {k: str(v) for k, v in o.outputs.items()}}
             for name, o in stages}})
         return
-    ui.show(_stages_table(stages))
+    ui.show(stages_table(stages))
     for stage in goals:
         report(stage, done[stage.name], ui)
 
@@ -284,17 +296,6 @@ def sweep(overrides: Optional[List[str]] = OVERRIDES,
     code = sweep_command(list(overrides), parallel, json_out)
     if code:
         raise typer.Exit(code)
-
-
-def _stages_table(stages):
-    from rich.table import Table
-
-    table = Table(title="pipeline", title_justify="left")
-    for column in ("step", "stage", "run", "cache"):
-        table.add_column(column)
-    for name, o in stages:
-        table.add_row(name, o.stage, o.run_id[:8], "[green]hit[/]" if o.cache_hit else "[cyan]ran[/]")
-    return table
 
 
 def _sweep_overrides(budget: str | None, guidance: str | None, particles: int | None,
@@ -344,7 +345,7 @@ def runs(
 
     from vgfcli.graph import STAGE_MODULES
     from vgfcli.tracking import Store
-    from vgfcli.ui import UI
+    from vgfcli.ui import UI, age
 
     if stage is not None and stage not in STAGE_MODULES:
         raise VgfError(f"unknown stage '{stage}' (choose from: {', '.join(STAGE_MODULES)})")
@@ -373,7 +374,7 @@ def runs(
         status = r.shown_status()
         colour = {"FINISHED": "green", "RUNNING": "cyan"}.get(status, "red")
         what = r.tags.get("mlflow.runName", r.stage).removeprefix(r.stage).strip()  # method, task, seed
-        table.add_row(r.stage, r.run_id[:8], what, r.cache_key[:8], f"[{colour}]{status}[/]", _age(r.start_time),
+        table.add_row(r.stage, r.run_id[:8], what, r.cache_key[:8], f"[{colour}]{status}[/]", age(r.start_time),
                       metrics)
     ui.show(table)
 
@@ -409,14 +410,6 @@ def _main_metrics(stage: str) -> tuple[str, ...]:
     from vgfcli.graph import STAGE_MODULES, load_stage
 
     return load_stage(stage).main_metrics if stage in STAGE_MODULES else ()
-
-
-def _age(start: float) -> str:
-    seconds = max(0.0, time.time() - start)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
 
 
 def _version(value: bool) -> None:

@@ -13,6 +13,10 @@ Today's graph (upstream names in lower case)::
                                       evaluate (needs policy, critic, val_dataset)   <──────────────┤
                                       finetune (dataset, policy, critic; with finetune=true)  <─────┤
                                       export (policy, dataset, critic)                 <────────────┘
+
+    domain=llm:  ingest-prompts ─prompts─> pretrain-lm ─lm─> train-reward ─reward─> evaluate-lm
+                 (evaluate-lm needs prompts, lm and reward; lm and reward only where llm.policy / llm.reward
+                 do not name models of the user's own)
 """
 
 from __future__ import annotations
@@ -27,7 +31,47 @@ STAGE_MODULES = {
     "collect": "vgfcli.stages.collect", "ingest": "vgfcli.stages.ingest",
     "pretrain-policy": "vgfcli.stages.pretrain_policy", "train-critic": "vgfcli.stages.train_critic",
     "evaluate": "vgfcli.stages.evaluate", "finetune": "vgfcli.stages.finetune", "export": "vgfcli.stages.export",
+    "ingest-prompts": "vgfcli.stages.llm_ingest", "pretrain-lm": "vgfcli.stages.llm_sft",
+    "train-reward": "vgfcli.stages.train_reward", "evaluate-lm": "vgfcli.stages.llm_evaluate",
 }
+# Domains: each command of a domain runs one stage, composed from the domain's config. ``domain=llm`` on the
+# command line picks the language-model domain (VGF on a causal LM's responses, ``vgfcli.llm``).
+DOMAINS = {
+    "rl": {"config": "train", "commands": {name: name for name in
+                                           ("pretrain-policy", "train-critic", "evaluate", "finetune", "export")}},
+    "llm": {"config": "llm", "commands": {"ingest": "ingest-prompts", "pretrain-policy": "pretrain-lm",
+                                          "train-reward": "train-reward", "evaluate": "evaluate-lm"}},
+}
+
+
+def domain_of(overrides: list[str] | None) -> str:
+    """The domain a command line asks for (``domain=NAME``; the last one wins), ``rl`` by default."""
+    from vgfcli.errors import VgfError
+
+    picked = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("domain=")]
+    domain = picked[-1] if picked else "rl"
+    if domain not in DOMAINS:
+        raise VgfError(f"domain must be one of {', '.join(DOMAINS)}, got '{domain}'")
+    return domain
+
+
+def command_stage(command: str, overrides: list[str] | None) -> Stage:
+    """The stage ``vgf <command>`` runs for these overrides (its domain's, or the command's own)."""
+    from vgfcli.errors import VgfError
+
+    domain = domain_of(overrides)
+    commands = DOMAINS[domain]["commands"]
+    if command in commands:
+        return load_stage(commands[command])
+    if any(command in d["commands"] for d in DOMAINS.values()):
+        other = next(name for name, d in DOMAINS.items() if command in d["commands"])
+        raise VgfError(f"vgf {command} belongs to domain={other}, not domain={domain}")
+    return load_stage(command)  # collect, ingest of RL datasets
+
+
+def pipeline_config(overrides: list[str] | None) -> str:
+    """The config ``vgf pipeline`` composes for these overrides."""
+    return DOMAINS[domain_of(overrides)]["config"]
 
 
 def load_stage(name: str) -> Stage:
@@ -53,7 +97,8 @@ def upstream_names() -> list[str]:
 
 def goals(cfg) -> list[Stage]:
     """The stages ``vgf pipeline`` ends with for ``cfg`` (evaluate; finetune with finetune=true)."""
-    return [stage for stage in all_stages() if stage.in_pipeline(cfg)]
+    domain = cfg.get("domain") or "rl"
+    return [stage for stage in all_stages() if stage.domain == domain and stage.in_pipeline(cfg)]
 
 
 def steps(cfg) -> list[str]:

@@ -28,6 +28,10 @@ def short_task(label: str) -> str:
 
 def describe(stage: str, cfg) -> tuple[str, dict[str, str]]:
     """A run name and the tags that say what the run made, from its stage's config."""
+    if cfg.get("domain") == "llm":
+        policy = cfg.llm.policy or "sft"
+        return f"{stage} {policy} s{cfg.seed}", {"vgf.domain": "llm", "vgf.seed": str(cfg.seed),
+                                                   "vgf.task": f"llm:{cfg.prompts.path or 'demo'}"}
     if "method" in cfg and "task" in cfg:  # the training config
         from vgfcli.protocols import task_label
 
@@ -90,8 +94,9 @@ class _Parent:
 
             from vgfcli.protocols import task_label
 
-            _, tags = describe("pipeline", self.cfg)
-            name = f"pipeline {self.cfg.method.name} {short_task(task_label(self.cfg))} s{self.cfg.seed}"
+            name, tags = describe("pipeline", self.cfg)
+            if "method" in self.cfg:
+                name = f"pipeline {self.cfg.method.name} {short_task(task_label(self.cfg))} s{self.cfg.seed}"
             run = self.store.client().create_run(self.store.experiment_id(),
                                                  tags={MLFLOW_RUN_NAME: name, "vgf.pipeline": "1", **tags,
                                                        "vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})

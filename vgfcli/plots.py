@@ -111,6 +111,39 @@ def _yerr(rows: list[dict]) -> list[list[float]]:
             [max(0.0, r["interval"][1] - r["score"]) for r in rows]]
 
 
+def plot_lm_rows(rows: list[dict], path, title: str) -> None:
+    """`vgf evaluate domain=llm`: mean reward (95 % interval over prompts) against the budget L, the
+    judge's win rate on a second axis where a judge scored, the reference sample as a dashed line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    fixed = [r for r in rows if str(r["budget"]).isdigit()]
+    xs = [int(r["budget"]) for r in fixed]
+
+    def err(rs, key):
+        return [[max(0.0, r[key] - r[f"{key}_ci"][0]) for r in rs], [max(0.0, r[f"{key}_ci"][1] - r[key]) for r in rs]]
+
+    ax.errorbar(xs, [r["reward"] for r in fixed], yerr=err(fixed, "reward"), marker="o", capsize=3,
+                label="reward R (best of N after L steps)")
+    for r, marker in zip([r for r in rows if r not in fixed and r["row"] != "reference"], "s^vD"):
+        ax.errorbar([r["steps"]], [r["reward"]], yerr=err([r], "reward"), marker=marker, linestyle="none",
+                    capsize=3, label=f"{r['row']} at its mean steps")
+    ax.axhline(rows[0]["reward"], color="grey", linestyle="--", label="reference sample")
+    ax.set_xlabel("test-time budget L (transport steps)")
+    ax.set_ylabel("reward (R)")
+    ax.set_xticks(xs)
+    if all("judge_win" in r for r in fixed):
+        twin = ax.twinx()
+        twin.errorbar(xs, [r["judge_win"] for r in fixed], yerr=err(fixed, "judge_win"), marker="s", capsize=3,
+                      color="tab:orange", label="judge win rate vs reference")
+        twin.set_ylabel("judge win rate", color="tab:orange")
+        twin.set_ylim(-0.02, 1.02)
+        twin.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
+    fit_title(ax, title)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
 # --- value checks (vgf evaluate) ----------------------------------------------------------------------
 
 def plot_calibration(rows: list[dict], pairs: list[np.ndarray], path, title: str, max_points: int = 3000) -> None:

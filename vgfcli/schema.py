@@ -313,7 +313,9 @@ def check(config_name: str, cfg) -> str | None:
     """The first value of ``cfg`` outside its range or choices, as a message; None when all fit."""
     from omegaconf import OmegaConf
 
-    for path, (ok, what) in CHECKS.get(config_name, {}).items():
+    from vgfcli.llm import schema as llm_schema
+
+    for path, (ok, what) in {**CHECKS, "llm": llm_schema.CHECKS}.get(config_name, {}).items():
         value = OmegaConf.select(cfg, path)
         try:
             fits = ok(value)
@@ -334,11 +336,14 @@ def register() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
+    from vgfcli.llm import schema as llm_schema
+
     store = ConfigStore.instance()
     store.store(name="ingest_schema", node=IngestConfig)
     store.store(name="collect_schema", node=CollectConfig)
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="sweep_schema", node=SweepConfig)
+    store.store(name="llm_schema", node=llm_schema.LlmConfig)
     store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
     store.store(group="dataset", name="ogbench_schema", node=OgbenchSource)
     store.store(group="dataset", name="file_schema", node=FileSource)

@@ -23,6 +23,8 @@ COLLECT_SPLITS = {"train": 0, "val": 1}  # vgf collect: one stream per split
 EVALUATION = 2  # evaluation episodes' resets (vgf evaluate, finetune's learning curves)
 ONLINE = 3  # finetune's online episodes
 ROW = 7  # each evaluation row's acting stream
+LM_PROMPT = 11  # vgf evaluate domain=llm: each prompt's N reference samples
+DEMO_PROMPTS = 13  # vgf ingest domain=llm prompts.source=demo: which corpus sentences, and how they are cut
 
 # seed offsets (torch generators and samplers)
 ACTING = 1_000_003  # Agent.act_generator (the methods' acting noise)
@@ -61,3 +63,15 @@ def row_seed(seed: int, key: str) -> int:
     alone, so a row's outcomes depend neither on the other rows nor on which process runs it."""
     ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(ROW, zlib.crc32(key.encode())))
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of prompt ``index``'s samples in `vgf evaluate domain=llm`: the same responses whatever
+    other prompts or rows the run scores."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(LM_PROMPT, int(index)))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def demo_rng(seed: int) -> np.random.Generator:
+    """The demo prompt set's draws (``vgfcli.llm.corpus``)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy=int(seed), spawn_key=(DEMO_PROMPTS,))))

@@ -59,6 +59,7 @@ class Stage:
     config_name: str = ""
     code_version: int = 1  # bump when the same inputs would now give different outputs
     main_metrics: tuple[str, ...] = ()  # shown by `vgf runs`
+    domain: str = "rl"  # which domain's pipeline it belongs to (vgfcli.graph.DOMAINS)
     # The stage graph (vgfcli.graph): the upstream names this stage may read, each made by the stage
     # that lists it in ``produces``, and the names its own runs serve to later stages.
     needs: tuple[str, ...] = ()

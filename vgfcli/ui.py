@@ -174,3 +174,24 @@ def _fmt(value) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def stages_table(stages):
+    """`vgf pipeline`'s steps: (step, Outcome) pairs as a table of stage, run and cache hit."""
+    from rich.table import Table
+
+    table = Table(title="pipeline", title_justify="left")
+    for column in ("step", "stage", "run", "cache"):
+        table.add_column(column)
+    for name, o in stages:
+        table.add_row(name, o.stage, o.run_id[:8], "[green]hit[/]" if o.cache_hit else "[cyan]ran[/]")
+    return table
+
+
+def age(start: float) -> str:
+    """``start`` (seconds since the epoch) as "3m ago"."""
+    seconds = max(0.0, time.time() - start)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"

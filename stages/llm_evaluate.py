@@ -1,0 +1,184 @@
+"""`vgf evaluate domain=llm`: VGF on a causal LM's responses, one row per test-time budget.
+
+For each held-out prompt (the first ``evaluate.prompts`` of the prompt set's val split), N responses of
+the reference LM are moved L steps in the reward model's input-embedding space by the offline transport,
+decoded (``llm.decode``), re-scored by the reward model R, and the best is returned
+(``vgfcli.llm.rows``). Rows: the reference sample, best-of-N (L = 0), each L, and adaptive budgets
+(``auto``...: the offline stopping rules on R's members, which need >= 2 of them).
+
+Each row: mean reward under R, the win rate against the reference sample under R and under the judge
+(``llm.judge``: a held-out reward model, or the demo's rule; optimising R and judging with R flatters),
+the judge's mean score, the reference LM's log-likelihood per token (how far from the reference), the
+fraction of tokens changed, passes and seconds per prompt, each mean with its 95 % interval over
+prompts. Outputs: ``results.json`` (every prompt's outcome per row), ``samples.jsonl`` (the texts) and
+``reward_vs_budget.png``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from vgfcli.errors import VgfError
+from vgfcli.stage import Inputs, Outcome, Stage, StageResult
+
+MEASURES = ("reward", "win", "judge", "judge_win", "loglik", "changed", "reward_forward", "reward_backward",
+            "policy_passes", "seconds", "steps")
+
+
+class EvaluateLmStage(Stage):
+    name = "evaluate-lm"
+    config_name = "llm"
+    domain = "llm"
+    code_version = 1
+    main_metrics = ("best_reward", "reference_reward")
+    needs = ("prompts", "lm", "reward")
+
+    def in_pipeline(self, cfg) -> bool:
+        return True
+
+    def needed(self, cfg) -> tuple[str, ...]:
+        return ("prompts",) + (() if cfg.llm.policy else ("lm",)) + (() if cfg.llm.reward else ("reward",))
+
+    def key_config(self, cfg, inputs: Inputs) -> dict:
+        from vgfcli.budgets import parse_budgets
+        from vgfcli.config import to_dict
+
+        try:
+            budgets = parse_budgets(list(cfg.evaluate.budgets))
+        except ValueError as exc:
+            raise VgfError(f"evaluate.{exc}") from None
+        llm = to_dict(cfg.llm)
+        llm = {k: v for k, v in llm.items() if v is not None and (k != "decode_k" or llm["decode"] == "topk")}
+        return {"evaluate": to_dict(cfg.evaluate) | {"budgets": budgets}, "llm": llm, "seed": cfg.seed}
+
+    def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
+        import time
+
+        import torch
+
+        from vgfcli import plots, seeds
+        from vgfcli.budgets import parse_budgets
+        from vgfcli.cache import write_json_atomic
+        from vgfcli.llm import models
+        from vgfcli.llm.prompts import load_jsonl
+        from vgfcli.llm.rows import LmRowsContext, evaluate_prompt
+        from vgfcli.llm.training import model_folder
+        from vgfcli.llm.transport import TransportSettings
+        from vgfcli.nn.adaptive import StopRule, reads_disagreement
+        from vgfcli.training import resolve_device
+
+        e, spec = cfg.evaluate, cfg.llm
+        device = resolve_device(cfg.device)
+        dtype = models.resolve_dtype(spec.dtype, device)
+        run.set_tags({"vgf.device": str(device), "vgf.dtype": str(dtype).removeprefix("torch.")})
+        budgets = parse_budgets(list(e.budgets))
+        policy_spec = spec.policy or str(model_folder(inputs.upstream["lm"]))
+        reward_spec = spec.reward or str(model_folder(inputs.upstream["reward"]))
+        with ui.status("loading the reference LM, the reward model and the judge"):
+            policy, tokenizer = models.load_policy(policy_spec, device, dtype)
+            reward = models.load_reward(reward_spec, device, dtype)
+            models.check_same_tokenizer(tokenizer, reward.tokenizer, policy_spec, reward_spec)
+            judge = judge_fn(spec.judge, device, dtype)
+        stop, adaptive = {}, [b for b in budgets if isinstance(b, str)]
+        if adaptive:
+            threshold = calibration_threshold(inputs, reward, adaptive)
+            stop = {name: StopRule.named(name, threshold if reads_disagreement(name) else float("inf"), e.stop_gain)
+                    for name in adaptive}
+        steps = [b for b in budgets if isinstance(b, int)]
+        ctx = LmRowsContext(policy, tokenizer, reward, judge, TransportSettings(e.alpha, e.lr, e.step_rule,
+                            e.bandwidth_grad), e.particles, e.max_new_tokens, e.temperature, e.top_k, spec.decode,
+                            spec.decode_k, stop, e.budget_max if e.budget_max is not None else max(steps, default=3),
+                            device)
+        prompts = [r["prompt"] for r in load_jsonl(inputs.upstream["prompts"].output_paths()["val_prompts"])]
+        prompts = prompts[:e.prompts] if e.prompts else prompts
+        outcomes: list[dict] = []
+        start = time.perf_counter()
+        with ui.progress("evaluate (lm)", len(prompts), unit="prompts") as bar:
+            for index, prompt in enumerate(prompts):
+                generator = torch.Generator(device=device).manual_seed(seeds.prompt_seed(cfg.seed, index))
+                outcomes.append(evaluate_prompt(ctx, prompt, budgets, generator))
+                bar.advance(1)
+        rows = summarize_rows(outcomes)
+        results = {"rows": rows, "prompts": len(prompts), "particles": e.particles, "decode": spec.decode,
+                   "judge": spec.judge, "policy": spec.policy or "sft (pretrain-policy run)",
+                   "reward_model": spec.reward or "train-reward run", "device": str(device),
+                   "dtype": str(dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - start, 1),
+                   "per_prompt": {name: {m: [o[name].get(m) for o in outcomes] for m in MEASURES}
+                                  for name in outcomes[0]}}
+        write_json_atomic(run.staging / "results.json", results)
+        samples = run.staging / "samples.jsonl"
+        samples.write_text("".join(json.dumps({"prompt": p, **{n: o[n]["text"] for n in o}}, ensure_ascii=False) + "\n"
+                                   for p, o in zip(prompts, outcomes)), encoding="utf-8")
+        plot = run.staging / "reward_vs_budget.png"
+        plots.plot_lm_rows(rows, plot, f"VGF on {len(prompts)} prompts, N={e.particles} ({spec.decode} decoding)")
+        best = max((r for r in rows if r["row"] != "reference"), key=lambda r: r["reward"])
+        metrics = {f"{m}/{r['row'].replace('=', '')}": r[m] for r in rows for m in ("reward", "win", "judge_win", "loglik", "changed")
+                   if r.get(m) is not None}
+        metrics |= {"best_reward": best["reward"], "reference_reward": rows[0]["reward"]}
+        summary = {k: v for k, v in results.items() if k not in ("per_prompt", "rows")} | {"rows": rows}
+        return StageResult(outputs={"results": run.staging / "results.json", "samples": samples, "plot": plot},
+                           metrics=metrics, summary=summary)
+
+    def render(self, outcome: Outcome):
+        from vgfcli.llm.report import rows_table
+
+        return rows_table(outcome.summary)
+
+
+def judge_fn(spec: str | None, device, dtype):
+    """The held-out judge as ``(prompts, responses) -> [B] scores``: a reward model, or ``rule:NAME``."""
+    if spec is None:
+        return None
+    if spec.startswith("rule:"):
+        import torch
+
+        from vgfcli.llm.corpus import RULES
+
+        rule = RULES.get(spec.removeprefix("rule:"))
+        if rule is None:
+            raise VgfError(f"llm.judge '{spec}': no such rule (choose from: {', '.join('rule:' + r for r in RULES)})")
+        return lambda prompts, responses: torch.tensor([rule(r) for r in responses], dtype=torch.float64)
+    from vgfcli.llm.models import load_reward
+
+    model = load_reward(spec, device, dtype, kind="llm.judge")
+    return lambda prompts, responses: model.from_texts(prompts, responses, device).mean(0).double().cpu()
+
+
+def calibration_threshold(inputs: Inputs, reward, adaptive: list[str]) -> float:
+    """Rule a's threshold from the train-reward run's calibration; adaptive rows need >= 2 members."""
+    from vgfcli.nn.adaptive import reads_disagreement
+
+    if reward.members < 2:
+        raise VgfError(f"adaptive budgets ({', '.join(adaptive)}) read the spread of the reward model's members: "
+                       f"this one has {reward.members} output (train-reward with reward.members=2 or more)")
+    if not any(reads_disagreement(a) for a in adaptive):
+        return float("inf")
+    record = inputs.upstream.get("reward")
+    paths = record.output_paths() if record is not None else None
+    if not paths or "calibration.json" not in paths:
+        raise VgfError("auto and auto_std need the reward model's calibration (a train-reward run's "
+                       "calibration.json); with llm.reward=FOLDER use auto_gain")
+    return float(json.loads(paths["calibration.json"].read_text())["threshold"])
+
+
+def summarize_rows(outcomes: list[dict]) -> list[dict]:
+    """Each row's mean and 95 % interval over prompts of every measure (``stats.episode_interval``)."""
+    import numpy as np
+
+    from vgfcli.stats import episode_interval
+
+    rows = []
+    for name in outcomes[0]:
+        row = {"row": name, "budget": None if name == "reference" else name.removeprefix("L=")}
+        for m in MEASURES:
+            values = [o[name].get(m) for o in outcomes]
+            if any(v is None for v in values):
+                continue
+            x = np.asarray(values, dtype=np.float64)
+            row[m] = float(x.mean())
+            row[f"{m}_ci"] = list(episode_interval(x, binary=False))
+        rows.append(row)
+    return rows
+
+
+STAGE = EvaluateLmStage()

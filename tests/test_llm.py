@@ -1,0 +1,263 @@
+"""VGF on language models (``vgfcli.llm``, the domain=llm stages), on tiny random-weight GPT-2-shaped
+models made here: the transport against an analytic reward, decoding round trips, L = 0 as best-of-N,
+the reward of embeddings against the model's own logits, the tokenizer refusal, prompt-set readers,
+and the whole pipeline through the CLI."""
+
+import json
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vgfcli.cli import app
+from vgfcli.errors import VgfError
+from vgfcli.llm import decoding, models, tiny
+from vgfcli.llm.rows import LmRowsContext, evaluate_prompt, sample_responses
+from vgfcli.llm.transport import ResponseParticles, TransportSettings
+from vgfcli.nn.particles import svgd_direction
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+runner = CliRunner()
+TEXTS = [f"the {a} {b} sat on the {c} near the river" for a in ("quick", "lazy", "brown", "wonderful")
+         for b in ("cat", "dog", "horse") for c in ("mat", "garden", "mountain")]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A policy and a 2-member reward model sharing one BPE tokenizer, saved as HF folders."""
+    root = tmp_path_factory.mktemp("lm")
+    tokenizer = tiny.train_tokenizer(TEXTS, 300)
+    lm = tiny.new_causal_lm(tokenizer, layers=1, heads=2, width=32, context=64, seed=0)
+    lm.save_pretrained(root / "policy")
+    tokenizer.save_pretrained(root / "policy")
+    reward = tiny.reward_from_lm(str(root / "policy"), 2, seed=1)
+    reward.save_pretrained(root / "reward")
+    tokenizer.save_pretrained(root / "reward")
+    return root
+
+
+def load(root):
+    policy, tokenizer = models.load_policy(str(root / "policy"), torch.device("cpu"), torch.float32)
+    reward = models.load_reward(str(root / "reward"), torch.device("cpu"), torch.float32)
+    return policy, tokenizer, reward
+
+
+class QuadraticReward:
+    """R(u) = -sum (u - target)^2 over a response's embeddings: grad = -2 (u - target), exactly."""
+
+    def __init__(self, dim=4, vocab=7):
+        self.target = torch.linspace(-1, 1, dim)
+        self.table = torch.randn(vocab, dim, generator=torch.Generator().manual_seed(0))
+        self.members = 1
+
+    def embed(self, ids):
+        return self.table[ids]
+
+    def from_embeddings(self, embeds, mask):
+        response = embeds[:, -3:]  # the prompt is one token, responses three
+        return -(response - self.target).square().sum((1, 2))[None]
+
+
+def test_transport_moves_along_the_analytic_reward_gradient():
+    reward = QuadraticReward()
+    response = torch.tensor([[1, 2, 3], [4, 5, 6], [0, 2, 4]])
+    particles = ResponseParticles(reward, torch.tensor([0]), response, torch.tensor([3, 3, 3]),
+                                  torch.ones(3, 3, dtype=torch.bool))
+    lr, alpha = 0.01, 0.5
+    moved = particles.move([1], TransportSettings(alpha, lr, "plain")).embeddings[1]
+    u = particles.start
+    score = (-2.0 * (u - reward.target)).reshape(1, 3, -1)
+    expected = u + lr * svgd_direction(u.reshape(1, 3, -1), score, alpha).reshape(u.shape)
+    torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-6)
+    # one particle: no repulsion, the step is lr * grad R / alpha
+    single = ResponseParticles(reward, torch.tensor([0]), response[:1], torch.tensor([3]), torch.ones(1, 3, dtype=torch.bool))
+    step = single.move([1], TransportSettings(alpha, lr, "plain")).embeddings[1] - single.start
+    torch.testing.assert_close(step, lr * (-2.0 * (single.start - reward.target)) / alpha)
+    # reward rises with the budget; a fixed (EOS) position never moves
+    held = torch.ones(3, 3, dtype=torch.bool)
+    held[:, 2] = False
+    stepped = ResponseParticles(reward, torch.tensor([0]), response, torch.tensor([3, 3, 3]), held)
+    out = stepped.move([0, 3, 10], TransportSettings(1.0, 0.05, "adam")).embeddings
+    values = [float(stepped.members_at(out[b]).mean()) for b in (0, 3, 10)]
+    assert values[0] < values[1] < values[2]
+    torch.testing.assert_close(out[10][:, 2], stepped.start[:, 2], rtol=0, atol=0)
+
+
+def test_reward_of_embeddings_equals_the_models_logits(tiny_models):
+    _, tokenizer, reward = load(tiny_models)
+    rows = [tokenizer(t)["input_ids"] for t in TEXTS[:5]]
+    ids, mask = models.pad_right([r[: 3 + i] for i, r in enumerate(rows)], tokenizer.pad_token_id, "cpu")
+    ours = reward.from_ids(ids, mask)
+    theirs = reward.model(input_ids=ids, attention_mask=mask).logits.T
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert ours.shape == (2, 5)
+
+
+def test_decoding_round_trips(tiny_models):
+    policy, tokenizer, reward = load(tiny_models)
+    prompt = torch.tensor(tokenizer("the quick cat")["input_ids"])
+    k = 5
+    response, lengths, movable = sample_responses(policy, prompt, 6, 10, temperature=1.0, top_k=k,
+                                                  eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id,
+                                                  generator=torch.Generator().manual_seed(3))
+    u = reward.embed(response).float()
+    nearest, _ = decoding.decode("nearest", u, reward.table, response, movable)
+    assert torch.equal(nearest, response)
+    # samples drawn from the LM's top-k come back through the top-k decoder unchanged too
+    topk, passes = decoding.decode("topk", u, reward.table, response, movable, policy=policy, prompt_ids=prompt, k=k)
+    assert torch.equal(topk, response)
+    assert passes > 0
+    # a small disturbance still decodes to the same tokens; a move onto another token's embedding gives it
+    assert torch.equal(decoding.decode_nearest(u + 1e-4, reward.table, response, movable), response)
+    target = reward.table[7].expand_as(u)
+    assert bool((decoding.decode_nearest(target, reward.table, response, movable)[movable] == 7).all())
+
+
+def context(policy, tokenizer, reward, judge=None, n=6):
+    return LmRowsContext(policy, tokenizer, reward, judge, TransportSettings(1.0, 0.05), n, 8, 1.0, 0, "nearest", 10,
+                         {}, 3, torch.device("cpu"))
+
+
+def test_budget_zero_is_exactly_best_of_n(tiny_models):
+    policy, tokenizer, reward = load(tiny_models)
+    ctx = context(policy, tokenizer, reward)
+    out = evaluate_prompt(ctx, "the lazy dog", [0, 1], torch.Generator().manual_seed(11))
+    prompt = torch.tensor(tokenizer("the lazy dog")["input_ids"])
+    response, lengths, _ = sample_responses(policy, prompt, 6, 8, temperature=1.0, top_k=0, eos=tokenizer.eos_token_id,
+                                            pad=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(11))
+    rows = [torch.cat([prompt, r[:int(n)]]).tolist() for r, n in zip(response, lengths)]
+    ids, mask = models.pad_right(rows, tokenizer.pad_token_id, "cpu")
+    scores = reward.from_ids(ids, mask).mean(0)
+    best = int(scores.argmax())
+    assert out["L=0"]["reward"] == pytest.approx(float(scores[best]), abs=1e-6)
+    assert out["L=0"]["text"] == tokenizer.decode(response[best, :int(lengths[best])], skip_special_tokens=True)
+    assert out["L=0"]["changed"] == 0.0 and out["L=0"]["reward_backward"] == 0
+    assert out["reference"]["reward"] == pytest.approx(float(scores[0]), abs=1e-6)
+    assert out["L=1"]["reward_backward"] == 6 and out["L=1"]["steps"] == 1
+
+
+def test_a_reward_model_with_another_tokenizer_is_refused(tiny_models, tmp_path):
+    other = tiny.train_tokenizer(["completely different words here " * 3, "zebra yak quokka"], 280)
+    _, tokenizer, _ = load(tiny_models)
+    with pytest.raises(VgfError, match="same tokenizer"):
+        models.check_same_tokenizer(tokenizer, other, "policy", "reward")
+    lm = tiny.new_causal_lm(other, layers=1, heads=2, width=32, context=64, seed=0)
+    lm.save_pretrained(tmp_path / "other")
+    other.save_pretrained(tmp_path / "other")
+    rm = tiny.reward_from_lm(str(tmp_path / "other"), 1, seed=0)
+    rm.save_pretrained(tmp_path / "other-reward")
+    other.save_pretrained(tmp_path / "other-reward")
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    result = runner.invoke(app, ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}",
+                                 f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tmp_path / 'other-reward'}",
+                                 "evaluate.prompts=2"])
+    assert result.exit_code == 2, result.output
+    # the ingest is made first by the same command line's pipeline; evaluate alone looks it up
+    assert "no finished ingest-prompts run" in result.output or "same tokenizer" in result.output
+    made = runner.invoke(app, ["ingest", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS,
+                                 f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tmp_path / 'other-reward'}",
+                                 "evaluate.prompts=2"])
+    assert result.exit_code == 2 and "same tokenizer" in result.output, result.output
+
+
+def write_prompts(path, n=40):
+    rows = []
+    for i in range(n):
+        text = TEXTS[i % len(TEXTS)]
+        words = text.split()
+        rows.append({"q": f"{i} " + " ".join(words[:3]), "ref": " " + " ".join(words[3:]),
+                     "good": " " + " ".join(words[3:]), "bad": " sat sat"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+FIELDS = ["prompts.prompt_field=q", "prompts.reference_field=ref", "prompts.chosen_field=good",
+          "prompts.rejected_field=bad"]
+TINY = ["sft.vocab_size=300", "sft.layers=1", "sft.heads=2", "sft.width=32", "sft.context=48", "sft.steps=20",
+        "sft.log_every=10", "reward.steps=10", "reward.log_every=5", "evaluate.prompts=3", "evaluate.particles=4",
+        "evaluate.max_new_tokens=6", "prompts.val_fraction=0.2"]
+
+
+def test_pipeline_end_to_end_on_tiny_models(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    args = ["pipeline", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS, *TINY,
+            "--budget", "0,1,2,auto", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert sorted(out["stages"]) == ["evaluate-lm", "lm", "prompts", "reward"]
+    rows = {r["row"]: r for r in out["summary"]["rows"]}
+    assert list(rows) == ["reference", "L=0", "L=1", "L=2", "auto"]
+    for row in rows.values():
+        assert row["reward_ci"][0] <= row["reward"] <= row["reward_ci"][1]
+        assert "judge_win" in row and 0.0 <= row["changed"] <= 1.0
+    assert rows["L=0"]["reward"] >= rows["reference"]["reward"]
+    assert rows["L=2"]["reward_backward"] == 2 * 4
+    results = json.loads(open(out["outputs"]["results"]).read())
+    assert len(results["per_prompt"]["L=1"]["reward"]) == 3
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and all(s["cache_hit"] for s in json.loads(again.stdout)["stages"].values())
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "datasets"])
+def test_prompt_sets_of_every_format_give_the_same_canonical_files(tmp_path, kind):
+    import datasets
+
+    from vgfcli.tracking import Store
+
+    source = write_prompts(tmp_path / "p.jsonl")
+    if kind != "jsonl":
+        table = datasets.Dataset.from_json(str(source))
+        if kind == "parquet":
+            table.to_parquet(str(tmp_path / "p.parquet"))
+            source = tmp_path / "p.parquet"
+        else:
+            table.save_to_disk(str(tmp_path / "folder"))
+            source = tmp_path / "folder"
+    result = runner.invoke(app, ["ingest", "domain=llm", "prompts.source=file", f"prompts.path={source}", *FIELDS,
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    run = Store("vgf").get(json.loads(result.stdout)["run_id"])
+    digests = {k: v["sha256"] for k, v in run.outputs_meta.items()}
+    reference = write_prompts(tmp_path / "again.jsonl")
+    from vgfcli.llm import prompts as P
+
+    train, val = P.hash_split(P.canonical_rows(P.read_rows(reference)[0], {"prompt": "q", "reference": "ref",
+                              "chosen": "good", "rejected": "bad"}, "x"), 0.1)
+    P.write_jsonl(train, tmp_path / "t.jsonl")
+    from vgfcli.cache import file_sha256
+
+    assert digests["prompts"] == file_sha256(tmp_path / "t.jsonl")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"q": "a"}\nnot json\n', "line 2: not JSON"),
+    ('{"x": "a"}\n', "no field 'q'"),
+    ('{"q": 3}\n', "not text"),
+    ('{"q": "  "}\n', "empty prompt"),
+])
+def test_bad_prompt_sets_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    result = runner.invoke(app, ["ingest", "domain=llm", "prompts.source=file", f"prompts.path={path}",
+                                 "prompts.prompt_field=q"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_unreachable_models_and_unknown_judges_are_one_line_errors(tiny_models, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    made = runner.invoke(app, ["ingest", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS])
+    assert made.exit_code == 0, made.output
+    base = ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS, "evaluate.prompts=1"]
+    result = runner.invoke(app, [*base, "llm.policy=nobody/no-such-model", f"llm.reward={tiny_models / 'reward'}"])
+    assert result.exit_code == 2 and "could not be loaded" in result.output, result.output
+    result = runner.invoke(app, [*base, f"llm.policy={tmp_path}", f"llm.reward={tiny_models / 'reward'}"])
+    assert result.exit_code == 2 and "no config.json" in result.output, result.output
+    result = runner.invoke(app, [*base, f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tiny_models / 'reward'}",
+                                 "llm.judge=rule:nope"])
+    assert result.exit_code == 2 and "no such rule" in result.output, result.output
+    result = runner.invoke(app, ["train-critic", "domain=llm"])
+    assert result.exit_code == 2 and "domain=rl" in result.output

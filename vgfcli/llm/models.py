@@ -1,0 +1,179 @@
+"""Hugging Face models as the LM domain reads them: the reference policy (a causal LM), the reward
+model (sequence classification, one output per member) and a held-out judge.
+
+A model is named by a local directory (``save_pretrained``'s layout) or a hub id. No hub is reachable
+on an offline machine: a hub id that is not in the local cache is a one-line error, never a traceback.
+The reward model must read the policy's token ids: the transport moves the embeddings of the policy's
+samples through the reward model's embedding table, so both must share one vocabulary
+(``check_same_tokenizer``).
+
+The reward of a response is computed from input embeddings (``RewardModel.from_embeddings``): the
+model's body on ``inputs_embeds``, the hidden state of the last real token (right padding), then the
+classification head. For token ids this equals the model's own ``logits`` (tested), and the same
+function differentiated with respect to the embeddings gives the transport's drive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vgfcli.errors import VgfError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def quiet_transformers() -> None:
+    """No weight-loading bars or advisory warnings on stderr: vgf's own progress says what runs."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA (fp16 where the GPU has no bf16), fp32 on a CPU."""
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(kind: str, spec: str, loader, **kwargs):
+    """``loader.from_pretrained(spec)`` with one-line errors for a missing folder or an unreachable hub."""
+    quiet_transformers()
+    path = Path(spec).expanduser()
+    local = path.exists() or spec.startswith((".", "/", "~"))
+    if local and not (path / "config.json").is_file():
+        raise VgfError(f"{path}: not a Hugging Face model folder (no config.json) for {kind}")
+    try:
+        return loader.from_pretrained(str(path) if local else spec, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        where = "the folder" if local else "the hub (offline here? set HF_HUB_OFFLINE=1 and use a local copy)"
+        raise VgfError(f"{kind} '{spec}' could not be loaded from {where}: {detail}") from None
+
+
+def load_tokenizer(spec: str, kind: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = load_model(kind, spec, AutoTokenizer)
+    if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers have none: pad with EOS, masked everywhere
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(spec: str, device: torch.device, dtype: torch.dtype):
+    """(causal LM in eval mode, its tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(spec, "llm.policy")
+    model = load_model("llm.policy", spec, AutoModelForCausalLM, dtype=dtype)
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def load_reward(spec: str, device: torch.device, dtype: torch.dtype, kind: str = "llm.reward") -> "RewardModel":
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(spec, kind)
+    model = load_model(kind, spec, AutoModelForSequenceClassification, dtype=dtype)
+    return RewardModel(model.to(device).eval().requires_grad_(False), tokenizer, kind)
+
+
+def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy_spec: str, reward_spec: str) -> None:
+    """Refuse a reward model that reads other token ids than the policy writes (exit 2, saying why)."""
+    a, b = policy_tokenizer.get_vocab(), reward_tokenizer.get_vocab()
+    if a != b:
+        only = len(set(a.items()) ^ set(b.items()))
+        raise VgfError(f"llm.reward '{reward_spec}' does not read llm.policy '{policy_spec}''s token ids "
+                       f"({len(a)} vs {len(b)} tokens, {only} entries differ): the transport moves the policy's "
+                       "samples through the reward model's embedding table, so both need the same tokenizer")
+    if policy_tokenizer.eos_token_id != reward_tokenizer.eos_token_id:
+        raise VgfError(f"llm.reward '{reward_spec}' and llm.policy '{policy_spec}' end texts with different EOS "
+                       f"tokens ({reward_tokenizer.eos_token_id} vs {policy_tokenizer.eos_token_id})")
+
+
+@dataclass
+class RewardModel:
+    """A sequence-classification model read as a reward: ``[B] sequences -> [members, B]``."""
+
+    model: object
+    tokenizer: object
+    kind: str = "llm.reward"
+
+    def __post_init__(self):
+        self.head = getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
+        if self.head is None:
+            raise VgfError(f"{self.kind}: {type(self.model).__name__} has no score head (a *ForSequenceClassification "
+                           "model of a causal LM is expected)")
+        self.body = getattr(self.model, self.model.base_model_prefix)
+
+    @property
+    def members(self) -> int:
+        return int(self.model.config.num_labels)
+
+    @property
+    def table(self) -> Tensor:
+        """The input-embedding table ``[V, d]``: the particles' space."""
+        return self.model.get_input_embeddings().weight
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def from_embeddings(self, embeds: Tensor, mask: Tensor) -> Tensor:
+        """``[B, T, d]`` input embeddings, ``[B, T]`` attention mask (right-padded) -> ``[members, B]``."""
+        hidden = self.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        last = mask.long().sum(1).clamp_min(1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.head(pooled).float().transpose(0, 1)
+
+    @torch.no_grad()
+    def from_ids(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.from_embeddings(self.embed(ids), mask)
+
+    @torch.no_grad()
+    def from_texts(self, prompts: list[str], responses: list[str], device) -> Tensor:
+        """``[members, B]`` for texts, tokenized by this model's own tokenizer (a judge reads text)."""
+        rows = [self.tokenizer(p + r, add_special_tokens=False)["input_ids"] for p, r in zip(prompts, responses)]
+        ids, mask = pad_right(rows, self.tokenizer.pad_token_id, device)
+        return self.from_ids(ids, mask)
+
+
+def pad_right(rows: list[list[int]], pad: int, device) -> tuple[Tensor, Tensor]:
+    """Token lists -> ``[B, T]`` ids padded on the right with ``pad`` and the ``[B, T]`` attention mask."""
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cached_step(model, ids: Tensor, cache):
+    """One forward pass of a causal LM with its KV cache: (logits ``[B, T, V]``, the new cache).
+    transformers 5 names the cache ``cache``, 4.x ``past_key_values``: both are read here."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    result = model(input_ids=ids, use_cache=True, **({name: cache} if cache is not None else {}))
+    return result.logits, result.get("cache", result.get("past_key_values"))
+
+
+def response_loglik(model, prompt_ids: Tensor, response: Tensor, lengths: Tensor) -> Tensor:
+    """Mean log-likelihood per token of each response under the reference LM: ``prompt_ids`` ``[P]``,
+    ``response`` ``[N, T]`` (right-padded), ``lengths`` ``[N]`` real tokens -> ``[N]``."""
+    n, t = response.shape
+    ids = torch.cat([prompt_ids.expand(n, -1), response], 1)
+    positions = torch.arange(t, device=ids.device)
+    mask = torch.cat([torch.ones(n, prompt_ids.numel(), dtype=torch.long, device=ids.device),
+                      (positions < lengths[:, None]).long()], 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, prompt_ids.numel() - 1:-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, response[..., None]).squeeze(-1)
+    real = (positions < lengths[:, None]).float()
+    return (logp * real).sum(1) / real.sum(1).clamp_min(1.0)

@@ -1,0 +1,178 @@
+"""One prompt of `vgf evaluate domain=llm`, every row at once.
+
+Per prompt: N responses sampled from the reference LM (its own stream, a function of the run's seed and
+the prompt's index), scored by the reward model R. Rows:
+
+- ``reference``: the first sample as it is (what the reference LM alone gives);
+- ``L=0``: best-of-N by R, the samples themselves (no decoding: exactly best-of-N);
+- ``L=k``: the samples moved k transport steps in R's embedding space (``llm.transport``), decoded
+  (``llm.decoding``), re-scored by R, the best returned;
+- adaptive rows (``auto``...): as L=k, each prompt stopping by the offline rules.
+
+Each row records, for the response it returns: R's reward, the judge's score (where a judge is given),
+the win against the reference sample under R and under the judge (1, 0, or 0.5 for a tie), the
+reference LM's log-likelihood per token, the fraction of tokens changed from the sample it started as,
+and what it cost: R's forward and backward passes and the reference LM's passes (each over one
+sequence), and seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vgfcli.llm.decoding import decode
+from vgfcli.llm.models import RewardModel, cached_step, response_loglik
+from vgfcli.llm.transport import ResponseParticles, TransportSettings, aggregate
+from vgfcli.nn.adaptive import StopRule
+
+
+@torch.no_grad()
+def sample_responses(policy, prompt_ids: Tensor, n: int, max_new_tokens: int, *, temperature: float,
+                     top_k: int, eos: int, pad: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """N responses of the reference LM to one prompt (ancestral sampling with its KV cache).
+
+    Returns ``response`` ``[N, T]`` (pad after the EOS), ``lengths`` ``[N]`` (tokens up to and with
+    the EOS) and ``movable`` ``[N, T]`` (the real tokens before the EOS: what the transport moves).
+    """
+    ids, cache, tokens = prompt_ids.expand(n, -1), None, []
+    done = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
+    for _ in range(max_new_tokens):
+        logits, cache = cached_step(policy, ids, cache)
+        logits = logits[:, -1].float() / temperature
+        if top_k:
+            kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+        token = torch.where(done, torch.full_like(token, pad), token)
+        tokens.append(token)
+        done |= token == eos
+        if bool(done.all()):
+            break
+        ids = token[:, None]
+    response = torch.stack(tokens, 1)
+    is_eos = response == eos
+    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(response[:, 0], response.shape[1]))
+    lengths = torch.clamp(first_eos + 1, max=response.shape[1])
+    movable = torch.arange(response.shape[1], device=response.device)[None] < first_eos[:, None]
+    return response, lengths, movable
+
+
+@dataclass
+class RowKey:
+    name: str  # "reference", "L=0", "L=2", "auto"
+    budget: int | str | None  # None for the reference row
+
+
+@dataclass
+class LmRowsContext:
+    policy: object
+    tokenizer: object
+    reward: RewardModel
+    judge: Callable[[list[str], list[str]], Tensor] | None  # (prompts, responses) -> [B] scores
+    settings: TransportSettings
+    particles: int
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    decode: str
+    decode_k: int
+    stop: dict[str, StopRule]  # adaptive rows: budget name -> rule
+    budget_max: int
+    device: torch.device
+
+
+def prompt_ids_for(ctx: LmRowsContext, prompt: str) -> Tensor:
+    ids = ctx.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    room = int(getattr(ctx.policy.config, "n_positions", 0) or getattr(ctx.policy.config, "max_position_embeddings", 0))
+    if room:
+        ids = ids[-max(1, room - ctx.max_new_tokens):]  # keep the prompt's end: what the response follows
+    return torch.tensor(ids, dtype=torch.long, device=ctx.device)
+
+
+def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], generator: torch.Generator) -> dict:
+    """Every row's record for one prompt: ``{row name: {reward, judge, win, ...}}``."""
+    start = time.perf_counter()
+    prompt_ids = prompt_ids_for(ctx, prompt)
+    tok = ctx.tokenizer
+    response, lengths, movable = sample_responses(
+        ctx.policy, prompt_ids, ctx.particles, ctx.max_new_tokens, temperature=ctx.temperature, top_k=ctx.top_k,
+        eos=tok.eos_token_id, pad=tok.pad_token_id, generator=generator)
+    sample_passes = ctx.particles * response.shape[1]
+    particles = ResponseParticles(ctx.reward, prompt_ids, response, lengths, movable)
+    start_scores = aggregate(particles.members_at(particles.start))  # [N]
+    sampled_s = time.perf_counter() - start
+    picks: dict[str, dict] = {"reference": {"ids": response[0], "reward": float(start_scores[0]), "source": 0,
+                                            "seconds": sampled_s / ctx.particles, "forward": 1, "backward": 0,
+                                            "policy": response.shape[1], "steps": 0}}
+    best = int(start_scores.argmax())
+    fixed = [b for b in budgets if isinstance(b, int)]
+    t0 = time.perf_counter()
+    moved = particles.move(sorted(set(fixed)), ctx.settings)
+    for budget in fixed:
+        u = moved.embeddings[budget]
+        pick = _pick(ctx, particles, prompt_ids, response, movable, u, budget, start_scores, best)
+        # each row's cost as if it ran alone: its steps' share of the transport's time
+        share = (time.perf_counter() - t0) * budget / max(1, max(fixed)) if budget else 0.0
+        pick.update(seconds=sampled_s + share + pick.pop("decode_s"), forward=ctx.particles + moved.forward[budget]
+                    + (ctx.particles if budget else 0), backward=moved.backward[budget],
+                    policy=sample_passes + pick.pop("decode_passes"), steps=budget)
+        picks[f"L={budget}"] = pick
+    for name in (b for b in budgets if isinstance(b, str)):
+        t1 = time.perf_counter()
+        result = particles.move_adaptive(ctx.budget_max, ctx.stop[name], ctx.settings)
+        steps = int(result.steps[0])
+        pick = _pick(ctx, particles, prompt_ids, response, movable, result.embeddings[-1], steps, start_scores, best)
+        pick.update(seconds=sampled_s + time.perf_counter() - t1, forward=result.forward[-1] + ctx.particles * (steps > 0),
+                    backward=result.backward[-1], policy=sample_passes + pick.pop("decode_passes"), steps=steps)
+        pick.pop("decode_s")
+        picks[name] = pick
+    return _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks)
+
+
+def _pick(ctx, particles, prompt_ids, response, movable, u, steps, start_scores, best) -> dict:
+    """Decode the particles ``u``, re-score them with R and keep the best (L = 0: the samples as they are)."""
+    t = time.perf_counter()
+    if steps == 0:
+        return {"ids": response[best], "reward": float(start_scores[best]), "source": best, "decode_s": 0.0,
+                "decode_passes": 0}
+    ids, passes = decode(ctx.decode, u, ctx.reward.table, response, movable, policy=ctx.policy,
+                         prompt_ids=prompt_ids, k=ctx.decode_k)
+    scores = aggregate(ctx.reward.from_ids(torch.cat([prompt_ids.expand(ids.shape[0], -1), ids], 1),
+                                           particles.mask))
+    k = int(scores.argmax())
+    return {"ids": ids[k], "reward": float(scores[k]), "source": k, "decode_s": time.perf_counter() - t,
+            "decode_passes": passes}
+
+
+def _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks: dict) -> dict:
+    """Judge, log-likelihood and changed tokens of every row's response, in one batch each."""
+    names = list(picks)
+    ids = torch.stack([picks[n]["ids"] for n in names])
+    sources = [picks[n]["source"] for n in names]
+    lengths = lengths[torch.tensor(sources, device=lengths.device)]  # a particle keeps its sample's length
+    loglik = response_loglik(ctx.policy, prompt_ids, ids, lengths)
+    texts = [ctx.tokenizer.decode(ids[i, :int(lengths[i])], skip_special_tokens=True) for i in range(len(names))]
+    judged = ctx.judge([prompt] * len(names), texts).tolist() if ctx.judge is not None else [None] * len(names)
+    ref = names.index("reference")
+    out = {}
+    for i, name in enumerate(names):
+        pick = picks[name]
+        real = movable[sources[i]]
+        changed = float((ids[i] != response[sources[i]])[real].float().mean()) if bool(real.any()) else 0.0
+        record = {"reward": pick["reward"], "win": _win(pick["reward"], picks["reference"]["reward"]),
+                  "loglik": float(loglik[i]), "changed": changed, "text": texts[i], "steps": pick["steps"],
+                  "reward_forward": pick["forward"], "reward_backward": pick["backward"],
+                  "policy_passes": pick["policy"], "seconds": pick["seconds"]}
+        if judged[i] is not None:
+            record |= {"judge": judged[i], "judge_win": _win(judged[i], judged[ref])}
+        out[name] = record
+    return out
+
+
+def _win(a: float, b: float) -> float:
+    return 1.0 if a > b else 0.0 if a < b else 0.5
