@@ -10,7 +10,7 @@ STAMP = $(VENV)/.installed
 
 export MUJOCO_GL ?= egl
 
-.PHONY: install demo test bench bench-official clean-demo
+.PHONY: install demo demo-llm test bench bench-official clean-demo
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	$(VENV)/bin/vgf pipeline $(DEMO_ARGS)
 	$(VENV)/bin/vgf runs --limit 6
+
+# VGF on language models, on its embedded default: prompts from the demo corpus, a GPT-2-shaped LM and a
+# reward model made here, 200 held-out prompts at N = 8 and L = 0..3 (README, "Language models").
+demo-llm: $(STAMP)
+	$(VENV)/bin/vgf pipeline domain=llm $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n auto --dist worksteal

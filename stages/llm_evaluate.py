@@ -89,7 +89,8 @@ class EvaluateLmStage(Stage):
                             e.bandwidth_grad), e.particles, e.max_new_tokens, e.temperature, e.top_k, spec.decode,
                             spec.decode_k, stop, e.budget_max if e.budget_max is not None else max(steps, default=3),
                             device)
-        prompts = [r["prompt"] for r in load_jsonl(inputs.upstream["prompts"].output_paths()["val_prompts"])]
+        split = "val_prompts" if e.split == "val" else "prompts"
+        prompts = [r["prompt"] for r in load_jsonl(inputs.upstream["prompts"].output_paths()[split])]
         prompts = prompts[:e.prompts] if e.prompts else prompts
         outcomes: list[dict] = []
         start = time.perf_counter()
@@ -99,7 +100,7 @@ class EvaluateLmStage(Stage):
                 outcomes.append(evaluate_prompt(ctx, prompt, budgets, generator))
                 bar.advance(1)
         rows = summarize_rows(outcomes)
-        results = {"rows": rows, "prompts": len(prompts), "particles": e.particles, "decode": spec.decode,
+        results = {"rows": rows, "prompts": len(prompts), "split": e.split, "particles": e.particles, "decode": spec.decode,
                    "judge": spec.judge, "policy": spec.policy or "sft (pretrain-policy run)",
                    "reward_model": spec.reward or "train-reward run", "device": str(device),
                    "dtype": str(dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - start, 1),

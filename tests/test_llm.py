@@ -261,3 +261,35 @@ def test_unreachable_models_and_unknown_judges_are_one_line_errors(tiny_models, 
     assert result.exit_code == 2 and "no such rule" in result.output, result.output
     result = runner.invoke(app, ["train-critic", "domain=llm"])
     assert result.exit_code == 2 and "domain=rl" in result.output
+
+
+def test_demo_prompt_set_comes_from_the_shipped_corpus_and_its_rule_labels_the_pairs():
+    from vgfcli.llm.corpus import RULES, corpus_sentences, demo_rows, long_words
+
+    sentences = corpus_sentences()
+    assert len(sentences) > 20_000 and sentences[0].startswith("In the beginning God created")
+    rows = demo_rows(300, "long_words", seed=4)
+    assert rows == demo_rows(300, "long_words", seed=4) and rows != demo_rows(300, "long_words", seed=5)
+    pairs = [r for r in rows if "chosen" in r]
+    assert len(pairs) > 200 and all(long_words(r["chosen"]) > long_words(r["rejected"]) for r in pairs)
+    assert all(r["reference"] in (r["chosen"], r["rejected"]) for r in pairs)
+    assert long_words("a b extraordinary") == pytest.approx(1 / 3) and long_words("") == 0.0
+    assert set(RULES) == {"long_words"}
+    with pytest.raises(VgfError, match="not a rule"):
+        demo_rows(10, "shortest", seed=0)
+
+
+def test_memory_estimate_adds_up_from_the_model_sizes():
+    from vgfcli.llm.memory import ModelSize, evaluate_bytes
+
+    small = ModelSize(parameters=1_000_000_000, layers=16, width=2048, heads=8)
+    one = evaluate_bytes(small, small, None, particles=8, prompt_tokens=500, response_tokens=50)
+    two = evaluate_bytes(small, small, None, particles=16, prompt_tokens=500, response_tokens=50)
+    assert one["policy weights"] == pytest.approx(2e9 / 1024 ** 3)
+    assert two["reward backward"] == pytest.approx(2 * one["reward backward"])
+    assert one["total"] == pytest.approx(sum(v for k, v in one.items() if k != "total"))
+    config = tiny.gpt2_config(tiny.train_tokenizer(TEXTS, 300), layers=2, heads=2, width=32, context=64)
+    from transformers import GPT2LMHeadModel
+
+    counted = sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
+    assert ModelSize.of(config).parameters == pytest.approx(counted, rel=0.1)  # tied head: one table counted twice

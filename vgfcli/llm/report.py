@@ -16,7 +16,8 @@ def _cell(row: dict, key: str) -> str:
 def rows_table(summary: dict):
     from rich.table import Table
 
-    table = Table(title=f"evaluate (lm): {summary.get('prompts')} held-out prompts, N={summary.get('particles')}, "
+    which = "held-out" if summary.get("split", "val") == "val" else "TRAINING"
+    table = Table(title=f"evaluate (lm): {summary.get('prompts')} {which} prompts, N={summary.get('particles')}, "
                         f"{summary.get('decode')} decoding, judge {summary.get('judge')}", title_justify="left")
     table.add_column("row")
     for _, title in COLUMNS:

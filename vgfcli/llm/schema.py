@@ -45,8 +45,8 @@ class SftConfig:
     layers: int = 4
     heads: int = 4
     width: int = 128
-    context: int = 128  # positions (prompt + response tokens)
-    steps: int = 3000
+    context: int = 96  # positions (prompt + response tokens)
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1.0e-3
     warmup: int = 100  # linear warm-up steps of AdamW
@@ -61,7 +61,7 @@ class RewardTrainConfig:
 
     base: str = "policy"  # policy (the reference LM's body and tokenizer) | a folder or hub id
     members: int = 2  # outputs trained as an ensemble (members' mean drives VGF; their spread: adaptive budgets)
-    steps: int = 1500
+    steps: int = 600
     batch_size: int = 32
     lr: float = 3.0e-4
     calibration_quantile: float = 0.9  # adaptive rule a: the members' std quantile at held-out responses
@@ -72,6 +72,7 @@ class RewardTrainConfig:
 @dataclass
 class LlmEvaluateConfig:
     prompts: Optional[int] = 200  # held-out prompts scored, in file order (None: all)
+    split: str = "val"  # val (held out: the results) | train (for choosing alpha, lr, decode without the val prompts)
     particles: int = 8  # N responses sampled per prompt (L = 0 is best-of-N)
     budgets: list[Any] = field(default_factory=lambda: [0, 1, 2, 3])  # steps L; auto | auto_std | auto_gain
     budget_max: Optional[int] = None  # adaptive rows: most steps (None: the largest L in budgets)
@@ -80,7 +81,7 @@ class LlmEvaluateConfig:
     temperature: float = 1.0
     top_k: int = 0  # sampling's top-k (0: the full distribution)
     alpha: float = 1.0  # the drive's 1/alpha weight against the kernel's repulsion
-    lr: float = 0.02  # transport step (adam: about lr per embedding coordinate per step)
+    lr: float = 0.05  # transport step (adam: about lr per embedding coordinate per step)
     step_rule: str = "adam"  # adam (the offline transport's default) | plain
     bandwidth_grad: bool = True  # the offline transport's repulsion (through the median bandwidth)
 
@@ -132,5 +133,5 @@ CHECKS = {
     "evaluate.stop_gain": _at_least(0), "evaluate.max_new_tokens": _at_least(1),
     "evaluate.temperature": ((lambda v: v > 0), "positive"), "evaluate.top_k": _at_least(0),
     "evaluate.alpha": ((lambda v: v > 0), "positive"), "evaluate.lr": ((lambda v: v > 0), "positive"),
-    "evaluate.step_rule": _one_of("adam", "plain"),
+    "evaluate.step_rule": _one_of("adam", "plain"), "evaluate.split": _one_of("val", "train"),
 }
