@@ -259,6 +259,8 @@ def test_unreachable_models_and_unknown_judges_are_one_line_errors(tiny_models, 
     result = runner.invoke(app, [*base, f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tiny_models / 'reward'}",
                                  "llm.judge=rule:nope"])
     assert result.exit_code == 2 and "no such rule" in result.output, result.output
+    result = runner.invoke(app, [*base, f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tiny_models / 'policy'}"])
+    assert result.exit_code == 2 and "not a reward model" in result.output, result.output
     result = runner.invoke(app, ["train-critic", "domain=llm"])
     assert result.exit_code == 2 and "domain=rl" in result.output
 

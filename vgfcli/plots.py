@@ -126,7 +126,7 @@ def plot_lm_rows(rows: list[dict], path, title: str) -> None:
                 label="reward R (best of N after L steps)")
     for r, marker in zip([r for r in rows if r not in fixed and r["row"] != "reference"], "s^vD"):
         ax.errorbar([r["steps"]], [r["reward"]], yerr=err([r], "reward"), marker=marker, linestyle="none",
-                    capsize=3, label=f"{r['row']} at its mean steps")
+                    capsize=3, color="tab:green", label=f"{r['row']} at its mean steps")
     ax.axhline(rows[0]["reward"], color="grey", linestyle="--", label="reference sample")
     ax.set_xlabel("test-time budget L (transport steps)")
     ax.set_ylabel("reward (R)")

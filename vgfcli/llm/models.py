@@ -77,11 +77,26 @@ def load_policy(spec: str, device: torch.device, dtype: torch.dtype):
 
 
 def load_reward(spec: str, device: torch.device, dtype: torch.dtype, kind: str = "llm.reward") -> "RewardModel":
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(spec, kind)
+    check_reward_config(load_model(kind, spec, AutoConfig), spec, kind)
     model = load_model(kind, spec, AutoModelForSequenceClassification, dtype=dtype)
     return RewardModel(model.to(device).eval().requires_grad_(False), tokenizer, kind)
+
+
+def check_reward_config(config, spec: str, kind: str) -> None:
+    """A reward model is a sequence classifier with one output, or vgf's ensemble (outputs ``member_i``).
+    Loading a language model or a multi-class classifier as one would give a fresh random head or read
+    class logits as rewards: refused."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise VgfError(f"{kind} '{spec}' is a {architectures[0]}, not a reward model (a *ForSequenceClassification "
+                       "model with one output)")
+    labels = [str(v) for v in (getattr(config, "id2label", None) or {}).values()]
+    if config.num_labels > 1 and not all(label.startswith("member_") for label in labels):
+        raise VgfError(f"{kind} '{spec}' has {config.num_labels} outputs ({', '.join(labels[:4])}): a reward model has "
+                       "one (or is an ensemble that train-reward made)")
 
 
 def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy_spec: str, reward_spec: str) -> None:
