@@ -113,6 +113,13 @@ def parse_args(argv=None):
     p.add_argument("--skip-official", action="store_true", help="vgf rows only")
     p.add_argument("--rounds", type=int, default=1, help="repeat both sides, alternating; the table shows medians")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--end-to-end", action="store_true", help="the whole run side by side (bench_end_to_end.py)")
+    p.add_argument("--task", default="cube-single-play-singletask-task1-v0", help="--end-to-end: the OGBench task")
+    p.add_argument("--config", default="quick", help="--end-to-end: quick | paper sizes")
+    p.add_argument("--updates", type=int, default=2000, help="--end-to-end: updates (official) = policy and critic "
+                   "updates each (vgf)")
+    p.add_argument("--episodes", type=int, default=10, help="--end-to-end: evaluation episodes per L")
+    p.add_argument("--data-episodes", type=int, default=100, help="--end-to-end: episodes vgf collect makes")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run vgf's side from this JSON spec
     return p.parse_args(argv)
 
@@ -283,6 +290,15 @@ def main(argv=None):
         return worker(json.loads(args.worker))
     if args.setup:
         return setup(args)
+    if args.end_to_end:
+        from bench_end_to_end import end_to_end
+
+        result = end_to_end(args)
+        print(json.dumps(result, indent=1))
+        append(args.out, {"bench": "end_to_end", **machine(), "threads": args.threads, "cpu_flags": cpu_flags(),
+                          "task": args.task, "config": args.config, "updates": args.updates,
+                          "episodes": args.episodes, "official_commit": args.official_commit, **result})
+        return None
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"error: unknown config(s) {', '.join(unknown)} (expected {', '.join(CONFIGS)})")

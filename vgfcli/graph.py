@@ -37,8 +37,8 @@ STAGE_MODULES = {
 # Domains: each command of a domain runs one stage, composed from the domain's config. ``domain=llm`` on the
 # command line picks the language-model domain (VGF on a causal LM's responses, ``vgfcli.llm``).
 DOMAINS = {
-    "rl": {"config": "train", "commands": {name: name for name in
-                                           ("pretrain-policy", "train-critic", "evaluate", "finetune", "export")}},
+    "rl": {"config": "train", "commands": {name: name for name in ("collect", "ingest", "pretrain-policy",
+                                                                   "train-critic", "evaluate", "finetune", "export")}},
     "llm": {"config": "llm", "commands": {"ingest": "ingest-prompts", "pretrain-policy": "pretrain-lm",
                                           "train-reward": "train-reward", "evaluate": "evaluate-lm"}},
 }
@@ -66,7 +66,7 @@ def command_stage(command: str, overrides: list[str] | None) -> Stage:
     if any(command in d["commands"] for d in DOMAINS.values()):
         other = next(name for name, d in DOMAINS.items() if command in d["commands"])
         raise VgfError(f"vgf {command} belongs to domain={other}, not domain={domain}")
-    return load_stage(command)  # collect, ingest of RL datasets
+    return load_stage(command)
 
 
 def pipeline_config(overrides: list[str] | None) -> str:
