@@ -47,9 +47,19 @@ class EvaluateLmStage(Stage):
             budgets = parse_budgets(list(cfg.evaluate.budgets))
         except ValueError as exc:
             raise VgfError(f"evaluate.{exc}") from None
+        from vgfcli.llm.keys import model_key
+        from vgfcli.llm.models import resolve_dtype
+        from vgfcli.training import resolve_device
+
         llm = to_dict(cfg.llm)
         llm = {k: v for k, v in llm.items() if v is not None and (k != "decode_k" or llm["decode"] == "topk")}
-        return {"evaluate": to_dict(cfg.evaluate) | {"budgets": budgets}, "llm": llm, "seed": cfg.seed}
+        # the numbers depend on the models' files and on the dtype they run in (auto: by device)
+        llm |= {k: model_key(llm[k]) for k in ("policy", "reward", "judge") if k in llm}
+        llm["dtype"] = str(resolve_dtype(cfg.llm.dtype, resolve_device(cfg.device))).removeprefix("torch.")
+        e = to_dict(cfg.evaluate) | {"budgets": budgets}
+        if not any(isinstance(b, str) for b in budgets):  # knobs of adaptive rows only
+            e = {k: v for k, v in e.items() if k not in ("budget_max", "stop_gain")}
+        return {"evaluate": e, "llm": llm, "seed": cfg.seed}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import time
@@ -58,10 +68,11 @@ class EvaluateLmStage(Stage):
 
         from vgfcli import plots, seeds
         from vgfcli.budgets import parse_budgets
-        from vgfcli.cache import write_json_atomic
+        from vgfcli.cache import write_bytes_atomic, write_json_atomic
         from vgfcli.llm import models
+        from vgfcli.llm.decoding import allowed_tokens
         from vgfcli.llm.prompts import load_jsonl
-        from vgfcli.llm.rows import LmRowsContext, evaluate_prompt
+        from vgfcli.llm.rows import LmRowsContext, evaluate_prompt, room_for_prompts
         from vgfcli.llm.training import model_folder
         from vgfcli.llm.transport import TransportSettings
         from vgfcli.nn.adaptive import StopRule, reads_disagreement
@@ -78,6 +89,9 @@ class EvaluateLmStage(Stage):
             policy, tokenizer = models.load_policy(policy_spec, device, dtype)
             reward = models.load_reward(reward_spec, device, dtype)
             models.check_same_tokenizer(tokenizer, reward.tokenizer, policy_spec, reward_spec)
+            if reward.table.shape[0] < len(tokenizer):
+                raise VgfError(f"llm.reward '{reward_spec}' embeds {reward.table.shape[0]} tokens, fewer than the "
+                               f"policy's tokenizer has ({len(tokenizer)})")
             judge = judge_fn(spec.judge, device, dtype)
         stop, adaptive = {}, [b for b in budgets if isinstance(b, str)]
         if adaptive:
@@ -88,7 +102,8 @@ class EvaluateLmStage(Stage):
         ctx = LmRowsContext(policy, tokenizer, reward, judge, TransportSettings(e.alpha, e.lr, e.step_rule,
                             e.bandwidth_grad), e.particles, e.max_new_tokens, e.temperature, e.top_k, spec.decode,
                             spec.decode_k, stop, e.budget_max if e.budget_max is not None else max(steps, default=3),
-                            device)
+                            device, room_for_prompts(policy, reward, e.max_new_tokens),
+                            allowed_tokens(tokenizer, reward.table.shape[0], device))
         split = "val_prompts" if e.split == "val" else "prompts"
         prompts = [r["prompt"] for r in load_jsonl(inputs.upstream["prompts"].output_paths()[split])]
         prompts = prompts[:e.prompts] if e.prompts else prompts
@@ -108,8 +123,8 @@ class EvaluateLmStage(Stage):
                                   for name in outcomes[0]}}
         write_json_atomic(run.staging / "results.json", results)
         samples = run.staging / "samples.jsonl"
-        samples.write_text("".join(json.dumps({"prompt": p, **{n: o[n]["text"] for n in o}}, ensure_ascii=False) + "\n"
-                                   for p, o in zip(prompts, outcomes)), encoding="utf-8")
+        write_bytes_atomic(samples, "".join(json.dumps({"prompt": p, **{n: o[n]["text"] for n in o}}, ensure_ascii=False)
+                                            + "\n" for p, o in zip(prompts, outcomes)).encode("utf-8"))
         plot = run.staging / "reward_vs_budget.png"
         plots.plot_lm_rows(rows, plot, f"VGF on {len(prompts)} prompts, N={e.particles} ({spec.decode} decoding)")
         best = max((r for r in rows if r["row"] != "reference"), key=lambda r: r["reward"])
@@ -139,10 +154,9 @@ def judge_fn(spec: str | None, device, dtype):
         if rule is None:
             raise VgfError(f"llm.judge '{spec}': no such rule (choose from: {', '.join('rule:' + r for r in RULES)})")
         return lambda prompts, responses: torch.tensor([rule(r) for r in responses], dtype=torch.float64)
-    from vgfcli.llm.models import load_reward
+    from vgfcli.llm.models import load_judge
 
-    model = load_reward(spec, device, dtype, kind="llm.judge")
-    return lambda prompts, responses: model.from_texts(prompts, responses, device).mean(0).double().cpu()
+    return load_judge(spec, device, dtype)
 
 
 def calibration_threshold(inputs: Inputs, reward, adaptive: list[str]) -> float:

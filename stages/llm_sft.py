@@ -12,6 +12,7 @@ from scratch needs to learn the language at all); AdamW with a linear warm-up. T
 from __future__ import annotations
 
 from vgfcli.errors import VgfError
+from vgfcli.llm.keys import model_key
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 from vgfcli.ui import summary_table
 
@@ -30,10 +31,19 @@ class PretrainLmStage(Stage):
     def config_for(self, cfg, name: str, upstream):
         return None if cfg.llm.policy else cfg  # a policy of the user's own: nothing to make
 
+    def resolve_inputs(self, cfg, upstream) -> Inputs:
+        if cfg.sft.base is None and cfg.sft.width % cfg.sft.heads:
+            raise VgfError(f"sft.width={cfg.sft.width} must be a multiple of sft.heads={cfg.sft.heads}")
+        return super().resolve_inputs(cfg, upstream)
+
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
 
-        return {"sft": to_dict(cfg.sft), "seed": cfg.seed}
+        sft = to_dict(cfg.sft)
+        if sft["base"] is not None:  # a model of the user's: its files, not the sizes of one from scratch
+            sft = {k: v for k, v in sft.items() if k not in ("vocab_size", "layers", "heads", "width")}
+            sft["base"] = model_key(sft["base"])
+        return {"sft": sft, "seed": cfg.seed}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
@@ -41,7 +51,15 @@ class PretrainLmStage(Stage):
         from vgfcli.llm import tiny
         from vgfcli.llm.models import load_policy, load_tokenizer, quiet_transformers, resolve_dtype
         from vgfcli.llm.prompts import load_jsonl
-        from vgfcli.llm.training import TokenBatches, lm_loss, model_outputs, save_model, warmup_adamw
+        from vgfcli.llm.training import (
+            TokenBatches,
+            lm_loss,
+            model_outputs,
+            rng_state,
+            save_model,
+            set_rng_state,
+            warmup_adamw,
+        )
         from vgfcli.training import resolve_device, train_loop
 
         s = cfg.sft
@@ -91,13 +109,14 @@ class PretrainLmStage(Stage):
 
         def state_fn() -> dict:
             return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "sampler": batches.generator.get_state()}
+                    "schedule": schedule.state_dict(), "sampler": batches.generator.get_state(), "rng": rng_state()}
 
         def load_fn(state: dict) -> int:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             batches.generator.set_state(state["sampler"])
+            set_rng_state(state["rng"])  # dropout draws from torch's global stream
             return int(state["step"])
 
         loop = train_loop(run, ui, "pretrain-policy (lm)", steps=s.steps, step_fn=step_fn, state_fn=state_fn,

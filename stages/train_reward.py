@@ -37,21 +37,31 @@ class TrainRewardStage(Stage):
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
+        from vgfcli.llm.keys import model_key
 
         base = cfg.reward.base
-        if base == "policy" and cfg.llm.policy:
-            base = f"policy:{cfg.llm.policy}"
+        if base == "policy":
+            base = {"policy": model_key(cfg.llm.policy)} if cfg.llm.policy else "policy"  # the lm run: its digest
+        else:
+            base = model_key(base)
         return {"reward": to_dict(cfg.reward) | {"base": base}, "seed": cfg.seed}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
-        import json
-
         import torch
 
+        from vgfcli.cache import write_json_atomic
         from vgfcli.llm import tiny
-        from vgfcli.llm.models import RewardModel, load_tokenizer, quiet_transformers, resolve_dtype
+        from vgfcli.llm.models import RewardModel, context_of, load_tokenizer, quiet_transformers, resolve_dtype
         from vgfcli.llm.prompts import load_jsonl
-        from vgfcli.llm.training import PairBatches, bradley_terry_loss, model_folder, save_model, warmup_adamw
+        from vgfcli.llm.training import (
+            PairBatches,
+            bradley_terry_loss,
+            model_folder,
+            rng_state,
+            save_model,
+            set_rng_state,
+            warmup_adamw,
+        )
         from vgfcli.training import resolve_device, train_loop
 
         r = cfg.reward
@@ -67,7 +77,7 @@ class TrainRewardStage(Stage):
         base = r.base if r.base != "policy" else (cfg.llm.policy or str(model_folder(inputs.upstream["lm"])))
         tokenizer = load_tokenizer(base, "reward.base")
         model = tiny.reward_from_lm(base, r.members, cfg.seed).to(device).train()
-        context = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings"))
+        context = context_of(model) or 1024
         reward = RewardModel(model, tokenizer, "reward.base")
         batches = PairBatches(tokenizer, pairs, context, r.batch_size, cfg.seed)
         val = PairBatches(tokenizer, val_pairs or pairs[:VAL_PAIRS], context, r.batch_size, cfg.seed)
@@ -78,8 +88,9 @@ class TrainRewardStage(Stage):
         def scores(batch):
             (ci, cm), (ri, rm) = batch
             with torch.autocast(device.type, dtype=resolve_dtype("auto", device), enabled=amp):
-                return reward.from_embeddings(reward.embed(ci.to(device)), cm.to(device)), \
-                    reward.from_embeddings(reward.embed(ri.to(device)), rm.to(device))
+                return tuple(reward.from_embeddings(reward.embed(i.to(device)), m.to(device),
+                                                    reward.last_index(i.to(device), m.to(device)))
+                             for i, m in ((ci, cm), (ri, rm)))
 
         def step_fn(step: int) -> dict:
             chosen, rejected = scores(batches.sample())
@@ -105,7 +116,7 @@ class TrainRewardStage(Stage):
         def state_fn() -> dict:
             return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "sampler": batches.generator.get_state(),
-                    "members": members.get_state()}
+                    "members": members.get_state(), "rng": rng_state()}
 
         def load_fn(state: dict) -> int:
             model.load_state_dict(state["model"])
@@ -113,6 +124,7 @@ class TrainRewardStage(Stage):
             schedule.load_state_dict(state["schedule"])
             batches.generator.set_state(state["sampler"])
             members.set_state(state["members"])
+            set_rng_state(state["rng"])  # dropout draws from torch's global stream
             return int(state["step"])
 
         loop = train_loop(run, ui, "train-reward", steps=r.steps, step_fn=step_fn, state_fn=state_fn,
@@ -126,7 +138,7 @@ class TrainRewardStage(Stage):
                 spread = torch.cat([torch.cat(scores(b), 1) for b in val.all_batches()], 1).std(0)
             calibration["threshold"] = float(spread.quantile(r.calibration_quantile))
         outputs = save_model(model, tokenizer, run.staging / "reward")
-        (run.staging / "calibration.json").write_text(json.dumps(calibration, indent=2))
+        write_json_atomic(run.staging / "calibration.json", calibration)
         outputs["calibration.json"] = run.staging / "calibration.json"
         summary = {"base": r.base if r.base != "policy" else "the reference LM", "pairs": len(pairs),
                    "members": r.members, "steps": r.steps, "loss": round(loop.last.get("loss", float("nan")), 4),

@@ -14,6 +14,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # start in child processes inherit this, so no core ever runs two spinning OpenMP pools.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# submitit runs logging.config.dictConfig when it is first imported (vgf sweep imports it), which closes
+# every logging handler made before. absl's handler (absl comes with mujoco and ogbench) writes to the
+# sys.stderr it was made with and closes it unless it is the current one: under pytest that is a capture
+# stream the worker keeps using, and every later test in the worker would fail on a closed file. Imported
+# here first, submitit configures logging before any absl handler exists.
+import submitit  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory):

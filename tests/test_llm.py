@@ -54,7 +54,10 @@ class QuadraticReward:
     def embed(self, ids):
         return self.table[ids]
 
-    def from_embeddings(self, embeds, mask):
+    def last_index(self, ids, mask):
+        return mask.sum(1) - 1
+
+    def from_embeddings(self, embeds, mask, last):
         response = embeds[:, -3:]  # the prompt is one token, responses three
         return -(response - self.target).square().sum((1, 2))[None]
 
@@ -84,6 +87,37 @@ def test_transport_moves_along_the_analytic_reward_gradient():
     torch.testing.assert_close(out[10][:, 2], stepped.start[:, 2], rtol=0, atol=0)
 
 
+def test_snapshots_of_one_run_equal_separate_runs_and_adaptive_stops_by_the_offline_rules():
+    from vgfcli.nn.adaptive import StopRule
+
+    reward = QuadraticReward()
+    response = torch.tensor([[1, 2, 3], [4, 5, 6], [0, 2, 4]])
+    particles = ResponseParticles(reward, torch.tensor([0]), response, torch.tensor([3, 3, 3]),
+                                  torch.ones(3, 3, dtype=torch.bool))
+    for rule in ("adam", "plain"):
+        settings = TransportSettings(1.0, 0.05, rule)
+        together = particles.move([1, 3, 5], settings).embeddings
+        for budget in (1, 3, 5):
+            torch.testing.assert_close(together[budget], particles.move([budget], settings).embeddings[budget],
+                                       rtol=0, atol=0)
+
+    class TwoMembers(QuadraticReward):  # the second member disagrees more the further from the start
+        def from_embeddings(self, embeds, mask, last):
+            one = super().from_embeddings(embeds, mask, last)
+            return torch.cat([one, one + 10.0 * (embeds - self.table[torch.tensor([0, 1, 2, 3])]).norm()], 0)
+
+    two = TwoMembers()
+    particles = ResponseParticles(two, torch.tensor([0]), response, torch.tensor([3, 3, 3]),
+                                  torch.ones(3, 3, dtype=torch.bool))
+    settings = TransportSettings(1.0, 0.05)
+    free = particles.move_adaptive(4, StopRule(("gain",), gain_fraction=0.0), settings)
+    assert int(free.steps[0]) == 4  # every step gains: never stops
+    torch.testing.assert_close(free.embeddings[-1], particles.move([4], settings).embeddings[4])
+    strict = particles.move_adaptive(4, StopRule(("disagreement",), threshold=0.0), settings)
+    assert int(strict.steps[0]) == 0 and torch.equal(strict.embeddings[-1], particles.start)
+    assert strict.forward[-1] == 3 * 3 and strict.backward[-1] == 3  # one proposal, rejected
+
+
 def test_reward_of_embeddings_equals_the_models_logits(tiny_models):
     _, tokenizer, reward = load(tiny_models)
     rows = [tokenizer(t)["input_ids"] for t in TEXTS[:5]]
@@ -92,6 +126,14 @@ def test_reward_of_embeddings_equals_the_models_logits(tiny_models):
     theirs = reward.model(input_ids=ids, attention_mask=mask).logits.T
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     assert ours.shape == (2, 5)
+    # a reward model whose pad id is its EOS (GPT-2 and Pythia ones): read where HF reads, before the EOS
+    model = reward.model
+    model.config.pad_token_id = tokenizer.eos_token_id
+    eos_reward = models.RewardModel(model, tokenizer)
+    rows = [r + [tokenizer.eos_token_id] for r in rows]
+    ids, mask = models.pad_right(rows, tokenizer.eos_token_id, "cpu")
+    torch.testing.assert_close(eos_reward.from_ids(ids, mask), model(input_ids=ids, attention_mask=mask).logits.T,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_decoding_round_trips(tiny_models):
@@ -112,11 +154,27 @@ def test_decoding_round_trips(tiny_models):
     assert torch.equal(decoding.decode_nearest(u + 1e-4, reward.table, response, movable), response)
     target = reward.table[7].expand_as(u)
     assert bool((decoding.decode_nearest(target, reward.table, response, movable)[movable] == 7).all())
+    # special tokens are never written: an embedding moved onto EOS's decodes to another token
+    allowed = decoding.allowed_tokens(tokenizer, reward.table.shape[0], "cpu")
+    onto_eos = reward.table[tokenizer.eos_token_id].expand_as(u)
+    assert not bool((decoding.decode_nearest(onto_eos, reward.table, response, movable, allowed)[movable]
+                     == tokenizer.eos_token_id).any())
+    # moved embeddings through the top-k decoder equal a loop without the KV cache, position by position
+    moved = u.clone()
+    moved[:, 1] = reward.table[9]
+    fast = decoding.decode_topk(moved, reward.table, response, movable, policy, prompt, k, allowed)
+    slow = response.clone()
+    for pos in range(response.shape[1]):
+        logits = policy(input_ids=torch.cat([prompt.expand(6, -1), slow[:, :pos]], 1)).logits[:, -1]
+        cands = logits.masked_fill(~allowed[None], float("-inf")).topk(k, -1).indices
+        best = cands.gather(1, (reward.table[cands] - moved[:, pos, None]).square().sum(-1).argmin(-1, keepdim=True))[:, 0]
+        slow[:, pos] = torch.where(movable[:, pos], best, response[:, pos])
+    assert torch.equal(fast, slow) and not torch.equal(fast, response)
 
 
 def context(policy, tokenizer, reward, judge=None, n=6):
     return LmRowsContext(policy, tokenizer, reward, judge, TransportSettings(1.0, 0.05), n, 8, 1.0, 0, "nearest", 10,
-                         {}, 3, torch.device("cpu"))
+                         {}, 3, torch.device("cpu"), 40, decoding.allowed_tokens(tokenizer, reward.table.shape[0], "cpu"))
 
 
 def test_budget_zero_is_exactly_best_of_n(tiny_models):
@@ -152,9 +210,7 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tiny_models, tmp_path)
     result = runner.invoke(app, ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}",
                                  f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tmp_path / 'other-reward'}",
                                  "evaluate.prompts=2"])
-    assert result.exit_code == 2, result.output
-    # the ingest is made first by the same command line's pipeline; evaluate alone looks it up
-    assert "no finished ingest-prompts run" in result.output or "same tokenizer" in result.output
+    assert result.exit_code == 2 and "no finished ingest-prompts run" in result.output, result.output
     made = runner.invoke(app, ["ingest", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS])
     assert made.exit_code == 0, made.output
     result = runner.invoke(app, ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS,
@@ -194,8 +250,8 @@ def test_pipeline_end_to_end_on_tiny_models(tmp_path):
     for row in rows.values():
         assert row["reward_ci"][0] <= row["reward"] <= row["reward_ci"][1]
         assert "judge_win" in row and 0.0 <= row["changed"] <= 1.0
-    assert rows["L=0"]["reward"] >= rows["reference"]["reward"]
-    assert rows["L=2"]["reward_backward"] == 2 * 4
+    assert rows["L=2"]["reward_backward"] == 2 * 4 and rows["L=0"]["changed"] == 0.0
+    assert 0.0 <= rows["auto"]["steps"] <= 2  # budget_max: the largest L
     results = json.loads(open(out["outputs"]["results"]).read())
     assert len(results["per_prompt"]["L=1"]["reward"]) == 3
     again = runner.invoke(app, args)
@@ -261,6 +317,18 @@ def test_unreachable_models_and_unknown_judges_are_one_line_errors(tiny_models, 
     assert result.exit_code == 2 and "no such rule" in result.output, result.output
     result = runner.invoke(app, [*base, f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tiny_models / 'policy'}"])
     assert result.exit_code == 2 and "not a reward model" in result.output, result.output
+    result = runner.invoke(app, [*base, f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tiny_models / 'reward'}",
+                                 "evaluate.max_new_tokens=64"])
+    assert result.exit_code == 2 and "no room for a prompt" in result.output, result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in (tiny_models / "reward").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    result = runner.invoke(app, [*base, f"llm.policy={tiny_models / 'policy'}", f"llm.reward={broken}"])
+    assert result.exit_code == 2 and "could not be loaded" in result.output, result.output
+    result = runner.invoke(app, [*base, "evaluate.lr=inf"])
+    assert result.exit_code == 2 and "finite" in result.output, result.output
     result = runner.invoke(app, ["train-critic", "domain=llm"])
     assert result.exit_code == 2 and "domain=rl" in result.output
 

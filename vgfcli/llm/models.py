@@ -32,6 +32,9 @@ def quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # its own stream handler would hold on to whatever sys.stderr was at the first call (a test
+    # runner's temporary stream, say); errors reach Python's last-resort handler instead
+    transformers.utils.logging.disable_default_handler()
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -52,7 +55,9 @@ def load_model(kind: str, spec: str, loader, **kwargs):
         raise VgfError(f"{path}: not a Hugging Face model folder (no config.json) for {kind}")
     try:
         return loader.from_pretrained(str(path) if local else spec, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except VgfError:
+        raise
+    except Exception as exc:  # OSError, ValueError, a SafetensorError of a damaged weights file, ...
         detail = " ".join(str(exc).split())[:200]
         where = "the folder" if local else "the hub (offline here? set HF_HUB_OFFLINE=1 and use a local copy)"
         raise VgfError(f"{kind} '{spec}' could not be loaded from {where}: {detail}") from None
@@ -62,6 +67,9 @@ def load_tokenizer(spec: str, kind: str):
     from transformers import AutoTokenizer
 
     tokenizer = load_model(kind, spec, AutoTokenizer)
+    if tokenizer.eos_token_id is None or len(tokenizer) < 3:
+        raise VgfError(f"{kind} '{spec}': no usable tokenizer there ({len(tokenizer)} tokens, EOS "
+                       f"{tokenizer.eos_token!r}); save the model's tokenizer beside it")
     if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers have none: pad with EOS, masked everywhere
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -83,6 +91,33 @@ def load_reward(spec: str, device: torch.device, dtype: torch.dtype, kind: str =
     check_reward_config(load_model(kind, spec, AutoConfig), spec, kind)
     model = load_model(kind, spec, AutoModelForSequenceClassification, dtype=dtype)
     return RewardModel(model.to(device).eval().requires_grad_(False), tokenizer, kind)
+
+
+def load_judge(spec: str, device: torch.device, dtype: torch.dtype):
+    """A held-out judge: any sequence classifier with one output (a causal LM's or an encoder's, e.g. a
+    DeBERTa reward model), read through its own forward on prompt + response text in its own tokenizer,
+    as ``(prompts, responses) -> [B]`` scores. vgf's own ensembles are read as their members' mean."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(spec, "llm.judge")
+    config = load_model("llm.judge", spec, AutoConfig)
+    labels = [str(v) for v in (getattr(config, "id2label", None) or {}).values()]
+    if config.num_labels > 1 and not all(label.startswith("member_") for label in labels):
+        raise VgfError(f"llm.judge '{spec}' has {config.num_labels} outputs: a judge is a reward model of one")
+    model = load_model("llm.judge", spec, AutoModelForSequenceClassification, dtype=dtype).to(device).eval()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    room = context_of(model) or 512
+
+    @torch.no_grad()
+    def score(prompts: list[str], responses: list[str]) -> Tensor:
+        # a causal LM's classifier (score head) reads the last token: end the text as vgf trains them, with EOS
+        eos = tokenizer.eos_token if tokenizer.eos_token and hasattr(model, "score") else ""
+        batch = tokenizer([p + r + eos for p, r in zip(prompts, responses)], return_tensors="pt", padding=True,
+                          truncation=True, max_length=room, add_special_tokens=not eos).to(device)
+        return model(**batch).logits.float().mean(-1).double().cpu()
+
+    return score
 
 
 def check_reward_config(config, spec: str, kind: str) -> None:
@@ -121,11 +156,16 @@ class RewardModel:
     kind: str = "llm.reward"
 
     def __post_init__(self):
-        self.head = getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
+        self.head = getattr(self.model, "score", None)
         if self.head is None:
-            raise VgfError(f"{self.kind}: {type(self.model).__name__} has no score head (a *ForSequenceClassification "
-                           "model of a causal LM is expected)")
+            raise VgfError(f"{self.kind}: {type(self.model).__name__} is not a causal LM's sequence classifier (no "
+                       "score head): the transport reads the reward at the response's last token of a decoder "
+                       "such as GPT-2, Pythia or Llama; an encoder reward model can be the judge (llm.judge)")
         self.body = getattr(self.model, self.model.base_model_prefix)
+        pad, eos = self.model.config.pad_token_id, self.tokenizer.eos_token_id
+        # HF's classifiers pool at the last token that is not the pad id: where pad == EOS (GPT-2 and
+        # Pythia reward models), that is the token before a final EOS. Pooling here follows it.
+        self.pad_id = pad if pad is not None and pad == eos else None
 
     @property
     def members(self) -> int:
@@ -139,23 +179,42 @@ class RewardModel:
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.get_input_embeddings()(ids)
 
-    def from_embeddings(self, embeds: Tensor, mask: Tensor) -> Tensor:
-        """``[B, T, d]`` input embeddings, ``[B, T]`` attention mask (right-padded) -> ``[members, B]``."""
+    def last_index(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """``[B]``: the position the reward is read at, as the model's own forward reads it (right padding)."""
+        if self.pad_id is None:
+            return mask.long().sum(1).clamp_min(1) - 1
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return (positions * ((ids != self.pad_id) & (mask > 0)).long()).argmax(1)
+
+    def from_embeddings(self, embeds: Tensor, mask: Tensor, last: Tensor) -> Tensor:
+        """``[B, T, d]`` input embeddings, ``[B, T]`` attention mask (right-padded), ``[B]`` positions to read
+        (``last_index``) -> ``[members, B]``."""
         hidden = self.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        last = mask.long().sum(1).clamp_min(1) - 1
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.head(pooled).float().transpose(0, 1)
 
     @torch.no_grad()
     def from_ids(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self.from_embeddings(self.embed(ids), mask)
+        return self.from_embeddings(self.embed(ids), mask, self.last_index(ids, mask))
 
     @torch.no_grad()
     def from_texts(self, prompts: list[str], responses: list[str], device) -> Tensor:
-        """``[members, B]`` for texts, tokenized by this model's own tokenizer (a judge reads text)."""
-        rows = [self.tokenizer(p + r, add_special_tokens=False)["input_ids"] for p, r in zip(prompts, responses)]
+        """``[members, B]`` for texts, tokenized by this model's own tokenizer and ended with its EOS (a
+        judge reads text), the prompt cut from the left to fit the model's positions."""
+        room = context_of(self.model) or 10**9
+        rows = []
+        for p, r in zip(prompts, responses):
+            response = (self.tokenizer(r, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])[:room - 1]
+            prompt = self.tokenizer(p, add_special_tokens=False)["input_ids"]
+            rows.append(prompt[max(0, len(prompt) - (room - len(response))):] + response)
         ids, mask = pad_right(rows, self.tokenizer.pad_token_id, device)
         return self.from_ids(ids, mask)
+
+
+def context_of(model) -> int:
+    """The positions a model has (0 when its config does not say)."""
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 0)
 
 
 def pad_right(rows: list[list[int]], pad: int, device) -> tuple[Tensor, Tensor]:

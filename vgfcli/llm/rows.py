@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vgfcli.errors import VgfError
 from vgfcli.llm.decoding import decode
-from vgfcli.llm.models import RewardModel, cached_step, response_loglik
+from vgfcli.llm.models import RewardModel, cached_step, context_of, response_loglik
 from vgfcli.llm.transport import ResponseParticles, TransportSettings, aggregate
 from vgfcli.nn.adaptive import StopRule
 
@@ -84,13 +85,24 @@ class LmRowsContext:
     stop: dict[str, StopRule]  # adaptive rows: budget name -> rule
     budget_max: int
     device: torch.device
+    prompt_room: int  # prompt tokens kept (the end), so that prompt + response fit both models
+    allowed: Tensor  # [V] bool: tokens decoding may write (the tokenizer's, no special ones)
+
+
+def room_for_prompts(policy, reward: RewardModel, max_new_tokens: int) -> int:
+    """Prompt tokens that fit in front of a response in both models' positions; an error when none do."""
+    rooms = [r for r in (context_of(policy), context_of(reward.model)) if r]
+    room = min(rooms) - max_new_tokens if rooms else 10**9
+    if room < 1:
+        raise VgfError(f"evaluate.max_new_tokens={max_new_tokens} leaves no room for a prompt in the models' "
+                       f"{min(rooms)} positions")
+    return room
 
 
 def prompt_ids_for(ctx: LmRowsContext, prompt: str) -> Tensor:
-    ids = ctx.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    room = int(getattr(ctx.policy.config, "n_positions", 0) or getattr(ctx.policy.config, "max_position_embeddings", 0))
-    if room:
-        ids = ids[-max(1, room - ctx.max_new_tokens):]  # keep the prompt's end: what the response follows
+    ids = ctx.tokenizer(prompt, add_special_tokens=False)["input_ids"][-ctx.prompt_room:]  # keep the prompt's end
+    if not ids:
+        raise VgfError(f"the prompt {prompt[:40]!r} is no tokens under llm.policy's tokenizer")
     return torch.tensor(ids, dtype=torch.long, device=ctx.device)
 
 
@@ -104,7 +116,7 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
         eos=tok.eos_token_id, pad=tok.pad_token_id, generator=generator)
     sample_passes = ctx.particles * response.shape[1]
     particles = ResponseParticles(ctx.reward, prompt_ids, response, lengths, movable)
-    start_scores = aggregate(particles.members_at(particles.start))  # [N]
+    start_scores = finite(aggregate(particles.members_at(particles.start)), prompt)  # [N]
     sampled_s = time.perf_counter() - start
     picks: dict[str, dict] = {"reference": {"ids": response[0], "reward": float(start_scores[0]), "source": 0,
                                             "seconds": sampled_s / ctx.particles, "forward": 1, "backward": 0,
@@ -113,11 +125,12 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
     fixed = [b for b in budgets if isinstance(b, int)]
     t0 = time.perf_counter()
     moved = particles.move(sorted(set(fixed)), ctx.settings)
+    transport_s = time.perf_counter() - t0
     for budget in fixed:
         u = moved.embeddings[budget]
         pick = _pick(ctx, particles, prompt_ids, response, movable, u, budget, start_scores, best)
-        # each row's cost as if it ran alone: its steps' share of the transport's time
-        share = (time.perf_counter() - t0) * budget / max(1, max(fixed)) if budget else 0.0
+        # each row's cost as if it ran alone: its steps' share of the one transport run
+        share = transport_s * budget / max(1, max(fixed))
         pick.update(seconds=sampled_s + share + pick.pop("decode_s"), forward=ctx.particles + moved.forward[budget]
                     + (ctx.particles if budget else 0), backward=moved.backward[budget],
                     policy=sample_passes + pick.pop("decode_passes"), steps=budget)
@@ -140,10 +153,11 @@ def _pick(ctx, particles, prompt_ids, response, movable, u, steps, start_scores,
     if steps == 0:
         return {"ids": response[best], "reward": float(start_scores[best]), "source": best, "decode_s": 0.0,
                 "decode_passes": 0}
-    ids, passes = decode(ctx.decode, u, ctx.reward.table, response, movable, policy=ctx.policy,
+    ids, passes = decode(ctx.decode, u, ctx.reward.table, response, movable, ctx.allowed, policy=ctx.policy,
                          prompt_ids=prompt_ids, k=ctx.decode_k)
-    scores = aggregate(ctx.reward.from_ids(torch.cat([prompt_ids.expand(ids.shape[0], -1), ids], 1),
-                                           particles.mask))
+    full = torch.cat([prompt_ids.expand(ids.shape[0], -1), ids], 1)
+    scores = aggregate(ctx.reward.from_embeddings(ctx.reward.embed(full), particles.mask, particles.last).detach())
+    scores = scores.nan_to_num(nan=float("-inf"))  # a NaN is never the best
     k = int(scores.argmax())
     return {"ids": ids[k], "reward": float(scores[k]), "source": k, "decode_s": time.perf_counter() - t,
             "decode_passes": passes}
@@ -172,6 +186,14 @@ def _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks: dict) ->
             record |= {"judge": judged[i], "judge_win": _win(judged[i], judged[ref])}
         out[name] = record
     return out
+
+
+def finite(scores: Tensor, prompt: str) -> Tensor:
+    """The samples' rewards with NaN as -inf (never chosen); an error when none is a number."""
+    if not bool(torch.isfinite(scores).any()):
+        raise VgfError(f"the reward model gave no finite reward for any sample of the prompt {prompt[:40]!r} "
+                       "(a NaN or inf in its output: check llm.dtype and the model)")
+    return scores.nan_to_num(nan=float("-inf"))
 
 
 def _win(a: float, b: float) -> float:

@@ -13,10 +13,24 @@ IGNORE = -100  # labels the loss skips (padding; the prompt without sft.prompt_l
 
 
 def encode_pair(tokenizer, prompt: str, response: str, context: int) -> tuple[list[int], int]:
-    """Token ids of ``prompt + response + EOS`` (at most ``context``) and the prompt's length in tokens."""
+    """Token ids of ``prompt + response + EOS`` and the prompt's length in tokens. Longer than ``context``:
+    the prompt loses its start (as evaluation cuts it) and then the response its end, so the response
+    and its EOS are what is kept."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return (p + r)[:context], min(len(p), context)
+    r = (tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:context - 1]
+    p = p[max(0, len(p) - (context - len(r))):]
+    return p + r, len(p)
+
+
+def rng_state() -> dict:
+    """torch's global random streams (dropout draws from them), for a checkpoint."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class TokenBatches:
