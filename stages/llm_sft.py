@@ -49,26 +49,13 @@ class PretrainLmStage(Stage):
         import torch
 
         from vgfcli.llm import tiny
-        from vgfcli.llm.models import load_policy, load_tokenizer, quiet_transformers, resolve_dtype
-        from vgfcli.llm.prompts import load_jsonl
-        from vgfcli.llm.training import (
-            TokenBatches,
-            lm_loss,
-            model_outputs,
-            rng_state,
-            save_model,
-            set_rng_state,
-            warmup_adamw,
-        )
-        from vgfcli.training import resolve_device, train_loop
+        from vgfcli.llm import training as lm
+        from vgfcli.llm.models import load_policy, load_tokenizer, resolve_dtype
+        from vgfcli.training import train_loop
 
         s = cfg.sft
-        quiet_transformers()
-        device = resolve_device(cfg.device)
-        run.set_tags({"vgf.device": str(device)})
-        paths = inputs.upstream["prompts"].output_paths()
-        rows = [r for r in load_jsonl(paths["prompts"]) if "reference" in r]
-        val_rows = [r for r in load_jsonl(paths["val_prompts"]) if "reference" in r][:VAL_ROWS]
+        device = lm.stage_start(cfg, run)
+        rows, val_rows = lm.rows_with(inputs.upstream["prompts"], "reference", VAL_ROWS)
         if not rows:
             raise VgfError("pretrain-policy domain=llm needs reference responses in the prompt set "
                            "(prompts.reference_field=COLUMN), or a policy of your own: llm.policy=FOLDER")
@@ -82,16 +69,16 @@ class PretrainLmStage(Stage):
             tokenizer = load_tokenizer(s.base, "sft.base")
             model = load_policy(s.base, device, torch.float32)[0].requires_grad_(True)
         model.train()
-        batches = TokenBatches(tokenizer, rows, s.context, s.batch_size, cfg.seed, prompt_loss=s.prompt_loss)
-        val = TokenBatches(tokenizer, val_rows or rows[:VAL_ROWS], s.context, s.batch_size, cfg.seed,
+        batches = lm.TokenBatches(tokenizer, rows, s.context, s.batch_size, cfg.seed, prompt_loss=s.prompt_loss)
+        val = lm.TokenBatches(tokenizer, val_rows or rows[:VAL_ROWS], s.context, s.batch_size, cfg.seed,
                            prompt_loss=s.prompt_loss)
-        optimizer, schedule = warmup_adamw(model, s.lr, s.warmup)
+        optimizer, schedule = lm.warmup_adamw(model, s.lr, s.warmup)
         amp = device.type == "cuda"
 
         def step_fn(step: int) -> dict:
             ids, mask, labels = (t.to(device) for t in batches.sample())
             with torch.autocast(device.type, dtype=resolve_dtype("auto", device), enabled=amp):
-                loss = lm_loss(model_outputs(model, ids, mask), labels)
+                loss = lm.lm_loss(lm.model_outputs(model, ids, mask), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -102,27 +89,27 @@ class PretrainLmStage(Stage):
         def val_fn(step: int) -> dict:
             model.eval()
             with torch.no_grad():
-                losses = [lm_loss(model_outputs(model, *(t.to(device) for t in b[:2])), b[2].to(device))
+                losses = [lm.lm_loss(lm.model_outputs(model, *(t.to(device) for t in b[:2])), b[2].to(device))
                           for b in val.all_batches()]
             model.train()
             return {"val_loss": float(torch.stack(losses).mean())}
 
         def state_fn() -> dict:
             return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "sampler": batches.generator.get_state(), "rng": rng_state()}
+                    "schedule": schedule.state_dict(), "sampler": batches.generator.get_state(), "rng": lm.rng_state()}
 
         def load_fn(state: dict) -> int:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             batches.generator.set_state(state["sampler"])
-            set_rng_state(state["rng"])  # dropout draws from torch's global stream
+            lm.set_rng_state(state["rng"])  # dropout draws from torch's global stream
             return int(state["step"])
 
         loop = train_loop(run, ui, "pretrain-policy (lm)", steps=s.steps, step_fn=step_fn, state_fn=state_fn,
                           load_fn=load_fn, checkpoint_every=s.checkpoint_every, log_every=s.log_every,
                           every={s.log_every * 5: val_fn})
-        outputs = save_model(model.eval(), tokenizer, run.staging / "lm")
+        outputs = lm.save_model(model.eval(), tokenizer, run.staging / "lm")
         summary = {"base": s.base or f"gpt2-shaped {s.layers}x{s.width} from scratch", "pairs": len(rows),
                    "vocab": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
                    "steps": s.steps, "loss": round(loop.last.get("loss", float("nan")), 4),

@@ -51,37 +51,24 @@ class TrainRewardStage(Stage):
 
         from vgfcli.cache import write_json_atomic
         from vgfcli.llm import tiny
-        from vgfcli.llm.models import RewardModel, context_of, load_tokenizer, quiet_transformers, resolve_dtype
-        from vgfcli.llm.prompts import load_jsonl
-        from vgfcli.llm.training import (
-            PairBatches,
-            bradley_terry_loss,
-            model_folder,
-            rng_state,
-            save_model,
-            set_rng_state,
-            warmup_adamw,
-        )
-        from vgfcli.training import resolve_device, train_loop
+        from vgfcli.llm import training as lm
+        from vgfcli.llm.models import RewardModel, context_of, load_tokenizer, resolve_dtype
+        from vgfcli.training import train_loop
 
         r = cfg.reward
-        quiet_transformers()
-        device = resolve_device(cfg.device)
-        run.set_tags({"vgf.device": str(device)})
-        paths = inputs.upstream["prompts"].output_paths()
-        pairs = [row for row in load_jsonl(paths["prompts"]) if "chosen" in row]
-        val_pairs = [row for row in load_jsonl(paths["val_prompts"]) if "chosen" in row][:VAL_PAIRS]
+        device = lm.stage_start(cfg, run)
+        pairs, val_pairs = lm.rows_with(inputs.upstream["prompts"], "chosen", VAL_PAIRS)
         if not pairs:
             raise VgfError("train-reward needs preference pairs in the prompt set (prompts.chosen_field=COLUMN "
                            "prompts.rejected_field=COLUMN), or a reward model of your own: llm.reward=FOLDER")
-        base = r.base if r.base != "policy" else (cfg.llm.policy or str(model_folder(inputs.upstream["lm"])))
+        base = r.base if r.base != "policy" else (cfg.llm.policy or str(lm.model_folder(inputs.upstream["lm"])))
         tokenizer = load_tokenizer(base, "reward.base")
         model = tiny.reward_from_lm(base, r.members, cfg.seed).to(device).train()
         context = context_of(model) or 1024
         reward = RewardModel(model, tokenizer, "reward.base")
-        batches = PairBatches(tokenizer, pairs, context, r.batch_size, cfg.seed)
-        val = PairBatches(tokenizer, val_pairs or pairs[:VAL_PAIRS], context, r.batch_size, cfg.seed)
-        optimizer, schedule = warmup_adamw(model, r.lr, 50)
+        batches = lm.PairBatches(tokenizer, pairs, context, r.batch_size, cfg.seed)
+        val = lm.PairBatches(tokenizer, val_pairs or pairs[:VAL_PAIRS], context, r.batch_size, cfg.seed)
+        optimizer, schedule = lm.warmup_adamw(model, r.lr, 50)
         members = torch.Generator().manual_seed(cfg.seed + 1)  # each member's bootstrap weights of a batch
         amp = device.type == "cuda"
 
@@ -95,7 +82,7 @@ class TrainRewardStage(Stage):
         def step_fn(step: int) -> dict:
             chosen, rejected = scores(batches.sample())
             weights = torch.poisson(torch.ones(chosen.shape), generator=members).to(device)
-            loss = bradley_terry_loss(chosen, rejected, weights if r.members > 1 else None)
+            loss = lm.bradley_terry_loss(chosen, rejected, weights if r.members > 1 else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,12 +98,12 @@ class TrainRewardStage(Stage):
             chosen = torch.cat([c for c, _ in pairs_scored], 1)
             rejected = torch.cat([x for _, x in pairs_scored], 1)
             mean_right = (chosen.mean(0) > rejected.mean(0)).float().mean()
-            return {"val_accuracy": float(mean_right), "val_loss": float(bradley_terry_loss(chosen, rejected))}
+            return {"val_accuracy": float(mean_right), "val_loss": float(lm.bradley_terry_loss(chosen, rejected))}
 
         def state_fn() -> dict:
             return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "sampler": batches.generator.get_state(),
-                    "members": members.get_state(), "rng": rng_state()}
+                    "members": members.get_state(), "rng": lm.rng_state()}
 
         def load_fn(state: dict) -> int:
             model.load_state_dict(state["model"])
@@ -124,7 +111,7 @@ class TrainRewardStage(Stage):
             schedule.load_state_dict(state["schedule"])
             batches.generator.set_state(state["sampler"])
             members.set_state(state["members"])
-            set_rng_state(state["rng"])  # dropout draws from torch's global stream
+            lm.set_rng_state(state["rng"])  # dropout draws from torch's global stream
             return int(state["step"])
 
         loop = train_loop(run, ui, "train-reward", steps=r.steps, step_fn=step_fn, state_fn=state_fn,
@@ -137,7 +124,7 @@ class TrainRewardStage(Stage):
             with torch.no_grad():
                 spread = torch.cat([torch.cat(scores(b), 1) for b in val.all_batches()], 1).std(0)
             calibration["threshold"] = float(spread.quantile(r.calibration_quantile))
-        outputs = save_model(model, tokenizer, run.staging / "reward")
+        outputs = lm.save_model(model, tokenizer, run.staging / "reward")
         write_json_atomic(run.staging / "calibration.json", calibration)
         outputs["calibration.json"] = run.staging / "calibration.json"
         summary = {"base": r.base if r.base != "policy" else "the reference LM", "pairs": len(pairs),

@@ -27,14 +27,16 @@ TEXTS = [f"the {a} {b} sat on the {c} near the river" for a in ("quick", "lazy",
 def tiny_models(tmp_path_factory):
     """A policy and a 2-member reward model sharing one BPE tokenizer, saved as HF folders."""
     root = tmp_path_factory.mktemp("lm")
-    tokenizer = tiny.train_tokenizer(TEXTS, 300)
-    lm = tiny.new_causal_lm(tokenizer, layers=1, heads=2, width=32, context=64, seed=0)
-    lm.save_pretrained(root / "policy")
-    tokenizer.save_pretrained(root / "policy")
-    reward = tiny.reward_from_lm(str(root / "policy"), 2, seed=1)
-    reward.save_pretrained(root / "reward")
-    tokenizer.save_pretrained(root / "reward")
+    make_models(tiny.train_tokenizer(TEXTS, 300), root / "policy", root / "reward", members=2)
     return root
+
+
+def make_models(tokenizer, policy_dir, reward_dir, members):
+    """A random-weight GPT-2-shaped LM and a reward model on its body, each saved with the tokenizer."""
+    tiny.new_causal_lm(tokenizer, layers=1, heads=2, width=32, context=64, seed=0).save_pretrained(policy_dir)
+    tokenizer.save_pretrained(policy_dir)
+    tiny.reward_from_lm(str(policy_dir), members, seed=1).save_pretrained(reward_dir)
+    tokenizer.save_pretrained(reward_dir)
 
 
 def load(root):
@@ -200,12 +202,7 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tiny_models, tmp_path)
     _, tokenizer, _ = load(tiny_models)
     with pytest.raises(VgfError, match="same tokenizer"):
         models.check_same_tokenizer(tokenizer, other, "policy", "reward")
-    lm = tiny.new_causal_lm(other, layers=1, heads=2, width=32, context=64, seed=0)
-    lm.save_pretrained(tmp_path / "other")
-    other.save_pretrained(tmp_path / "other")
-    rm = tiny.reward_from_lm(str(tmp_path / "other"), 1, seed=0)
-    rm.save_pretrained(tmp_path / "other-reward")
-    other.save_pretrained(tmp_path / "other-reward")
+    make_models(other, tmp_path / "other", tmp_path / "other-reward", members=1)
     prompts = write_prompts(tmp_path / "p.jsonl")
     result = runner.invoke(app, ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}",
                                  f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tmp_path / 'other-reward'}",

@@ -122,6 +122,27 @@ def save_model(model, tokenizer, folder: Path) -> dict[str, Path]:
     return {f.name: f for f in sorted(folder.iterdir()) if f.is_file()}
 
 
+def stage_start(cfg, run):
+    """What every LM training stage does first: transformers quiet, the device resolved and tagged."""
+    from vgfcli.llm.models import quiet_transformers
+    from vgfcli.training import resolve_device
+
+    quiet_transformers()
+    device = resolve_device(cfg.device)
+    run.set_tags({"vgf.device": str(device)})
+    return device
+
+
+def rows_with(record, key: str, val_limit: int) -> tuple[list[dict], list[dict]]:
+    """The prompt set's training rows that have ``key`` (a reference, a chosen response) and at most
+    ``val_limit`` held-out ones, from an ingest-prompts run."""
+    from vgfcli.llm.prompts import load_jsonl
+
+    paths = record.output_paths()
+    rows = [r for r in load_jsonl(paths["prompts"]) if key in r]
+    return rows, [r for r in load_jsonl(paths["val_prompts"]) if key in r][:val_limit]
+
+
 def model_folder(record) -> Path:
     """The ``save_pretrained`` folder of a finished LM stage run (its outputs lie side by side)."""
     from vgfcli.errors import VgfError
