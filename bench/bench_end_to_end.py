@@ -8,8 +8,9 @@ dataset, with the same sizes, update count and evaluation episodes per budget L,
   finds them in ogbench's data folder (its HOME points at a scratch home whose ``.ogbench/data`` holds
   them), ours reads the same files (``data.source=file``).
 - Official: `main.py --agent=agents/vgf.py --offline_steps=U --eval_interval=U --eval_episodes=E`, with
-  wandb disabled. A driver wraps its ``evaluate_vgf_multiple`` to time each evaluation (L = 0..3, E
-  episodes each, one environment at a time). `main.py` also evaluates at step 1; that evaluation is
+  wandb replaced by a no-op (its CSV loggers stay) and an empty module standing in for d4rl (imported at the top of its envs/, used
+  only by D4RL tasks, and not installable beside current MuJoCo). A driver wraps its ``evaluate_vgf_multiple`` to time each
+  evaluation (L = 0..3, E episodes each, one environment at a time). `main.py` also evaluates at step 1; that evaluation is
   timed apart and left out of the comparison (the same work as the final one).
 - Ours: one `vgf pipeline` with ``data.source=file`` in a fresh store, timed by wall clock: ingest, U
   policy updates, U critic updates (the official update trains both its BC flow and its critic), then
@@ -33,16 +34,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-E2E_PIP = ["ogbench", "wandb", "tqdm", "absl-py", "mujoco", "gymnasium", "imageio", "matplotlib"]
+E2E_PIP = ["ogbench", "wandb", "tqdm", "absl-py", "mujoco", "gymnasium", "gym==0.23.1", "imageio", "matplotlib", "pillow"]
 SIZES = {"quick": dict(hidden=[256, 256, 256], batch=128), "paper": dict(hidden=[512, 512, 512, 512], batch=256)}
 PARTICLES, FLOW_STEPS, TRAIN_STEPS = 10, 10, 3
 
 OFFICIAL_E2E_DRIVER = r'''
-import json, sys, time
+import json, sys, time, types
 sys.path.insert(0, sys.argv[1])
+sys.modules["d4rl"] = types.ModuleType("d4rl")  # imported at the top of envs/; only D4RL tasks use it
 sys.argv = [sys.argv[1] + "/main.py"] + json.loads(sys.argv[2])
 import main as official
 from absl import app
+# no wandb: logging goes to main.py's CSV files only (its own loggers)
+official.setup_wandb = lambda **kw: None
+official.wandb = types.SimpleNamespace(run=types.SimpleNamespace(project="e2e"), log=lambda *a, **k: None)
 evals = []
 inner = official.evaluate_vgf_multiple
 def timed(*a, **k):
@@ -58,9 +63,9 @@ print("RESULT " + json.dumps({"total_s": total, "evals_s": evals}))
 '''
 
 
-def official_flags(task: str, size: dict, updates: int, episodes: int, save_dir: Path) -> list[str]:
+def official_flags(repo: Path, task: str, size: dict, updates: int, episodes: int, save_dir: Path) -> list[str]:
     hidden = "(" + ",".join(str(h) for h in size["hidden"]) + ")"
-    return [f"--env_name=ogbench:{task}", "--agent=agents/vgf.py", f"--offline_steps={updates}",
+    return [f"--env_name=ogbench:{task}", f"--agent={repo / 'agents' / 'vgf.py'}", f"--offline_steps={updates}",
             f"--eval_interval={updates}", f"--log_interval={updates}", f"--save_interval={10 * updates}",
             f"--eval_episodes={episodes}", f"--save_dir={save_dir}", f"--agent.actor_hidden_dims={hidden}",
             f"--agent.value_hidden_dims={hidden}", f"--agent.batch_size={size['batch']}",
@@ -97,7 +102,7 @@ def ours(args, data: dict, scratch: Path) -> dict:
               f"policy.batch_size={size['batch']}", f"policy.steps={args.updates}", f"critic.steps={args.updates}",
               f"policy.flow_steps={FLOW_STEPS}", f"method.num_particles={PARTICLES}",
               f"method.train_steps={TRAIN_STEPS}", f"evaluate.episodes={args.episodes}", "evaluate.budgets=[0,1,2,3]",
-              f"threads={args.threads}"]
+              f"threads={args.threads}", *(["method.amp=off"] if args.isa == "avx2" else [])]
     t = time.perf_counter()
     out = json.loads(run_vgf(["pipeline", *common, "--json"], home, args.threads))
     phases = {"total_s": time.perf_counter() - t}
@@ -124,7 +129,7 @@ def official(args, data: dict, scratch: Path) -> dict:
     shutil.copy(data["val"], folder / f"{data['name']}-val.npz")
     driver = scratch / "driver_official_e2e.py"
     driver.write_text(OFFICIAL_E2E_DRIVER)
-    flags = official_flags(args.task, SIZES[args.config], args.updates, args.episodes, scratch / "e2e-official-exp")
+    flags = official_flags(scratch / "vgf", args.task, SIZES[args.config], args.updates, args.episodes, scratch / "e2e-official-exp")
     os.environ.update(HOME=str(home), WANDB_MODE="disabled", MUJOCO_GL="egl")
     try:
         out = run_child([str(scratch / "venv" / "bin" / "python"), str(driver), str(scratch / "vgf"), json.dumps(flags)],

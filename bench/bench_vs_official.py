@@ -120,6 +120,8 @@ def parse_args(argv=None):
                    "updates each (vgf)")
     p.add_argument("--episodes", type=int, default=10, help="--end-to-end: evaluation episodes per L")
     p.add_argument("--data-episodes", type=int, default=100, help="--end-to-end: episodes vgf collect makes")
+    p.add_argument("--isa", default="native", choices=("native", "avx2"),
+                   help="avx2: hold both sides to AVX2 (torch, oneDNN, MKL, XLA) and vgf to fp32")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run vgf's side from this JSON spec
     return p.parse_args(argv)
 
@@ -138,10 +140,17 @@ def setup(args) -> None:
     print(f"official code at {repo}, venv at {venv}")
 
 
+# --isa avx2: both sides held to AVX2 on an AVX-512 machine, standing in for an AVX2-only CPU (torch's
+# kernels, oneDNN's and MKL's GEMMs, XLA's code generation)
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
 def pinned_env(threads: int) -> dict:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
+    xla = f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
+    if env.get("ATEN_CPU_CAPABILITY") == "avx2":
+        xla += " --xla_cpu_max_isa=AVX2"
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu", XLA_FLAGS=xla)
     return env
 
 
@@ -290,13 +299,15 @@ def main(argv=None):
         return worker(json.loads(args.worker))
     if args.setup:
         return setup(args)
+    if args.isa == "avx2":
+        os.environ.update(AVX2_ENV)
     if args.end_to_end:
         from bench_end_to_end import end_to_end
 
         result = end_to_end(args)
         print(json.dumps(result, indent=1))
         append(args.out, {"bench": "end_to_end", **machine(), "threads": args.threads, "cpu_flags": cpu_flags(),
-                          "task": args.task, "config": args.config, "updates": args.updates,
+                          "task": args.task, "config": args.config, "updates": args.updates, "isa": args.isa,
                           "episodes": args.episodes, "official_commit": args.official_commit, **result})
         return None
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
