@@ -55,10 +55,9 @@ class PretrainLmStage(Stage):
 
         s = cfg.sft
         device = lm.stage_start(cfg, run)
-        rows, val_rows = lm.rows_with(inputs.upstream["prompts"], "reference", VAL_ROWS)
-        if not rows:
-            raise VgfError("pretrain-policy domain=llm needs reference responses in the prompt set "
-                           "(prompts.reference_field=COLUMN), or a policy of your own: llm.policy=FOLDER")
+        rows, val_rows = lm.rows_with(inputs.upstream["prompts"], "reference", VAL_ROWS,
+                                      "pretrain-policy domain=llm needs reference responses in the prompt set "
+                                      "(prompts.reference_field=COLUMN), or a policy of your own: llm.policy=FOLDER")
         torch.manual_seed(cfg.seed)
         if s.base is None:
             with ui.status(f"training a {s.vocab_size}-token BPE tokenizer on {len(rows)} texts"):

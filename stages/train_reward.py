@@ -12,7 +12,6 @@ dataset's actions). Loss: ``-log sigmoid(r(chosen) - r(rejected))`` per member.
 
 from __future__ import annotations
 
-from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 from vgfcli.ui import summary_table
 
@@ -57,10 +56,10 @@ class TrainRewardStage(Stage):
 
         r = cfg.reward
         device = lm.stage_start(cfg, run)
-        pairs, val_pairs = lm.rows_with(inputs.upstream["prompts"], "chosen", VAL_PAIRS)
-        if not pairs:
-            raise VgfError("train-reward needs preference pairs in the prompt set (prompts.chosen_field=COLUMN "
-                           "prompts.rejected_field=COLUMN), or a reward model of your own: llm.reward=FOLDER")
+        pairs, val_pairs = lm.rows_with(inputs.upstream["prompts"], "chosen", VAL_PAIRS,
+                                        "train-reward needs preference pairs in the prompt set (prompts.chosen_field="
+                                        "COLUMN prompts.rejected_field=COLUMN), or a reward model of your own: "
+                                        "llm.reward=FOLDER")
         base = r.base if r.base != "policy" else (cfg.llm.policy or str(lm.model_folder(inputs.upstream["lm"])))
         tokenizer = load_tokenizer(base, "reward.base")
         model = tiny.reward_from_lm(base, r.members, cfg.seed).to(device).train()

@@ -133,13 +133,16 @@ def stage_start(cfg, run):
     return device
 
 
-def rows_with(record, key: str, val_limit: int) -> tuple[list[dict], list[dict]]:
+def rows_with(record, key: str, val_limit: int, missing: str) -> tuple[list[dict], list[dict]]:
     """The prompt set's training rows that have ``key`` (a reference, a chosen response) and at most
-    ``val_limit`` held-out ones, from an ingest-prompts run."""
+    ``val_limit`` held-out ones, from an ingest-prompts run; ``missing`` is the error when none has it."""
+    from vgfcli.errors import VgfError
     from vgfcli.llm.prompts import load_jsonl
 
     paths = record.output_paths()
     rows = [r for r in load_jsonl(paths["prompts"]) if key in r]
+    if not rows:
+        raise VgfError(missing)
     return rows, [r for r in load_jsonl(paths["val_prompts"]) if key in r][:val_limit]
 
 
