@@ -130,12 +130,17 @@ def official(args, data: dict, scratch: Path) -> dict:
     driver = scratch / "driver_official_e2e.py"
     driver.write_text(OFFICIAL_E2E_DRIVER)
     flags = official_flags(scratch / "vgf", args.task, SIZES[args.config], args.updates, args.episodes, scratch / "e2e-official-exp")
-    os.environ.update(HOME=str(home), WANDB_MODE="disabled", MUJOCO_GL="egl")
+    saved = {k: os.environ.get(k) for k in ("HOME", "MUJOCO_GL")}
+    os.environ.update(HOME=str(home), MUJOCO_GL="egl")  # run_child hands the child this environment
     try:
         out = run_child([str(scratch / "venv" / "bin" / "python"), str(driver), str(scratch / "vgf"), json.dumps(flags)],
                         args.threads)
     finally:
-        os.environ["HOME"] = str(Path("~").expanduser())
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     first, last = (out["evals_s"] + [0.0, 0.0])[:2]
     # main.py evaluates at step 1 and at the end: the comparison keeps the training and the final evaluation
     return {"total_s": out["total_s"], "step1_evaluation_s": first, "evaluation_s": last,

@@ -42,7 +42,9 @@ class IngestPromptsStage(Stage):
         if inputs.info["source"] == "demo":
             return key | {"seed": cfg.seed}
         if "source" not in inputs.files:  # a datasets folder: its files' digests stand for it
-            key["folder"] = _folder_digest(inputs.info["path"])
+            from vgfcli.llm.keys import folder_digest
+
+            key["folder"] = folder_digest(inputs.info["path"])
         return {k: v for k, v in key.items() if not k.startswith("demo_")}
 
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
@@ -85,12 +87,6 @@ class IngestPromptsStage(Stage):
 
     def render(self, outcome: Outcome):
         return summary_table(f"ingest (prompts): {outcome.summary.get('source')}", outcome.summary)
-
-
-def _folder_digest(path: Path) -> dict[str, str]:
-    from vgfcli.cache import file_sha256
-
-    return {f.relative_to(path).as_posix(): file_sha256(f) for f in sorted(path.rglob("*")) if f.is_file()}
 
 
 STAGE = IngestPromptsStage()

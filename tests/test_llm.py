@@ -253,6 +253,15 @@ def test_pipeline_end_to_end_on_tiny_models(tmp_path):
     assert len(results["per_prompt"]["L=1"]["reward"]) == 3
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and all(s["cache_hit"] for s in json.loads(again.stdout)["stages"].values())
+    # the single commands find the pipeline's runs; evaluate on training prompts with the top-k decoder
+    base = ["domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS, *TINY]
+    reward = runner.invoke(app, ["train-reward", *base, "--json"])
+    assert reward.exit_code == 0 and json.loads(reward.stdout)["cache_hit"], reward.output
+    topk = runner.invoke(app, ["evaluate", *base, "evaluate.split=train", "llm.decode=topk", "--budget", "0,1", "--json"])
+    assert topk.exit_code == 0, topk.output
+    summary = json.loads(topk.stdout)["summary"]
+    assert summary["split"] == "train" and summary["decode"] == "topk" and not json.loads(topk.stdout)["cache_hit"]
+    assert {r["row"]: r for r in summary["rows"]}["L=1"]["policy_passes"] > {r["row"]: r for r in summary["rows"]}["L=0"]["policy_passes"]
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "datasets"])
@@ -360,3 +369,23 @@ def test_memory_estimate_adds_up_from_the_model_sizes():
 
     counted = sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
     assert ModelSize.of(config).parameters == pytest.approx(counted, rel=0.1)  # tied head: one table counted twice
+
+
+def test_the_demo_prompt_set_ingests_and_rl_commands_take_domain_rl():
+    result = runner.invoke(app, ["ingest", "domain=llm", "prompts.demo_rows=60", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["train_prompts"] + summary["val_prompts"] >= 50 and summary["preference_pairs"] > 0
+    shown = runner.invoke(app, ["pretrain-policy", "domain=rl", "--cfg"])
+    assert shown.exit_code == 0 and "policy:" in shown.output, shown.output
+
+
+def test_the_memory_script_prints_every_part():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "llm_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--judge", "pythia-1b", "--particles", "4"], capture_output=True,
+                         text=True, check=True).stdout
+    assert all(part in out for part in ("policy weights", "reward backward", "judge weights", "total"))

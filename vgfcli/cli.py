@@ -101,13 +101,13 @@ def _internal_error(exc: Exception):
 def _run_stage(name: str, overrides: list[str] | None, force: bool, json_out: bool, show_cfg: bool,
                flags: dict[str, bool] | None = None) -> None:
     from vgfcli.config import compose, to_yaml
-    from vgfcli.graph import command_stage
+    from vgfcli.graph import command_stage, config_overrides
     from vgfcli.stage import execute, report
     from vgfcli.ui import UI
     from vgfcli.upstream import Upstream
 
     stage = command_stage(name, overrides)
-    cfg = compose(stage.config_name, overrides)
+    cfg = compose(stage.config_name, config_overrides(overrides))
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
         return
@@ -248,7 +248,7 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     from vgfcli.upstream import Upstream
 
     cfg = compose(graph.pipeline_config(overrides),
-                  [*(overrides or []), *_sweep_overrides(budget, guidance, particles, video)])
+                  [*graph.config_overrides(overrides), *_sweep_overrides(budget, guidance, particles, video)])
     if show_cfg:
         typer.echo(to_yaml(cfg), nl=False)
         return

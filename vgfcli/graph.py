@@ -45,7 +45,8 @@ DOMAINS = {
 
 
 def domain_of(overrides: list[str] | None) -> str:
-    """The domain a command line asks for (``domain=NAME``; the last one wins), ``rl`` by default."""
+    """The domain a command line asks for (``domain=NAME``; the last one wins), ``rl`` by default.
+    ``config_overrides`` drops ``domain=rl``: the RL configs have no such key."""
     from vgfcli.errors import VgfError
 
     picked = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("domain=")]
@@ -63,15 +64,19 @@ def command_stage(command: str, overrides: list[str] | None) -> Stage:
     commands = DOMAINS[domain]["commands"]
     if command in commands:
         return load_stage(commands[command])
-    if any(command in d["commands"] for d in DOMAINS.values()):
-        other = next(name for name, d in DOMAINS.items() if command in d["commands"])
-        raise VgfError(f"vgf {command} belongs to domain={other}, not domain={domain}")
-    return load_stage(command)
+    other = next(name for name, d in DOMAINS.items() if command in d["commands"])
+    raise VgfError(f"vgf {command} belongs to domain={other}, not domain={domain}")
 
 
 def pipeline_config(overrides: list[str] | None) -> str:
     """The config ``vgf pipeline`` composes for these overrides."""
     return DOMAINS[domain_of(overrides)]["config"]
+
+
+def config_overrides(overrides: list[str] | None) -> list[str]:
+    """The overrides a command composes its config with: ``domain=rl`` names the default and is dropped
+    (the RL configs have no ``domain`` key); ``domain=llm`` stays (the LM config has one)."""
+    return [o for o in overrides or [] if o != "domain=rl"]
 
 
 def load_stage(name: str) -> Stage:

@@ -7,6 +7,7 @@ YAML or by the user. Each field says what it means.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -268,6 +269,10 @@ def _one_of(*options):
     return (lambda v: v in options), "one of " + ", ".join(str(o) for o in options)
 
 
+def _finite_positive():
+    return (lambda v: v is not None and math.isfinite(v) and v > 0), "a finite number > 0"
+
+
 def _widths():
     return (lambda v: v is None or (len(v) > 0 and all(w >= 1 for w in v))), "a non-empty list of widths >= 1"
 
@@ -302,6 +307,24 @@ CHECKS = {
         "online.log_every": _at_least(1), "online.start_training": _at_least(0),
         "online.sampling": _one_of("uniform", "balanced", "online"), "online.buffer_size": _at_least(1),
     },
+    "llm": {
+        "domain": _one_of("llm"), "seed": _at_least(0), "threads": _at_least(1),
+        "prompts.source": _one_of("demo", "file"), "prompts.val_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"),
+        "prompts.demo_rows": _at_least(10), "llm.decode": _one_of("nearest", "topk"), "llm.decode_k": _at_least(1),
+        "llm.dtype": _one_of("auto", "float32", "bfloat16", "float16"),
+        "sft.vocab_size": _at_least(300), "sft.layers": _at_least(1), "sft.heads": _at_least(1), "sft.width": _at_least(8),
+        "sft.context": _at_least(8), "sft.steps": _at_least(1), "sft.batch_size": _at_least(1),
+        "sft.lr": _finite_positive(), "sft.warmup": _at_least(0), "sft.log_every": _at_least(1),
+        "sft.checkpoint_every": _at_least(1), "reward.members": _at_least(1), "reward.steps": _at_least(1),
+        "reward.batch_size": _at_least(1), "reward.lr": _finite_positive(),
+        "reward.calibration_quantile": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+        "reward.log_every": _at_least(1), "reward.checkpoint_every": _at_least(1),
+        "evaluate.prompts": _at_least(1), "evaluate.particles": _at_least(1), "evaluate.budget_max": _at_least(0),
+        "evaluate.stop_gain": _at_least(0), "evaluate.max_new_tokens": _at_least(1),
+        "evaluate.temperature": _finite_positive(), "evaluate.top_k": _at_least(0),
+        "evaluate.alpha": _finite_positive(), "evaluate.lr": _finite_positive(),
+        "evaluate.step_rule": _one_of("adam", "plain"), "evaluate.split": _one_of("val", "train"),
+    },
     "collect": {
         "episodes": _at_least(1), "val_episodes": _at_least(0), "episode_length": _at_least(1), "seed": _at_least(0),
         "shard_episodes": _at_least(1), "workers": _at_least(1),
@@ -313,9 +336,7 @@ def check(config_name: str, cfg) -> str | None:
     """The first value of ``cfg`` outside its range or choices, as a message; None when all fit."""
     from omegaconf import OmegaConf
 
-    from vgfcli.llm import schema as llm_schema
-
-    for path, (ok, what) in {**CHECKS, "llm": llm_schema.CHECKS}.get(config_name, {}).items():
+    for path, (ok, what) in CHECKS.get(config_name, {}).items():
         value = OmegaConf.select(cfg, path)
         try:
             fits = ok(value)

@@ -11,8 +11,12 @@ def model_key(spec: str | None):
     if spec is None:
         return None
     path = Path(spec).expanduser()
-    if not path.is_dir():
-        return spec
+    return folder_digest(path) if path.is_dir() else spec
+
+
+def folder_digest(path: Path) -> dict[str, str]:
+    """Every file of a folder (a model, a ``datasets`` folder) by its relative path and sha256, the
+    digests remembered by file stamps as the runner's are (an unchanged file costs a stat)."""
     from vgfcli.cache import path_digest
     from vgfcli.tracking import vgf_home
 

@@ -15,6 +15,8 @@ function differentiated with respect to the embeddings gives the transport's dri
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,10 +102,7 @@ def load_judge(spec: str, device: torch.device, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(spec, "llm.judge")
-    config = load_model("llm.judge", spec, AutoConfig)
-    labels = [str(v) for v in (getattr(config, "id2label", None) or {}).values()]
-    if config.num_labels > 1 and not all(label.startswith("member_") for label in labels):
-        raise VgfError(f"llm.judge '{spec}' has {config.num_labels} outputs: a judge is a reward model of one")
+    check_one_output(load_model("llm.judge", spec, AutoConfig), spec, "llm.judge")
     model = load_model("llm.judge", spec, AutoModelForSequenceClassification, dtype=dtype).to(device).eval()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -128,6 +127,11 @@ def check_reward_config(config, spec: str, kind: str) -> None:
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise VgfError(f"{kind} '{spec}' is a {architectures[0]}, not a reward model (a *ForSequenceClassification "
                        "model with one output)")
+    check_one_output(config, spec, kind)
+
+
+def check_one_output(config, spec: str, kind: str) -> None:
+    """One output, or vgf's ensemble (outputs ``member_i``, read as their mean): never class logits."""
     labels = [str(v) for v in (getattr(config, "id2label", None) or {}).values()]
     if config.num_labels > 1 and not all(label.startswith("member_") for label in labels):
         raise VgfError(f"{kind} '{spec}' has {config.num_labels} outputs ({', '.join(labels[:4])}): a reward model has "
@@ -197,19 +201,6 @@ class RewardModel:
     def from_ids(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.from_embeddings(self.embed(ids), mask, self.last_index(ids, mask))
 
-    @torch.no_grad()
-    def from_texts(self, prompts: list[str], responses: list[str], device) -> Tensor:
-        """``[members, B]`` for texts, tokenized by this model's own tokenizer and ended with its EOS (a
-        judge reads text), the prompt cut from the left to fit the model's positions."""
-        room = context_of(self.model) or 10**9
-        rows = []
-        for p, r in zip(prompts, responses):
-            response = (self.tokenizer(r, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])[:room - 1]
-            prompt = self.tokenizer(p, add_special_tokens=False)["input_ids"]
-            rows.append(prompt[max(0, len(prompt) - (room - len(response))):] + response)
-        ids, mask = pad_right(rows, self.tokenizer.pad_token_id, device)
-        return self.from_ids(ids, mask)
-
 
 def context_of(model) -> int:
     """The positions a model has (0 when its config does not say)."""
@@ -231,11 +222,15 @@ def pad_right(rows: list[list[int]], pad: int, device) -> tuple[Tensor, Tensor]:
 def cached_step(model, ids: Tensor, cache):
     """One forward pass of a causal LM with its KV cache: (logits ``[B, T, V]``, the new cache).
     transformers 5 names the cache ``cache``, 4.x ``past_key_values``: both are read here."""
-    import inspect
-
-    name = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    name = _cache_argument(type(model))
     result = model(input_ids=ids, use_cache=True, **({name: cache} if cache is not None else {}))
-    return result.logits, result.get("cache", result.get("past_key_values"))
+    return result.logits, result[name]
+
+
+@functools.cache
+def _cache_argument(model_class) -> str:
+    """The KV cache's keyword in ``model_class.forward`` (read once per class: this runs once per token)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def response_loglik(model, prompt_ids: Tensor, response: Tensor, lengths: Tensor) -> Tensor:

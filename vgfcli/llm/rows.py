@@ -28,8 +28,9 @@ from torch import Tensor
 from vgfcli.errors import VgfError
 from vgfcli.llm.decoding import decode
 from vgfcli.llm.models import RewardModel, cached_step, context_of, response_loglik
-from vgfcli.llm.transport import ResponseParticles, TransportSettings, aggregate
+from vgfcli.llm.transport import ResponseParticles, TransportSettings
 from vgfcli.nn.adaptive import StopRule
+from vgfcli.nn.particles import aggregate_members
 
 
 @torch.no_grad()
@@ -116,7 +117,7 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
         eos=tok.eos_token_id, pad=tok.pad_token_id, generator=generator)
     sample_passes = ctx.particles * response.shape[1]
     particles = ResponseParticles(ctx.reward, prompt_ids, response, lengths, movable)
-    start_scores = finite(aggregate(particles.members_at(particles.start)), prompt)  # [N]
+    start_scores = finite(aggregate_members(particles.members_at(particles.start), "mean"), prompt)  # [N]
     sampled_s = time.perf_counter() - start
     picks: dict[str, dict] = {"reference": {"ids": response[0], "reward": float(start_scores[0]), "source": 0,
                                             "seconds": sampled_s / ctx.particles, "forward": 1, "backward": 0,
@@ -156,7 +157,7 @@ def _pick(ctx, particles, prompt_ids, response, movable, u, steps, start_scores,
     ids, passes = decode(ctx.decode, u, ctx.reward.table, response, movable, ctx.allowed, policy=ctx.policy,
                          prompt_ids=prompt_ids, k=ctx.decode_k)
     full = torch.cat([prompt_ids.expand(ids.shape[0], -1), ids], 1)
-    scores = aggregate(ctx.reward.from_embeddings(ctx.reward.embed(full), particles.mask, particles.last).detach())
+    scores = aggregate_members(ctx.reward.from_ids(full, particles.mask), "mean")
     scores = scores.nan_to_num(nan=float("-inf"))  # a NaN is never the best
     k = int(scores.argmax())
     return {"ids": ids[k], "reward": float(scores[k]), "source": k, "decode_s": time.perf_counter() - t,

@@ -1,5 +1,6 @@
 """Types of the language-model domain's config (``conf/llm.yaml``, composed when a command is given
-``domain=llm``); values live in the YAML, ranges in ``CHECKS``. No torch here: composing stays fast."""
+``domain=llm``); values live in the YAML, ranges in ``vgfcli.schema.CHECKS["llm"]``. No torch here:
+composing stays fast."""
 
 from __future__ import annotations
 
@@ -108,36 +109,3 @@ class LlmConfig:
     tracking: Any = MISSING
     choices: dict[str, Optional[str]] = field(default_factory=dict)
 
-
-def _finite_positive():
-    import math
-
-    return (lambda v: v is not None and math.isfinite(v) and v > 0), "a finite number > 0"
-
-
-def _at_least(low):
-    return (lambda v: v is None or v >= low), f"at least {low}"
-
-
-def _one_of(*options):
-    return (lambda v: v in options), "one of " + ", ".join(str(o) for o in options)
-
-
-CHECKS = {
-    "domain": _one_of("llm"), "seed": _at_least(0), "threads": _at_least(1),
-    "prompts.source": _one_of("demo", "file"), "prompts.val_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"),
-    "prompts.demo_rows": _at_least(10), "llm.decode": _one_of("nearest", "topk"), "llm.decode_k": _at_least(1),
-    "llm.dtype": _one_of("auto", "float32", "bfloat16", "float16"),
-    "sft.vocab_size": _at_least(300), "sft.layers": _at_least(1), "sft.heads": _at_least(1), "sft.width": _at_least(8),
-    "sft.context": _at_least(8), "sft.steps": _at_least(1), "sft.batch_size": _at_least(1),
-    "sft.lr": _finite_positive(), "sft.warmup": _at_least(0), "sft.log_every": _at_least(1),
-    "sft.checkpoint_every": _at_least(1), "reward.members": _at_least(1), "reward.steps": _at_least(1),
-    "reward.batch_size": _at_least(1), "reward.lr": _finite_positive(),
-    "reward.calibration_quantile": ((lambda v: 0 < v <= 1), "in (0, 1]"),
-    "reward.log_every": _at_least(1), "reward.checkpoint_every": _at_least(1),
-    "evaluate.prompts": _at_least(1), "evaluate.particles": _at_least(1), "evaluate.budget_max": _at_least(0),
-    "evaluate.stop_gain": _at_least(0), "evaluate.max_new_tokens": _at_least(1),
-    "evaluate.temperature": _finite_positive(), "evaluate.top_k": _at_least(0),
-    "evaluate.alpha": _finite_positive(), "evaluate.lr": _finite_positive(),
-    "evaluate.step_rule": _one_of("adam", "plain"), "evaluate.split": _one_of("val", "train"),
-}

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from vgfcli.llm.models import RewardModel
 from vgfcli.nn.adaptive import StopRule
-from vgfcli.nn.particles import AdamParticleState, aggregate_members, particle_step
+from vgfcli.nn.particles import AdamParticleState, particle_step
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,3 @@ class ResponseParticles:
                           clip=None)
         return self.flat(self.moving(self.unflat(x))).detach()
 
-
-def aggregate(qs: Tensor, q_agg: str = "mean") -> Tensor:
-    """``[members, B]`` rewards -> ``[B]`` (the members' mean, as the offline critic's ensemble)."""
-    return aggregate_members(qs, q_agg)
