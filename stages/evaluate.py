@@ -63,9 +63,9 @@ class EvaluateStage(Stage):
     def run(self, cfg, inputs: Inputs, run, ui) -> StageResult:
         import torch
 
-        from vgfcli import plots, seeds
+        from vgfcli import eval_rows, plots, seeds
         from vgfcli.cache import write_bytes_atomic
-        from vgfcli.eval_rows import RowJob, auto_workers, compute_columns, run_rows, score_row
+        from vgfcli.eval_rows import RowJob, auto_workers, compile_setting, compute_columns, run_rows, score_row
         from vgfcli.methods.base import EvalSetting
         from vgfcli.protocols import task_label
         from vgfcli.rollout import release_envs
@@ -79,7 +79,8 @@ class EvaluateStage(Stage):
         task = task_label(cfg)  # a D4RL/Minari run is filed under its own dataset, not the default task
         run.set_tags({"vgf.device": str(device), "vgf.method": cfg.method.name, "vgf.task": task,
                       "vgf.preset": str(preset), "vgf.seed": str(cfg.seed)})
-        agent, saved = agents.load_agent(cfg, inputs.upstream, device)
+        compile_choice = compile_setting(e.compile)
+        agent, saved = agents.load_agent(cfg, inputs.upstream, device, compile=compile_choice is True)
         env_id = agents.evaluation_env(cfg, saved["dataset_attrs"])
         try:
             settings = agent.eval_settings(e)
@@ -99,9 +100,15 @@ class EvaluateStage(Stage):
         workers = auto_workers(e.workers, len(jobs), e.episodes, device, rendered=agent.pixels)
         threads = max(1, torch.get_num_threads() // workers)
         run.set_tags({"vgf.eval_workers": str(workers)})
+        with ui.status("evaluate.compile: timing eager acting"):  # auto: compile where the calls repay it
+            choice = eval_rows.resolve_compile(agent, settings, e, env_id, compile_choice)
+        compile_before = agent.compile_seconds
         with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:
             scored = run_rows(agent, jobs, workers=workers, threads=threads, advance=bar.advance,
-                              make_agent=functools.partial(agents.acting_agent, cfg, inputs.upstream, str(device)))
+                              make_agent=functools.partial(agents.acting_agent, cfg, inputs.upstream, str(device),
+                                                           compile=bool(choice["compile"])))
+        if workers == 1:  # the compile cost measured here steers the next auto choice
+            eval_rows.remember_compile(agent, e, agent.compile_seconds - compile_before, len(settings))
         for setting, (result, counter) in zip(rows, scored):
             row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
             row |= compute_columns(result, counter)
@@ -157,9 +164,11 @@ class EvaluateStage(Stage):
             summary["render_s"] = round(render_seconds, 1)
         if agent.compile_seconds:  # one-off torch.compile cost (evaluate.compile)
             summary["compile_s"] = round(agent.compile_seconds, 1)
+        summary["compile_choice"] = choice  # what evaluate.compile chose, and (auto) on which figures
         results_json = run.staging / "results.json"
         # The file is the same bytes for the same inputs: timings stay in the summary and MLflow.
-        full = {**{k: v for k, v in summary.items() if k not in ("compile_s", "render_s", "videos_per_row")},
+        full = {**{k: v for k, v in summary.items() if k not in ("compile_s", "compile_choice", "render_s",
+                                                                  "videos_per_row")},
                 "results": [{k: v for k, v in r.items() if k != "actions_per_s"} | {"outcomes": o}
                             for r, o in zip(results, outcomes)]}
         write_bytes_atomic(results_json, json.dumps(full, indent=1).encode())
@@ -173,8 +182,13 @@ class EvaluateStage(Stage):
         sweep = s.get("sweep", [])
         steps = any("steps_mean" in r.get("compute", {}) for r in s["results"])
         values = any("value_check" in r for r in s["results"])
-        if "val_critic_loss" in s:
-            table.caption = f"critic loss on the validation split: {s['val_critic_loss']:.4g}"
+        captions = [f"critic loss on the validation split: {s['val_critic_loss']:.4g}"] if "val_critic_loss" in s else []
+        choice = s.get("compile_choice") or {}
+        if "estimated_compile_s" in choice:  # evaluate.compile=auto: what it chose and why
+            captions.append(f"acting {'compiled' if choice['compile'] else 'eager'} (evaluate.compile=auto: "
+                            f"~{choice['estimated_saving_s']:.0f} s saved against ~{choice['estimated_compile_s']:.0f} s "
+                            "of compiling)")
+        table.caption = "\n".join(captions) or None
         for column in ("policy", *sweep, "particles", "episodes", s["metric"], "95% interval", "return mean",
                        "actions/s", "critic evals/action", *(["steps: mean (per k)"] if steps else []),
                        *(["Q - return (r)"] if values else [])):

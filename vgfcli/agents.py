@@ -123,7 +123,9 @@ def load_agent(cfg, upstream: Mapping, device, fp32_eager: bool = False, compile
     module = methods.load(saved["method"])
     # acting is compiled by evaluate's own switch, whatever the training run chose
     if compile is None:
-        compile = bool(cfg.evaluate.compile)
+        from vgfcli.eval_rows import compile_setting
+
+        compile = compile_setting(cfg.evaluate.compile) is True  # auto: evaluate decides after loading
     speed = {"compile": bool(compile)} if "compile" in saved["config"] else {}
     if fp32_eager:
         speed = {k: v for k, v in (("compile", False), ("amp", "off")) if k in saved["config"]}
@@ -133,10 +135,10 @@ def load_agent(cfg, upstream: Mapping, device, fp32_eager: bool = False, compile
     return agent, saved
 
 
-def acting_agent(cfg, upstream: Mapping, device):
+def acting_agent(cfg, upstream: Mapping, device, compile: bool | None = None):
     """``load_agent``'s agent alone: what an evaluation worker process builds for itself (picklable
-    with ``functools.partial``)."""
-    return load_agent(cfg, upstream, device)[0]
+    with ``functools.partial``; ``compile``: what the parent chose, as ``evaluate.compile=auto`` resolved)."""
+    return load_agent(cfg, upstream, device, compile=compile)[0]
 
 
 def evaluation_env(cfg, dataset_attrs: Mapping) -> str:

@@ -184,3 +184,84 @@ def _drain(events, advance) -> None:
             return
         if advance:
             advance(n)
+
+
+# --- evaluate.compile=auto ------------------------------------------------------------------------------
+
+def compile_setting(value) -> bool | str:
+    """``evaluate.compile`` as True, False or "auto" (the YAML's true/false arrive as text in a str field)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "false"):
+        return text == "true"
+    raise ValueError(f"evaluate.compile must be true, false or auto, not {value!r}")
+
+
+def compile_key(agent, batch: int) -> str:
+    """What a compiled acting graph depends on: the method, its config (widths, N, K, ...), the shapes."""
+    import hashlib
+
+    config = {k: v for k, v in sorted(vars(agent.cfg).items()) if k != "compile"}
+    text = repr((type(agent).__name__, agent.obs_shape, agent.act_dim, int(batch), str(agent.device), config))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_compile(agent, settings: list, evaluate_cfg, env_id: str, choice: bool | str) -> dict:
+    """``evaluate.compile`` for this evaluation: as given (True, False), or (auto) ``choose_compile``
+    over the rows' policy calls (every episode to its time limit: E / num_envs lockstep batches of
+    T / H calls). Switches the agent, and returns the choice with its figures for the run's summary."""
+    import gymnasium
+
+    from vgfcli.rollout import resolve_env
+
+    if choice != "auto":
+        return {"compile": bool(choice)}
+    batch = min(int(evaluate_cfg.num_envs), int(evaluate_cfg.episodes))
+    limit = evaluate_cfg.max_episode_steps or gymnasium.registry[resolve_env(env_id)[0]].max_episode_steps or 1000
+    calls = -(-int(evaluate_cfg.episodes) // batch) * -(-int(limit) // max(1, agent.chunk))
+    out = choose_compile(agent, settings, batch, calls)
+    agent.set_compile(out["compile"])
+    return out
+
+
+def remember_compile(agent, evaluate_cfg, seconds: float, rows: int) -> None:
+    """Keep what compiling this evaluation's rows cost here (per row), for the next auto choice."""
+    from vgfcli.nn.compiled import record_compile_s
+
+    if seconds > 0 and rows > 0:
+        batch = min(int(evaluate_cfg.num_envs), int(evaluate_cfg.episodes))
+        record_compile_s(compile_key(agent, batch), seconds / rows)
+
+
+def choose_compile(agent, settings: list, batch: int, calls: int, repeats: int = 3) -> dict:
+    """Whether compiling acting pays for this evaluation: each row's eager time per call, timed here on
+    ``batch`` random states (the rows' own random streams are not touched), times its ``calls``, against
+    the compile cost (measured on this machine for the same agent before, else ``COLD_COMPILE_S`` a
+    row). Returns the choice and its figures, for the run's summary."""
+    import time
+
+    import torch
+
+    from vgfcli.nn.compiled import COLD_COMPILE_S, COMPILED_SHARE, compile_pays, measured_compile_s
+
+    rows = [s for s in settings if s.options is not None]
+    if not agent.compiles or agent.pixels or not rows or calls < 1:
+        return {"compile": False, "reason": "no compiled acting for this method or input"}
+    generator = torch.Generator(device=agent.device).manual_seed(0)
+    obs = torch.randn((batch, *agent.obs_shape), generator=generator).to(agent.device)
+    eager_s = 0.0
+    with torch.inference_mode():
+        for setting in rows:
+            times = []
+            for _ in range(repeats + 1):  # the first call warms up (allocations, lazily built pieces)
+                start = time.perf_counter()
+                agent.act(obs, generator=generator, **setting.options)
+                times.append(time.perf_counter() - start)
+            eager_s += sorted(times[1:])[len(times[1:]) // 2]
+    measured = measured_compile_s(compile_key(agent, batch))
+    cost = len(rows) * (COLD_COMPILE_S if measured is None else measured)
+    saving = calls * eager_s * (1.0 - COMPILED_SHARE)
+    return {"compile": compile_pays(eager_s, calls, cost), "eager_s_per_step": round(eager_s, 5), "steps": calls,
+            "estimated_saving_s": round(saving, 1), "estimated_compile_s": round(cost, 1),
+            "cost_measured": measured is not None}

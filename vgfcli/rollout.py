@@ -68,7 +68,7 @@ def ogbench_env_id(name: str) -> str:
     return name
 
 
-def _resolve(env_id: str) -> tuple[str, bool]:
+def resolve_env(env_id: str) -> tuple[str, bool]:
     """(registered id, whether it is an OGBench env). OGBench registers its envs on import, so import it only
     when the id is not already known to gymnasium (the MuJoCo locomotion ids are, without importing MuJoCo)."""
     import gymnasium
@@ -106,7 +106,7 @@ def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | N
     """
     import gymnasium
 
-    env_id, _ = _resolve(env_id)
+    env_id, _ = resolve_env(env_id)
     kwargs: dict[str, Any] = {}
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = int(max_episode_steps)
@@ -117,7 +117,9 @@ def make_env(env_id: str, seed: int | None = None, *, max_episode_steps: int | N
         with warnings.catch_warnings():
             # v4 MuJoCo ids warn that they are out of date; they are chosen on purpose to match D4RL's dynamics.
             warnings.simplefilter("ignore")
-            env = gymnasium.make(env_id, **kwargs)
+            # No PassiveEnvChecker (it only inspects): in OGBench's manipulation envs its look at
+            # observation_space is a full reset, the MuJoCo model compiled once more per env copy.
+            env = gymnasium.make(env_id, disable_env_checker=True, **kwargs)
     except gymnasium.error.Error as e:  # missing dependency, deprecated version, ...
         raise VgfError(f"cannot build environment '{env_id}': {e}") from None
     except (ImportError, AttributeError, OSError) as e:
@@ -313,7 +315,7 @@ def evaluate_policy(
         raise VgfError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
 
     t0 = time.perf_counter()
-    env_id, _ = _resolve(env_id)
+    env_id, _ = resolve_env(env_id)
     H = int(action_repeat_chunk)
     render = render_size if render_episodes > 0 else None
     slots = [_Slot(env) for env in _take_envs(env_id, max_episode_steps, min(num_envs, episodes), render)]

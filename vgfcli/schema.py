@@ -154,7 +154,9 @@ class EvaluateConfig:
     guidance: list[float] = MISSING  # QGF: guidance weights w to compare (vgf evaluate --guidance)
     particles: Optional[int] = None  # best-of-N by Q (--particles N); None = the method's default
     max_episode_steps: Optional[int] = None  # None = the env's own limit
-    compile: bool = False  # torch.compile acting (vgf); each budget compiles once, so it pays on long evaluations
+    # torch.compile acting (vgf): true | false | auto (compile where the evaluation's policy calls repay
+    # the compile: eager acting timed first, each budget compiles once; vgfcli.eval_rows.choose_compile)
+    compile: str = "auto"
     value_batches: int = 8  # val-split batches for the critic's TD loss (0 = skip)
     video: int = 0  # episodes per row rendered to mp4; not in the scores' cache key
     video_size: int = 256  # pixels a side
@@ -279,6 +281,7 @@ def _widths():
 
 CHECKS = {
     "train": {
+        "evaluate.compile": ((lambda v: str(v).lower() in ("true", "false", "auto")), "true, false or auto"),
         "seed": _at_least(0), "chunk": _at_least(1), "threads": _at_least(1), "frame_stack": _at_least(1),
         "p_aug": ((lambda v: v is None or 0 <= v <= 1), "in [0, 1]"),
         "policy.encoder": _one_of(None, *ENCODER_NAMES), "critic.encoder": _one_of(None, *ENCODER_NAMES),

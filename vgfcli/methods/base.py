@@ -211,6 +211,15 @@ class Agent(ABC):
         compiles nothing (all but VGF)."""
         return 0.0
 
+    @property
+    def compiles(self) -> bool:
+        """Whether this method has torch.compile'd paths that ``set_compile`` switches (VGF)."""
+        return False
+
+    def set_compile(self, on: bool) -> None:
+        """Switch torch.compile of the method's compiled paths from the next call on (``evaluate.compile=auto``
+        decides after timing eager acting); a method with none ignores it."""
+
     def __init__(self, cfg, obs_dim, act_dim: int, device: torch.device, reference, chunk: int = 1):
         """The fields every agent has: ``cfg`` (checked by ``config_from`` already), the observation's
         shape (``obs_dim``: a state's width, or a frame stack's (H, W, C) shape), the

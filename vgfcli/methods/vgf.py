@@ -222,6 +222,7 @@ class VGFAgent(ReferenceBank, VGFActing):
         self._bank_obs, self._bank_at = None, None  # the bank's states and its refresh count
         # Compiled pieces of the update and of acting (cfg.compile), built lazily on first use.
         self._compiled: dict[str, Compiled] = {}
+        self._compile_spent = 0.0  # compile seconds of pieces dropped by set_compile
         self._first_step = 0  # the step this process starts from (a resume loads a later one)
         self._lowp: dict = {}  # name -> (weights' identity and versions, their bf16 copy)
 
@@ -236,7 +237,17 @@ class VGFAgent(ReferenceBank, VGFActing):
     @property
     def compile_seconds(self) -> float:
         """Wall seconds spent in first calls of compiled code (where torch.compile built it)."""
-        return sum(c.seconds for c in self._compiled.values())
+        return self._compile_spent + sum(c.seconds for c in self._compiled.values())
+
+    @property
+    def compiles(self) -> bool:
+        return True
+
+    def set_compile(self, on: bool) -> None:
+        if bool(on) != bool(self.cfg.compile):
+            self._compile_spent = self.compile_seconds  # the cost already paid stays on the record
+            self.cfg.compile = bool(on)
+            self._compiled = {}  # rebuilt lazily with the new switch
 
     # --- pieces -----------------------------------------------------------------------------------
 

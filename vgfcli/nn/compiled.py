@@ -104,3 +104,57 @@ class Compiled:
 
     def add_seconds(self, seconds: float) -> None:
         self.seconds += seconds
+
+
+# --- when compiling pays (evaluate.compile=auto) -------------------------------------------------------
+# Compiled acting's share of eager acting's time per call, measured by bench/bench_vs_official.py on
+# 1 core (quick and paper sizes, L = 0 and 3; fp32 on AVX-512 and held to AVX2): 0.62 to 0.97, median 0.85.
+COMPILED_SHARE = 0.85
+# One acting graph's compile, cold inductor cache, measured at the quick size on a 2-core Xeon (AVX-512):
+# 7-9 s a budget, ~19 s for the first (inductor's own start in the process). Used until this machine
+# has compiled the same agent once: then the cost it measured (a warm cache: ~1 s a budget).
+COLD_COMPILE_S = 10.0
+_COSTS_FILE = "vgf_compile_costs.json"
+
+
+def compile_pays(eager_call_s: float, calls: int, compile_s: float, compiled_share: float = COMPILED_SHARE) -> bool:
+    """Whether ``calls`` calls that take ``eager_call_s`` each eagerly save more than ``compile_s``
+    when compiled (then ``compiled_share`` of the time each)."""
+    return calls * eager_call_s * (1.0 - compiled_share) > compile_s
+
+
+def measured_compile_s(key: str) -> float | None:
+    """Seconds a compile of ``key`` took last time on this machine (its ISA's inductor cache), or None."""
+    import json
+
+    try:
+        with open(os.path.join(isolate_inductor_cache(), _COSTS_FILE)) as f:
+            value = json.load(f).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def record_compile_s(key: str, seconds: float) -> None:
+    """Keep ``seconds`` as the cost of compiling ``key`` here (atomic; a failure to write is ignored:
+    the record only steers a speed choice)."""
+    import json
+    import tempfile
+
+    folder = isolate_inductor_cache()
+    path = os.path.join(folder, _COSTS_FILE)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        try:
+            with open(path) as f:
+                costs = json.load(f)
+            costs = costs if isinstance(costs, dict) else {}
+        except (OSError, ValueError):
+            costs = {}
+        costs[key] = round(float(seconds), 3)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(costs, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
