@@ -94,19 +94,29 @@ class EvaluateStage(Stage):
         discount = float(agent.cfg.discount)
         render_seconds = 0.0
         rows = [reference, *settings]
+        workers = auto_workers(e.workers, len(rows), e.episodes, device, rendered=agent.pixels)
+        limit = eval_rows.episode_limit(env_id, e.max_episode_steps)
+        helpers = eval_rows.auto_env_workers(e.env_workers, workers, min(e.num_envs, e.episodes),
+                                             len(rows) * e.episodes * limit, bool(e.video))
         jobs = [RowJob(setting, setting is reference, env_id, e.episodes, e.num_envs, cfg.seed, e.max_episode_steps,
-                       int(e.video), e.video_size, q_fn is not None, frame_stack=int(saved.get("frame_stack", 1)))
+                       int(e.video), e.video_size, q_fn is not None, frame_stack=int(saved.get("frame_stack", 1)),
+                       env_processes=helpers)
                 for setting in rows]
-        workers = auto_workers(e.workers, len(jobs), e.episodes, device, rendered=agent.pixels)
         threads = max(1, torch.get_num_threads() // workers)
-        run.set_tags({"vgf.eval_workers": str(workers)})
+        run.set_tags({"vgf.eval_workers": str(workers), "vgf.env_workers": str(helpers)})
         with ui.status("evaluate.compile: timing eager acting"):  # auto: compile where the calls repay it
             choice = eval_rows.resolve_compile(agent, settings, e, env_id, compile_choice)
         compile_before = agent.compile_seconds
-        with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:
-            scored = run_rows(agent, jobs, workers=workers, threads=threads, advance=bar.advance,
-                              make_agent=functools.partial(agents.acting_agent, cfg, inputs.upstream, str(device),
-                                                           compile=bool(choice["compile"])))
+        own_threads = torch.get_num_threads()
+        if workers == 1 and helpers:  # the env helpers' cores are theirs: acting keeps the rest
+            torch.set_num_threads(max(1, own_threads - helpers))
+        try:
+            with ui.progress("evaluate", e.episodes * len(rows), unit="episodes") as bar:
+                scored = run_rows(agent, jobs, workers=workers, threads=threads, advance=bar.advance,
+                                  make_agent=functools.partial(agents.acting_agent, cfg, inputs.upstream, str(device),
+                                                               compile=bool(choice["compile"])))
+        finally:
+            torch.set_num_threads(own_threads)
         if workers == 1:  # the compile cost measured here steers the next auto choice
             eval_rows.remember_compile(agent, e, agent.compile_seconds - compile_before, len(settings))
         for setting, (result, counter) in zip(rows, scored):

@@ -38,3 +38,15 @@ def test_an_error_in_a_worker_reaches_the_caller_as_itself():
                    None, 0, 64, False) for b in (0, 1, 2)]
     with pytest.raises(VgfError, match="unknown environment id 'no-such-env-v0'"):
         run_rows(stub_agent(), jobs, workers=2, make_agent=stub_agent)
+
+
+def test_auto_env_workers_uses_spare_cores_for_long_evaluations(monkeypatch):
+    from vgfcli.eval_rows import auto_env_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert auto_env_workers(None, 1, copies=10, env_steps=10_000, video=False) == 3   # one per spare core
+    assert auto_env_workers(None, 1, copies=2, env_steps=10_000, video=False) == 1    # one copy stays here
+    assert auto_env_workers(None, 2, copies=10, env_steps=10_000, video=False) == 0   # row workers fill the cores
+    assert auto_env_workers(None, 1, copies=10, env_steps=10_000, video=True) == 0    # frames come from the env
+    assert auto_env_workers(None, 1, copies=10, env_steps=4_999, video=False) == 0    # too short to pay a start
+    assert auto_env_workers(5, 2, copies=3, env_steps=10, video=True) == 2            # asked for: capped by copies

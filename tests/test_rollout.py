@@ -162,3 +162,30 @@ def test_ogbench_dataset_name_and_d4rl_ant_alias():
     ant = make_env(gym_env_for("ant-medium-v2"), seed=0)
     assert ant.observation_space.shape == (111,)  # D4RL ant-v2 layout
     ant.close()
+
+
+def test_env_helper_processes_give_the_same_numbers():
+    # Copies stepped in a helper process (vgfcli.env_workers): the same episodes, in the same batch order,
+    # with numpy's global RNG (the maze's start noise) carried to the helper and back.
+    from vgfcli import rollout
+
+    seen = {0: [], 1: []}
+
+    def policy(key):
+        def act(obs):
+            seen[key].append(obs.copy())
+            return np.tanh(obs[:, :2] * 3.0 + np.arange(obs.shape[0])[:, None] * 0.1)
+        return act
+
+    kw = dict(episodes=5, num_envs=3, seed=4, max_episode_steps=15, record=True)
+    local = evaluate_policy(MAZE, policy(0), **kw)
+    split = evaluate_policy(MAZE, policy(1), env_processes=1, **kw)
+    assert np.array_equal(local.returns, split.returns) and np.array_equal(local.lengths, split.lengths)
+    assert all(np.array_equal(a, b) for a, b in zip(seen[0], seen[1], strict=True))  # every observation alike
+    remote = [e for envs in rollout._POOL.values() for e in envs if rollout.is_remote(e)]
+    assert len(remote) == 1  # 3 copies: 2 here, 1 in the helper, pooled for the next call
+    worker = remote[0].worker
+    again = evaluate_policy(MAZE, policy(1), env_processes=1, **kw)  # the pooled helper serves again
+    assert np.array_equal(again.returns, local.returns) and worker.proc.is_alive()
+    rollout.release_envs()
+    assert not worker.proc.is_alive()

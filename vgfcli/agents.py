@@ -25,7 +25,7 @@ from vgfcli.errors import VgfError
 METHOD_KNOBS = ("particles", "budgets", "budget_max", "stop_quantile", "stop_gain", "guidance")
 # evaluate.* keys that change no score: videos are extra artifacts of the same evaluation.
 VIDEO_KEYS = ("video", "video_size", "video_fps")
-SPEED_KEYS = ("workers",)  # how the rows are spread over processes: the same numbers either way
+SPEED_KEYS = ("workers", "env_workers")  # how rows and env copies are spread over processes: the same numbers
 
 
 def method_module(cfg):

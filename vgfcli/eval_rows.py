@@ -40,6 +40,7 @@ class RowJob:
     record: bool
     acting_seed: int | None = None  # the row's acting stream (None = seeds.row_seed(seed, setting.key))
     frame_stack: int = 1  # camera observations: frames per observation, as the policy was trained
+    env_processes: int = 0  # helper processes stepping a share of the env copies (rollout.evaluate_policy)
 
 
 def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
@@ -63,7 +64,8 @@ def run_row(agent, job: RowJob, progress: Callable[[int], None] | None = None):
     result = evaluate_policy(job.env_id, policy, episodes=job.episodes, num_envs=job.num_envs, seed=job.seed,
                              max_episode_steps=job.max_episode_steps, action_repeat_chunk=agent.chunk,
                              progress=progress, render_episodes=job.render_episodes,
-                             render_size=job.render_size, record=job.record, frame_stack=job.frame_stack)
+                             render_size=job.render_size, record=job.record, frame_stack=job.frame_stack,
+                             env_processes=job.env_processes)
     return result, agent.compute
 
 
@@ -78,6 +80,28 @@ def auto_workers(requested: int | None, rows: int, episodes: int, device, render
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, rows))
+
+
+def episode_limit(env_id: str, override: int | None) -> int:
+    """Steps an episode of ``env_id`` runs at most: ``override``, else its registered time limit (1000 if none)."""
+    import gymnasium
+
+    from vgfcli.rollout import resolve_env
+
+    return int(override or gymnasium.registry[resolve_env(env_id)[0]].max_episode_steps or 1000)
+
+
+def auto_env_workers(requested: int | None, workers: int, copies: int, env_steps: int, video: bool) -> int:
+    """``requested``, or (None) one helper per spare core, at most one per env copy but one, where the rows
+    run in this process (``workers`` = 1: row workers already fill the cores), nothing is rendered (frames
+    are drawn from the env itself) and there are 5,000+ env steps in all (a helper's start, ~1-2 s of
+    imports and env building beside this process's own, is then a small share)."""
+    if requested is not None:
+        return max(0, min(int(requested), copies - 1))
+    if workers > 1 or video or env_steps < 5000:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(cores - 1, copies - 1))
 
 
 def score_row(setting, result, dataset_attrs: dict, env_id: str) -> tuple[dict, dict]:
@@ -211,14 +235,10 @@ def resolve_compile(agent, settings: list, evaluate_cfg, env_id: str, choice: bo
     """``evaluate.compile`` for this evaluation: as given (True, False), or (auto) ``choose_compile``
     over the rows' policy calls (every episode to its time limit: E / num_envs lockstep batches of
     T / H calls). Switches the agent, and returns the choice with its figures for the run's summary."""
-    import gymnasium
-
-    from vgfcli.rollout import resolve_env
-
     if choice != "auto":
         return {"compile": bool(choice)}
     batch = min(int(evaluate_cfg.num_envs), int(evaluate_cfg.episodes))
-    limit = evaluate_cfg.max_episode_steps or gymnasium.registry[resolve_env(env_id)[0]].max_episode_steps or 1000
+    limit = episode_limit(env_id, evaluate_cfg.max_episode_steps)
     calls = -(-int(evaluate_cfg.episodes) // batch) * -(-int(limit) // max(1, agent.chunk))
     out = choose_compile(agent, settings, batch, calls)
     agent.set_compile(out["compile"])

@@ -1,9 +1,9 @@
 """Roll a policy out in the real environment: the engine behind the evaluation stage.
 
-``evaluate_policy`` steps ``num_envs`` copies of one environment in lockstep inside this process and asks the
-policy for actions once per step, batched over every copy that needs one. MuJoCo steps cost tens of
-microseconds, a policy call (a flow policy integrates an ODE) costs far more, so batching the policy matters and
-subprocess vector envs would only add IPC.
+``evaluate_policy`` steps ``num_envs`` copies of one environment in lockstep and asks the policy for actions
+once per step, batched over every copy that needs one (a policy call integrates an ODE: batching it matters).
+With ``env_processes``, helper processes hold and step a share of the copies (``vgfcli.env_workers``): OGBench's
+manipulation steps cost ~1 ms of Python and its resets rebuild the model, work a second core can share.
 
 Reproducibility: episode ``i`` is reset with seeds derived from ``(seed, i)`` alone, and whichever copy runs it
 starts from a fresh ``reset``, so with a deterministic policy the per-episode results do not depend on
@@ -23,6 +23,7 @@ the goal reports success and terminates, and a TimeLimit truncates at the family
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -33,7 +34,9 @@ from typing import Any, Callable
 import numpy as np
 
 from vgfcli import seeds
+from vgfcli.env_workers import EnvWorker, call_with_rng, is_remote, steps_draw_global_rng
 from vgfcli.errors import VgfError
+from vgfcli.video import camera_and_view
 
 # D4RL's Ant datasets were recorded with gym's Ant-v3 under mujoco>=2: 111-dim observations whose 84 contact-force
 # entries are always zero. Gymnasium's Ant-v4 with use_contact_forces=True reproduces exactly that layout (Ant-v5
@@ -177,75 +180,56 @@ class EvalResult:
         return out
 
 
-def call_with_rng(legacy: dict, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` with numpy's global RNG set to the episode's own state ``legacy`` (OGBench
-    draws from it), so other episodes in between do not change it; returns (result, the state after)."""
-    saved = np.random.get_state()
-    np.random.set_state(legacy)
-    try:
-        return fn(*args, **kwargs), np.random.get_state()
-    finally:
-        np.random.set_state(saved)
-
-
 # Idle env copies by (env id, time limit, render size), reused across evaluate_policy calls in this process.
 _POOL: dict[tuple[str, int | None, int | None], list] = {}
 
 
-def _take_envs(env_id: str, max_episode_steps: int | None, n: int, render_size: int | None = None) -> list:
+def _take_envs(env_id: str, max_episode_steps: int | None, n: int, render_size: int | None = None,
+               helpers: int = 0) -> list:
+    """``n`` env copies: with ``helpers`` helper processes (``vgfcli.env_workers``), a share of them in
+    each, built there while this process builds its own."""
+    remote_n = n - -(-n // (helpers + 1)) if helpers > 0 else 0
+    idle_remote = _POOL.setdefault((env_id, max_episode_steps, "remote"), [])
+    remote = [idle_remote.pop() for _ in range(min(remote_n, len(idle_remote)))]
+    short, workers = remote_n - len(remote), min(helpers, remote_n - len(remote))
+    for k in range(workers):  # the shortfall, split over the helpers
+        worker = EnvWorker(functools.partial(make_env, env_id, max_episode_steps=max_episode_steps), env_id,
+                           short // workers + (k < short % workers))
+        remote += [worker.remote(i) for i in range(worker.count)]
     idle = _POOL.setdefault((env_id, max_episode_steps, render_size), [])
-    envs = [idle.pop() for _ in range(min(n, len(idle)))]
-    while len(envs) < n:
+    envs = [idle.pop() for _ in range(min(n - remote_n, len(idle)))]
+    while len(envs) < n - remote_n:
         envs.append(make_env(env_id, max_episode_steps=max_episode_steps, render_size=render_size))
-    return envs
+    return envs + remote
+
+
+def _give_back(env_id: str, max_episode_steps: int | None, render_size: int | None, envs: list) -> None:
+    for env in envs:
+        _POOL.setdefault((env_id, max_episode_steps, "remote" if is_remote(env) else render_size), []).append(env)
 
 
 def release_envs() -> None:
     """Close every pooled env copy (frees MuJoCo models and any renderer)."""
     for envs in _POOL.values():
         for env in envs:
-            view = getattr(env.unwrapped, "_vgf_view_renderer", None)
+            view = getattr(getattr(env, "unwrapped", None), "_vgf_view_renderer", None)
             if view is not None:  # camera_and_view's renderer
                 view.close()
             env.close()
     _POOL.clear()
 
 
-def camera_and_view(env, camera: np.ndarray, size: int) -> np.ndarray:
-    """A video frame of a visual env: the usual front view at ``size`` pixels beside what the agent
-    sees (its camera frame, scaled up by whole pixels), ``[size, 2 * size, 3]`` uint8."""
-    import mujoco
-
-    unwrapped = env.unwrapped
-    renderer = getattr(unwrapped, "_vgf_view_renderer", None)
-    if renderer is None:
-        model = unwrapped._model
-        # the offscreen buffer was sized for the agent's small camera; the view needs a larger one
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-        renderer = unwrapped._vgf_view_renderer = mujoco.Renderer(model, height=size, width=size)
-    renderer.update_scene(unwrapped._data, camera="front")
-    view = renderer.render()
-    scale = max(1, size // camera.shape[0])
-    seen = np.zeros((size, size, 3), np.uint8)
-    big = camera[..., :3].repeat(scale, axis=0).repeat(scale, axis=1)[:size, :size]
-    seen[:big.shape[0], :big.shape[1]] = big
-    return np.concatenate([view, seen], axis=1)
-
-
-def _steps_draw_global_rng(env) -> bool:
-    # OGBench's teleport mazes pick the teleporter exit with np.random inside step(); no other env we build does.
-    return getattr(env.unwrapped, "_teleport_info", None) is not None
-
-
 class _Slot:
     """One env copy and the episode it is running."""
 
-    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "swap_steps", "trace", "frames")
+    __slots__ = ("env", "episode", "obs", "queue", "ret", "length", "legacy", "swap_steps", "trace", "frames", "remote",
+                 "action")
 
     def __init__(self, env):
         self.env = env
-        self.swap_steps = _steps_draw_global_rng(env)
+        self.remote = is_remote(env)  # a copy in a helper process (vgfcli.env_workers)
+        self.swap_steps = steps_draw_global_rng(env)
+        self.action = None  # this step's action
         self.episode: int | None = None
         self.obs = None
         self.queue: list[np.ndarray] = []  # actions of the current chunk still to execute
@@ -291,6 +275,7 @@ def evaluate_policy(
     render_size: int = 256,
     record: bool = False,
     frame_stack: int = 1,
+    env_processes: int = 0,
 ) -> EvalResult:
     """Run exactly ``episodes`` episodes of ``policy`` on ``num_envs`` lockstepped copies of ``env_id``.
 
@@ -302,6 +287,8 @@ def evaluate_policy(
     ``progress(n_finished)`` is called each time an episode finishes. Episodes ``0 .. render_episodes-1``
     are rendered frame by frame (``EvalResult.frames``); rendering reads the simulator's state and changes
     no outcome. ``record`` keeps every episode's decisions and rewards (``EvalResult.trace``).
+    ``env_processes``: helper processes that hold and step a share of the copies (``vgfcli.env_workers``;
+    not with rendering), on other cores; the numbers are the same.
     """
     if episodes < 1:
         raise VgfError(f"evaluation needs at least one episode, got episodes={episodes}")
@@ -318,7 +305,8 @@ def evaluate_policy(
     env_id, _ = resolve_env(env_id)
     H = int(action_repeat_chunk)
     render = render_size if render_episodes > 0 else None
-    slots = [_Slot(env) for env in _take_envs(env_id, max_episode_steps, min(num_envs, episodes), render)]
+    helpers = 0 if render else max(0, int(env_processes))
+    slots = [_Slot(env) for env in _take_envs(env_id, max_episode_steps, min(num_envs, episodes), render, helpers)]
     frames: dict[int, list] = {}
     traces: dict[int, dict[str, np.ndarray]] = {}
     render_seconds = 0.0
@@ -360,9 +348,12 @@ def evaluate_policy(
         env_seed, legacy_seed = seeds.episode_seeds(seed, i)
         slot.episode, slot.queue, slot.ret, slot.length = i, [], 0.0, 0
         slot.legacy = np.random.RandomState(legacy_seed).get_state()
-        # OGBench's maze reset takes a few action_space.sample() steps; seed that RNG too.
-        slot.env.action_space.seed(env_seed)
-        obs, _ = slot.call(slot.env.reset, seed=env_seed)
+        if slot.remote:  # seeds its action space and swaps the RNG state as below, in its process
+            obs, slot.legacy = slot.env.reset(env_seed, slot.legacy)
+        else:
+            # OGBench's maze reset takes a few action_space.sample() steps; seed that RNG too.
+            slot.env.action_space.seed(env_seed)
+            obs, _ = slot.call(slot.env.reset, seed=env_seed)
         slot.observe(obs, frame_stack, reset=True)
         slot.trace = {"obs": [], "actions": [], "t": [], "rewards": []} if record else None
         snap(slot)
@@ -396,12 +387,18 @@ def evaluate_policy(
                         s.trace["obs"].append(s.obs)
                         s.trace["actions"].append(chunk.reshape(-1).astype(np.float32))
                         s.trace["t"].append(s.length)
+            for s in live:  # remote copies first get their steps, which run while this process steps its own
+                s.action = s.queue.pop(0).reshape(act_shape)
+                if s.remote:
+                    s.env.send_step(s.action, s.legacy if s.swap_steps else None)
             for s in live:
-                action = s.queue.pop(0).reshape(act_shape)
-                if s.swap_steps:
-                    obs, reward, terminated, truncated, info = s.call(s.env.step, action)
+                if s.remote:
+                    (obs, reward, terminated, truncated, info), legacy = s.env.step_result()
+                    s.legacy = legacy if legacy is not None else s.legacy
+                elif s.swap_steps:
+                    obs, reward, terminated, truncated, info = s.call(s.env.step, s.action)
                 else:
-                    obs, reward, terminated, truncated, info = s.env.step(action)
+                    obs, reward, terminated, truncated, info = s.env.step(s.action)
                 steps += 1
                 s.ret += float(reward)
                 s.length += 1
@@ -422,7 +419,7 @@ def evaluate_policy(
                     start(s)
     finally:
         # Back to the pool even after an error: the next use starts every episode with a seeded reset.
-        _POOL[(env_id, max_episode_steps, render)].extend(slot.env for slot in slots)
+        _give_back(env_id, max_episode_steps, render, [slot.env for slot in slots])
 
     has_success = not np.all(np.isnan(successes))
     # An env that reports success on some final steps but not others did not succeed on the others.

@@ -145,6 +145,9 @@ class EvaluateConfig:
     episodes: int = MISSING  # episodes per budget
     num_envs: int = MISSING  # envs stepped in lockstep, one batched policy call per step
     workers: Optional[int] = None  # processes scoring rows side by side (None: one per core on CPU); not in the key
+    # helper processes stepping a share of the lockstep env copies (None: one per spare core for rows run in
+    # this process, without video, of 5,000+ env steps in all); the same numbers, not in the key
+    env_workers: Optional[int] = None
     # VGF: test-time budgets to compare (vgf evaluate --budget): transport steps L >= 0, or an adaptive
     # budget by name (auto: both stopping rules, auto_std: disagreement, auto_gain: diminishing return).
     budgets: list[Any] = MISSING
@@ -297,6 +300,7 @@ CHECKS = {
         "critic.log_every": _at_least(1), "critic.checkpoint_every": _at_least(1),
         "critic.reward_transform": _one_of("none", "return_range", "minus_one", "sparse"),
         "evaluate.episodes": _at_least(1), "evaluate.num_envs": _at_least(1), "evaluate.workers": _at_least(1),
+        "evaluate.env_workers": _at_least(0),
         "evaluate.particles": _at_least(1),
         "evaluate.max_episode_steps": _at_least(1), "evaluate.budget_max": _at_least(0),
         "evaluate.stop_quantile": ((lambda v: v is None or 0 < v <= 1), "in (0, 1]"),

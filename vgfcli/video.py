@@ -36,3 +36,25 @@ def frame_count(path: Path) -> int:
 
     frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     return int(frames)
+
+
+def camera_and_view(env, camera: np.ndarray, size: int) -> np.ndarray:
+    """A video frame of a visual env: the usual front view at ``size`` pixels beside what the agent
+    sees (its camera frame, scaled up by whole pixels), ``[size, 2 * size, 3]`` uint8."""
+    import mujoco
+
+    unwrapped = env.unwrapped
+    renderer = getattr(unwrapped, "_vgf_view_renderer", None)
+    if renderer is None:
+        model = unwrapped._model
+        # the offscreen buffer was sized for the agent's small camera; the view needs a larger one
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        renderer = unwrapped._vgf_view_renderer = mujoco.Renderer(model, height=size, width=size)
+    renderer.update_scene(unwrapped._data, camera="front")
+    view = renderer.render()
+    scale = max(1, size // camera.shape[0])
+    seen = np.zeros((size, size, 3), np.uint8)
+    big = camera[..., :3].repeat(scale, axis=0).repeat(scale, axis=1)[:size, :size]
+    seen[:big.shape[0], :big.shape[1]] = big
+    return np.concatenate([view, seen], axis=1)
