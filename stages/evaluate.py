@@ -96,7 +96,7 @@ class EvaluateStage(Stage):
         rows = [reference, *settings]
         workers = auto_workers(e.workers, len(rows), e.episodes, device, rendered=agent.pixels)
         limit = eval_rows.episode_limit(env_id, e.max_episode_steps)
-        helpers = eval_rows.auto_env_workers(e.env_workers, workers, min(e.num_envs, e.episodes),
+        helpers = eval_rows.auto_env_workers(e.env_workers, workers, eval_rows.lockstep_batch(e),
                                              len(rows) * e.episodes * limit, bool(e.video))
         jobs = [RowJob(setting, setting is reference, env_id, e.episodes, e.num_envs, cfg.seed, e.max_episode_steps,
                        int(e.video), e.video_size, q_fn is not None, frame_stack=int(saved.get("frame_stack", 1)),

@@ -19,16 +19,18 @@ def finished_runs() -> set:
 
 
 def test_the_same_pipeline_in_two_stores_gives_the_same_bytes_and_keys(tmp_path, monkeypatch):
-    # the second store scores its evaluation rows in two worker processes, the first in this one
+    # the second store scores its evaluation rows in two worker processes, the first in this one (with
+    # a share of each row's env copies stepped in a helper process, evaluate.env_workers)
     seen = []
-    for name, workers in (("one", []), ("two", ["evaluate.workers=2"])):
+    for name, workers in (("one", ["evaluate.env_workers=1"]), ("two", ["evaluate.workers=2"])):
         monkeypatch.setenv("VGF_HOME", str(tmp_path / name))
         monkeypatch.chdir(tmp_path)
         result = runner.invoke(app, ["pipeline", "preset=smoke", "--budget", "0,1,auto", "--json", *workers])
         assert result.exit_code == 0, result.output
         seen.append(finished_runs())
         evaluate = Store("vgf").get(json.loads(result.stdout)["stages"]["evaluate"]["run_id"])
-        assert evaluate.tags["vgf.eval_workers"] == ("2" if workers else "1")
+        assert evaluate.tags["vgf.eval_workers"] == ("2" if name == "two" else "1")
+        assert evaluate.tags["vgf.env_workers"] == ("0" if name == "two" else "1")
     assert len(seen[0]) == 6  # collect, two ingests, pretrain-policy, train-critic, evaluate
     assert seen[0] == seen[1]
 

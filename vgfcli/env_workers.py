@@ -98,7 +98,7 @@ class EnvWorker:
     def ready(self) -> tuple[Any, bool]:
         """(the action space, whether steps draw from numpy's global RNG), once the copies are built."""
         if self._ready is None:
-            status, *rest = self._receive()
+            _, *rest = self._receive()
             self._ready = tuple(rest)
         return self._ready
 

@@ -82,6 +82,11 @@ def auto_workers(requested: int | None, rows: int, episodes: int, device, render
     return max(1, min(cores, rows))
 
 
+def lockstep_batch(evaluate_cfg) -> int:
+    """Env copies an evaluation steps in lockstep: the policy's batch (``evaluate_policy``)."""
+    return min(int(evaluate_cfg.num_envs), int(evaluate_cfg.episodes))
+
+
 def episode_limit(env_id: str, override: int | None) -> int:
     """Steps an episode of ``env_id`` runs at most: ``override``, else its registered time limit (1000 if none)."""
     import gymnasium
@@ -237,7 +242,7 @@ def resolve_compile(agent, settings: list, evaluate_cfg, env_id: str, choice: bo
     T / H calls). Switches the agent, and returns the choice with its figures for the run's summary."""
     if choice != "auto":
         return {"compile": bool(choice)}
-    batch = min(int(evaluate_cfg.num_envs), int(evaluate_cfg.episodes))
+    batch = lockstep_batch(evaluate_cfg)
     limit = episode_limit(env_id, evaluate_cfg.max_episode_steps)
     calls = -(-int(evaluate_cfg.episodes) // batch) * -(-int(limit) // max(1, agent.chunk))
     out = choose_compile(agent, settings, batch, calls)
@@ -250,8 +255,7 @@ def remember_compile(agent, evaluate_cfg, seconds: float, rows: int) -> None:
     from vgfcli.nn.compiled import record_compile_s
 
     if seconds > 0 and rows > 0:
-        batch = min(int(evaluate_cfg.num_envs), int(evaluate_cfg.episodes))
-        record_compile_s(compile_key(agent, batch), seconds / rows)
+        record_compile_s(compile_key(agent, lockstep_batch(evaluate_cfg)), seconds / rows)
 
 
 def choose_compile(agent, settings: list, batch: int, calls: int, repeats: int = 3) -> dict:
@@ -265,14 +269,13 @@ def choose_compile(agent, settings: list, batch: int, calls: int, repeats: int =
 
     from vgfcli.nn.compiled import COLD_COMPILE_S, COMPILED_SHARE, compile_pays, measured_compile_s
 
-    rows = [s for s in settings if s.options is not None]
-    if not agent.compiles or agent.pixels or not rows or calls < 1:
+    if not agent.compiles or agent.pixels or not settings or calls < 1:
         return {"compile": False, "reason": "no compiled acting for this method or input"}
     generator = torch.Generator(device=agent.device).manual_seed(0)
     obs = torch.randn((batch, *agent.obs_shape), generator=generator).to(agent.device)
     eager_s = 0.0
     with torch.inference_mode():
-        for setting in rows:
+        for setting in settings:
             times = []
             for _ in range(repeats + 1):  # the first call warms up (allocations, lazily built pieces)
                 start = time.perf_counter()
@@ -280,7 +283,7 @@ def choose_compile(agent, settings: list, batch: int, calls: int, repeats: int =
                 times.append(time.perf_counter() - start)
             eager_s += sorted(times[1:])[len(times[1:]) // 2]
     measured = measured_compile_s(compile_key(agent, batch))
-    cost = len(rows) * (COLD_COMPILE_S if measured is None else measured)
+    cost = len(settings) * (COLD_COMPILE_S if measured is None else measured)
     saving = calls * eager_s * (1.0 - COMPILED_SHARE)
     return {"compile": compile_pays(eager_s, calls, cost), "eager_s_per_step": round(eager_s, 5), "steps": calls,
             "estimated_saving_s": round(saving, 1), "estimated_compile_s": round(cost, 1),
