@@ -34,8 +34,9 @@ class EvaluateStage(Stage):
     config_name = "train"
     # 4: compute per action on every row; 5: adaptive rows skip the backward of rejected steps;
     # 6: adaptive rows run the critic in fp32 (rules and choice); 7: value checks (calibration, val TD);
-    # 8: each row acts with a random stream of its own (rows in parallel processes give the same numbers)
-    code_version = 8
+    # 8: each row acts with a random stream of its own (rows in parallel processes give the same numbers);
+    # 9: compile=auto counted, not timed (the choice in results.json); compiled acting's batch dimension dynamic
+    code_version = 9
     main_metrics = ("best_score", "reference_score")
     needs = ("policy", "critic", "val_dataset")
 
@@ -104,9 +105,9 @@ class EvaluateStage(Stage):
                 for setting in rows]
         threads = max(1, torch.get_num_threads() // workers)
         run.set_tags({"vgf.eval_workers": str(workers), "vgf.env_workers": str(helpers)})
-        with ui.status("evaluate.compile: timing eager acting"):  # auto: compile where the calls repay it
+        with ui.status("evaluate.compile: counting what acting does"):  # auto: compile where the calls repay it
             choice = eval_rows.resolve_compile(agent, settings, e, env_id, compile_choice)
-        compile_before = agent.compile_seconds
+        run.set_tags({"vgf.acting": "compiled" if choice["compile"] else "eager"})
         own_threads = torch.get_num_threads()
         if workers == 1 and helpers:  # the env helpers' cores are theirs: acting keeps the rest
             torch.set_num_threads(max(1, own_threads - helpers))
@@ -117,8 +118,6 @@ class EvaluateStage(Stage):
                                                                compile=bool(choice["compile"])))
         finally:
             torch.set_num_threads(own_threads)
-        if workers == 1:  # the compile cost measured here steers the next auto choice
-            eval_rows.remember_compile(agent, e, agent.compile_seconds - compile_before, len(settings))
         for setting, (result, counter) in zip(rows, scored):
             row, episodes = score_row(setting, result, saved["dataset_attrs"], env_id)
             row |= compute_columns(result, counter)
@@ -174,11 +173,10 @@ class EvaluateStage(Stage):
             summary["render_s"] = round(render_seconds, 1)
         if agent.compile_seconds:  # one-off torch.compile cost (evaluate.compile)
             summary["compile_s"] = round(agent.compile_seconds, 1)
-        summary["compile_choice"] = choice  # what evaluate.compile chose, and (auto) on which figures
+        summary["compile_choice"] = choice  # which acting path ran, and why (a pure function of the inputs)
         results_json = run.staging / "results.json"
         # The file is the same bytes for the same inputs: timings stay in the summary and MLflow.
-        full = {**{k: v for k, v in summary.items() if k not in ("compile_s", "compile_choice", "render_s",
-                                                                  "videos_per_row")},
+        full = {**{k: v for k, v in summary.items() if k not in ("compile_s", "render_s", "videos_per_row")},
                 "results": [{k: v for k, v in r.items() if k != "actions_per_s"} | {"outcomes": o}
                             for r, o in zip(results, outcomes)]}
         write_bytes_atomic(results_json, json.dumps(full, indent=1).encode())

@@ -227,21 +227,13 @@ def compile_setting(value) -> bool | str:
     raise ValueError(f"evaluate.compile must be true, false or auto, not {value!r}")
 
 
-def compile_key(agent, batch: int) -> str:
-    """What a compiled acting graph depends on: the method, its config (widths, N, K, ...), the shapes."""
-    import hashlib
-
-    config = {k: v for k, v in sorted(vars(agent.cfg).items()) if k != "compile"}
-    text = repr((type(agent).__name__, agent.obs_shape, agent.act_dim, int(batch), str(agent.device), config))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def resolve_compile(agent, settings: list, evaluate_cfg, env_id: str, choice: bool | str) -> dict:
     """``evaluate.compile`` for this evaluation: as given (True, False), or (auto) ``choose_compile``
     over the rows' policy calls (every episode to its time limit: E / num_envs lockstep batches of
-    T / H calls). Switches the agent, and returns the choice with its figures for the run's summary."""
+    T / H calls). Switches the agent, and returns the choice with its figures (the run's summary and
+    results.json say which path ran and why)."""
     if choice != "auto":
-        return {"compile": bool(choice)}
+        return {"compile": bool(choice), "reason": f"evaluate.compile={str(choice).lower()}"}
     batch = lockstep_batch(evaluate_cfg)
     limit = episode_limit(env_id, evaluate_cfg.max_episode_steps)
     calls = -(-int(evaluate_cfg.episodes) // batch) * -(-int(limit) // max(1, agent.chunk))
@@ -250,41 +242,39 @@ def resolve_compile(agent, settings: list, evaluate_cfg, env_id: str, choice: bo
     return out
 
 
-def remember_compile(agent, evaluate_cfg, seconds: float, rows: int) -> None:
-    """Keep what compiling this evaluation's rows cost here (per row), for the next auto choice."""
-    from vgfcli.nn.compiled import record_compile_s
-
-    if seconds > 0 and rows > 0:
-        record_compile_s(compile_key(agent, lockstep_batch(evaluate_cfg)), seconds / rows)
-
-
-def choose_compile(agent, settings: list, batch: int, calls: int, repeats: int = 3) -> dict:
-    """Whether compiling acting pays for this evaluation: each row's eager time per call, timed here on
-    ``batch`` random states (the rows' own random streams are not touched), times its ``calls``, against
-    the compile cost (measured on this machine for the same agent before, else ``COLD_COMPILE_S`` a
-    row). Returns the choice and its figures, for the run's summary."""
-    import time
-
+def choose_compile(agent, settings: list, batch: int, calls: int) -> dict:
+    """Whether compiling acting pays for this evaluation, as a pure function of the agent's config, the
+    rows, the batch, the number of calls and the machine's kind: never of a timing, so the same inputs
+    take the same path (and give the same bytes) on a busy machine and a quiet one. Each row that would
+    run compiled (``Agent.acts_compiled``; adaptive rows run eagerly and are not counted) is called once
+    on ``batch`` zero states with a random stream of its own (the rows' streams are not touched), its
+    aten ops and matmul FLOPs counted; the modelled eager time of its ``calls`` (``modelled_call_s``)
+    must save more at ``COMPILED_SHARE`` than ``COLD_COMPILE_S`` of compiling a row."""
     import torch
 
-    from vgfcli.nn.compiled import COLD_COMPILE_S, COMPILED_SHARE, compile_pays, measured_compile_s
+    from vgfcli.methods.base import ComputeCounter
+    from vgfcli.nn.compiled import (COLD_COMPILE_S, COMPILED_SHARE, compile_pays, count_call, machine_kind,
+                                    modelled_call_s)
 
-    if not agent.compiles or agent.pixels or not settings or calls < 1:
-        return {"compile": False, "reason": "no compiled acting for this method or input"}
-    generator = torch.Generator(device=agent.device).manual_seed(0)
-    obs = torch.randn((batch, *agent.obs_shape), generator=generator).to(agent.device)
-    eager_s = 0.0
+    rows = [s for s in settings if agent.acts_compiled(dict(s.options))]
+    if not agent.compiles or agent.pixels or not rows or calls < 1:
+        return {"compile": False, "reason": "no row of this method or input runs compiled acting"}
+    kind = machine_kind(agent.device, agent.amp)
+    obs = torch.zeros((batch, *agent.obs_shape), device=agent.device)
+    counter, agent.compute = agent.compute, ComputeCounter()
+    eager_s, ops, flops = 0.0, 0, 0.0
     with torch.inference_mode():
-        for setting in settings:
-            times = []
-            for _ in range(repeats + 1):  # the first call warms up (allocations, lazily built pieces)
-                start = time.perf_counter()
-                agent.act(obs, generator=generator, **setting.options)
-                times.append(time.perf_counter() - start)
-            eager_s += sorted(times[1:])[len(times[1:]) // 2]
-    measured = measured_compile_s(compile_key(agent, batch))
-    cost = len(settings) * (COLD_COMPILE_S if measured is None else measured)
+        for setting in rows:
+            generator = torch.Generator(device=agent.device).manual_seed(0)
+            agent.act(obs, generator=generator, **setting.options)  # lazily built pieces (bf16 copies) first
+            row_ops, row_flops = count_call(lambda: agent.act(obs, generator=generator, **setting.options))
+            ops, flops = ops + row_ops, flops + row_flops
+            eager_s += modelled_call_s(row_ops, row_flops, kind)
+    agent.compute = counter  # the counting calls are not the rows' cost
+    cost = len(rows) * COLD_COMPILE_S
     saving = calls * eager_s * (1.0 - COMPILED_SHARE)
-    return {"compile": compile_pays(eager_s, calls, cost), "eager_s_per_step": round(eager_s, 5), "steps": calls,
-            "estimated_saving_s": round(saving, 1), "estimated_compile_s": round(cost, 1),
-            "cost_measured": measured is not None}
+    pays = compile_pays(eager_s, calls, cost)
+    return {"compile": pays, "reason": f"evaluate.compile=auto: ~{saving:.1f} s saved against ~{cost:.0f} s of "
+                                       f"compiling on {kind}", "machine": kind, "rows_compiled": len(rows),
+            "ops_per_step": ops, "gflop_per_step": round(flops / 1e9, 4), "eager_s_per_step": round(eager_s, 5),
+            "steps": calls, "estimated_saving_s": round(saving, 1), "estimated_compile_s": round(cost, 1)}

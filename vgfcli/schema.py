@@ -158,7 +158,7 @@ class EvaluateConfig:
     particles: Optional[int] = None  # best-of-N by Q (--particles N); None = the method's default
     max_episode_steps: Optional[int] = None  # None = the env's own limit
     # torch.compile acting (vgf): true | false | auto (compile where the evaluation's policy calls repay
-    # the compile: eager acting timed first, each budget compiles once; vgfcli.eval_rows.choose_compile)
+    # the compile, by a cost model of counted ops and FLOPs, never a timing; vgfcli.eval_rows.choose_compile)
     compile: str = "auto"
     value_batches: int = 8  # val-split batches for the critic's TD loss (0 = skip)
     video: int = 0  # episodes per row rendered to mp4; not in the scores' cache key

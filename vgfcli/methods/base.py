@@ -216,9 +216,14 @@ class Agent(ABC):
         """Whether this method has torch.compile'd paths that ``set_compile`` switches (VGF)."""
         return False
 
+    def acts_compiled(self, options: dict) -> bool:
+        """Whether ``act(**options)`` runs a compiled graph when compile is on (what ``evaluate.compile=auto``
+        counts); False for a method whose acting never compiles (all but VGF)."""
+        return False
+
     def set_compile(self, on: bool) -> None:
         """Switch torch.compile of the method's compiled paths from the next call on (``evaluate.compile=auto``
-        decides after timing eager acting); a method with none ignores it."""
+        decides after loading); a method with none ignores it."""
 
     def __init__(self, cfg, obs_dim, act_dim: int, device: torch.device, reference, chunk: int = 1):
         """The fields every agent has: ``cfg`` (checked by ``config_from`` already), the observation's

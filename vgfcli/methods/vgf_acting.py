@@ -15,6 +15,7 @@ from torch import Tensor
 from vgfcli.budgets import explore_steps, parse_budgets
 from vgfcli.methods.base import Agent, EvalSetting, best_by_q, percentile_at
 from vgfcli.nn import closed_form
+from vgfcli.nn.compiled import dynamic_batch
 from vgfcli.nn.adaptive import StopRule, adaptive_transport, reads_disagreement
 from vgfcli.nn.flow import euler_sample
 from vgfcli.nn.noise import normal
@@ -123,10 +124,23 @@ class VGFActing(Agent):
         cfg = self.cfg
         noise = normal((obs.shape[0], n, self.act_dim), generator, obs.device)
         head = self.critic.head  # frames: each network encodes them once, before the loops
-        return self._compiled_fn("act", _act_best)(
-            self._sampling_flow(), self._online_tensors(), closed_form.critic_tensors(head),
-            closed_form.CriticShape.of(head), self.reference.encode(obs), self.critic.encode(obs), noise,
-            cfg.flow_steps, steps, self._transport_options(), cfg.q_agg)
+        fn = self._compiled_fn("act", _act_best)
+        batched = [self.reference.encode(obs), self.critic.encode(obs), noise]
+        rows = obs.shape[0]
+        if fn.active:  # one compiled graph per budget for every batch size (lockstep batches shrink)
+            batched = dynamic_batch(batched)
+        actions = fn(self._sampling_flow(), self._online_tensors(), closed_form.critic_tensors(head),
+                     closed_form.CriticShape.of(head), *batched, cfg.flow_steps, steps, self._transport_options(),
+                     cfg.q_agg)
+        return actions[:rows]
+
+    def acts_compiled(self, options: dict) -> bool:
+        """Whether ``act(**options)`` runs the compiled graph (``_act_closed_form``) when compile is on:
+        fixed budgets with select=max (or one particle) under the closed-form critic; adaptive budgets
+        stop states at different steps and run eagerly."""
+        n = options.get("num_particles") or self.cfg.num_particles
+        select = options.get("select") or self.cfg.select
+        return options.get("budget") is None and (n == 1 or select == "max") and self._closed_form()
 
     def explore_options(self, budget: str | None = None) -> dict:
         """Online data collection (``vgf finetune``). Default (``budget`` None): best-of-N over N fresh

@@ -56,6 +56,9 @@ def isolate_inductor_cache() -> str:
     return path
 
 
+RECOMPILE_LIMIT = 32
+
+
 def _signature(value: Any):
     if isinstance(value, torch.Tensor):
         return ("T", tuple(value.shape), value.dtype, value.device.type, value.requires_grad)
@@ -75,6 +78,8 @@ class Compiled:
         self.fn, self.name = fn, name or getattr(fn, "__name__", type(fn).__name__)
         if enabled:
             isolate_inductor_cache()
+            # one graph per distinct Python argument (VGF's acting: one per budget L): room for a sweep
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self.compiled = torch.compile(fn, dynamic=False, **compile_kwargs) if enabled else None
         self.seconds = 0.0
         self._seen: set = set()
@@ -106,55 +111,73 @@ class Compiled:
         self.seconds += seconds
 
 
+def dynamic_batch(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` (one batch's inputs of a compiled call, rows first) with their batch dimension marked
+    dynamic, so one compiled graph serves every batch size: evaluation's lockstep batches shrink as
+    episodes end, and under ``dynamic=False`` each size would compile again until dynamo's recompile
+    limit sent the rest back to eager. A batch of one row is padded to two (its copy), since dynamo
+    specialises sizes 0 and 1; the caller keeps the first rows of the result."""
+    if tensors[0].shape[0] == 1:  # one copy per distinct tensor: dynamo guards on which inputs alias
+        padded = {id(t): torch.cat([t, t]) for t in tensors}
+        tensors = [padded[id(t)] for t in tensors]
+    for t in tensors:
+        torch._dynamo.mark_dynamic(t, 0)
+    return tensors
+
+
 # --- when compiling pays (evaluate.compile=auto) -------------------------------------------------------
+# The choice must be a pure function of the config and the machine's kind (the same inputs give the same
+# results.json bytes whatever the load), so nothing here is timed: eager acting's time per call is
+# modelled from what one call does, counted (deterministically) by running it once:
+#     eager seconds = aten ops x OP_SECONDS + matmul FLOPs / GEMM_FLOPS[kind]
+# OP_SECONDS: eager dispatch per aten op at the quick size, 10-14 us measured on a 2-core AVX2 EPYC (issue
+# 36) and on this project's AVX-512 Xeon. GEMM_FLOPS: one core's fp32 GEMM rate (~100 GFLOP/s on AVX2,
+# bench_flops.py; AVX-512 about 1.5x; bf16 matmuls with AMX/avx512_bf16 about 2x that).
+OP_SECONDS = {"cpu": 12e-6, "cuda": 10e-6}
+GEMM_FLOPS = {"DEFAULT": 30e9, "AVX2": 100e9, "AVX512": 150e9, "AVX512+bf16": 300e9, "cuda": 20e12}
 # Compiled acting's share of eager acting's time per call, measured by bench/bench_vs_official.py on
 # 1 core (quick and paper sizes, L = 0 and 3; fp32 on AVX-512 and held to AVX2): 0.62 to 0.97, median 0.85.
 COMPILED_SHARE = 0.85
 # One acting graph's compile, cold inductor cache, measured at the quick size on a 2-core Xeon (AVX-512):
-# 7-9 s a budget, ~19 s for the first (inductor's own start in the process). Used until this machine
-# has compiled the same agent once: then the cost it measured (a warm cache: ~1 s a budget).
+# 7-9 s a budget, ~19 s for the first (inductor's own start in the process). A warm cache compiles
+# faster, but the cache's state is not an input: the choice always assumes the cold cost.
 COLD_COMPILE_S = 10.0
-_COSTS_FILE = "vgf_compile_costs.json"
+
+
+def machine_kind(device: torch.device, amp: str | None) -> str:
+    """What the cost model reads of the machine: "cuda", or the CPU's vector ISA as torch dispatches it
+    (honours ``ATEN_CPU_CAPABILITY``), with "+bf16" where the method's matmuls run in bf16."""
+    if torch.device(device).type == "cuda":
+        return "cuda"
+    isa = torch.backends.cpu.get_cpu_capability().upper()
+    isa = isa if isa in GEMM_FLOPS else ("AVX512" if isa.startswith("AVX512") else "DEFAULT")
+    return f"{isa}+bf16" if amp == "bf16" and isa == "AVX512" else isa
+
+
+def modelled_call_s(ops: int, flops: float, kind: str) -> float:
+    """Eager seconds of one call of ``ops`` aten ops and ``flops`` matmul FLOPs on a machine of ``kind``."""
+    return ops * OP_SECONDS["cuda" if kind == "cuda" else "cpu"] + flops / GEMM_FLOPS[kind]
+
+
+def count_call(fn: Callable[[], Any]) -> tuple[int, float]:
+    """(aten ops, FLOPs) of one call of ``fn``: counted by torch's dispatcher, never timed."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class _Ops(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            _Ops.count += 1
+            return func(*args, **(kwargs or {}))
+
+    flops = FlopCounterMode(display=False)
+    with flops, _Ops():
+        fn()
+    return _Ops.count, float(flops.get_total_flops())
 
 
 def compile_pays(eager_call_s: float, calls: int, compile_s: float, compiled_share: float = COMPILED_SHARE) -> bool:
     """Whether ``calls`` calls that take ``eager_call_s`` each eagerly save more than ``compile_s``
     when compiled (then ``compiled_share`` of the time each)."""
     return calls * eager_call_s * (1.0 - compiled_share) > compile_s
-
-
-def measured_compile_s(key: str) -> float | None:
-    """Seconds a compile of ``key`` took last time on this machine (its ISA's inductor cache), or None."""
-    import json
-
-    try:
-        with open(os.path.join(isolate_inductor_cache(), _COSTS_FILE)) as f:
-            value = json.load(f).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def record_compile_s(key: str, seconds: float) -> None:
-    """Keep ``seconds`` as the cost of compiling ``key`` here (atomic; a failure to write is ignored:
-    the record only steers a speed choice)."""
-    import json
-    import tempfile
-
-    folder = isolate_inductor_cache()
-    path = os.path.join(folder, _COSTS_FILE)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        try:
-            with open(path) as f:
-                costs = json.load(f)
-            costs = costs if isinstance(costs, dict) else {}
-        except (OSError, ValueError):
-            costs = {}
-        costs[key] = round(float(seconds), 3)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(costs, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
