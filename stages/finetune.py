@@ -1,10 +1,12 @@
 """`vgf finetune`: offline-to-online fine-tuning, after train-critic.
 
-The method's trained agent (critic, policy and the frozen reference flow) keeps learning from the
-environment, as the reference codebases' off2on loops do (VGF's, FQL's and QAM's main.py): one env step
-per online step, then, once ``online.start_training`` online steps are in the buffer (the method's
-warm-up, ``conf/online/<method>.yaml``: 5000 for VGF, A-VGF and QAM, none for FQL), one update of the
-method's own ``update`` on a batch from the replay buffer (``vgfcli.replay``: ``online.sampling`` uniform,
+The method's trained agent (critic, policy and the reference flow) keeps learning from the
+environment, as the reference codebases' off2on loops do (VGF's, FQL's, QAM's and QGF's main.py): one env
+step per online step, then, once ``online.start_training`` online steps are in the buffer (the method's
+warm-up, ``conf/online/<method>.yaml``: 5000 for VGF, A-VGF and QAM, none for FQL and QGF), one update of
+the method's own ``update`` and one flow-matching step of the reference flow (``vgfcli.online_flow``, with
+pretrain-policy's Adam state carried over; ``online.train_reference=false`` keeps it frozen) on a batch
+from the replay buffer (``vgfcli.replay``: ``online.sampling`` uniform,
 balanced or online-only, a ``buffer_size`` ring that wraps around as the reference's does).
 
 Acting while collecting is the method's own acting rule with fresh noise at every call, the reference
@@ -24,7 +26,7 @@ headline metrics are the method's own acting rule's row (``*_score_default_rule`
 score is seen; the best row at each end is kept only as ``*_score_best_row_posthoc``.
 
 Kill -9 safe: a checkpoint every ``online.checkpoint_every`` steps holds the agent (with its random
-streams), the sampler's stream, the online rows of the buffer and the episode in progress; episode i
+streams and the reference flow's weights), the flow's optimiser and noise, the sampler's stream, the online rows of the buffer and the episode in progress; episode i
 starts from a reset seeded by (seed, i), so resuming replays the open episode's actions from that reset
 to the same simulator state and carries on exactly as an uninterrupted run.
 """
@@ -43,7 +45,9 @@ from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 class FinetuneStage(Stage):
     name = "finetune"
     config_name = "train"
-    code_version = 2  # 2: the reference's warm-up, exploration, sampling styles, buffer ring; recalibration
+    # 2: the reference's warm-up, exploration, sampling styles, buffer ring; recalibration;
+    # 3: the reference flow learns online (online.train_reference, vgfcli.online_flow)
+    code_version = 3
     main_metrics = ("final_score_default_rule", "offline_score_default_rule")
     needs = ("dataset", "policy", "critic")
 
@@ -97,6 +101,17 @@ class FinetuneStage(Stage):
             explore = agent.explore_options(o.explore_budget)
         except ValueError as exc:
             raise VgfError(f"finetune: {exc}") from None
+        online_flow = None
+        if o.train_reference:  # the flow learns on each update's batch, as in every reference code
+            from vgfcli.online_flow import OnlineFlow
+
+            policy_saved = torch.load(inputs.upstream["policy"].output_paths()["policy"], map_location="cpu",
+                                      weights_only=False)
+            try:
+                online_flow = OnlineFlow(agent, policy_saved, cfg.seed)
+            except ValueError as exc:
+                raise VgfError(f"finetune: {exc}") from None
+            del policy_saved
         del data  # the buffer holds its own copy (with room for the online rows): the dataset's arrays go now
         sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + seeds.ONLINE_SAMPLER, chunk=agent.chunk,
                                 discount=float(agent.cfg.discount), p_aug=cfg.p_aug)
@@ -120,14 +135,19 @@ class FinetuneStage(Stage):
             actor.step()
             if step + 1 < o.start_training:  # the warm-up: transitions in, no update yet
                 return {}
-            return agent.update(sampler.sample())
+            batch = sampler.sample()
+            info = agent.update(batch)  # its TD target reads the flow as it was before this step's
+            return info | online_flow.update(batch) if online_flow is not None else info
 
         def state_fn() -> dict:
             return {"agent": agent.state_dict(), "sampler": sampler.generator.get_state(),
-                    "buffer": buffer.online_state(), "actor": actor.state(), "curves": list(curves)}
+                    "buffer": buffer.online_state(), "actor": actor.state(), "curves": list(curves),
+                    **({"online_flow": online_flow.state_dict()} if online_flow is not None else {})}
 
         def load_fn(state: dict) -> int:
             agent.load_state_dict(state["agent"])
+            if online_flow is not None:
+                online_flow.load_state_dict(state["online_flow"])
             sampler.generator.set_state(state["sampler"])
             buffer.load_online_state(state["buffer"])
             actor.load_state(state["actor"])
@@ -157,6 +177,7 @@ class FinetuneStage(Stage):
         summary = {"method": cfg.method.name, "env_id": env_id, "online_steps": o.steps, "seed": cfg.seed,
                    "offline": first, "final": last, "default_rule": headline.label,
                    "episodes": len(episodes), "resumed_from_step": loop.resumed_from,
+                   "reference_trained_online": online_flow is not None,
                    "online_success": float(np.mean([e["success"] for e in episodes])) if episodes else None,
                    "env_steps_per_s": round((o.steps - loop.resumed_from) / max(seconds, 1e-9), 1),
                    "seconds": round(seconds, 1)}

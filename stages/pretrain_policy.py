@@ -18,7 +18,7 @@ VAL_ROWS = 4096  # validation loss on at most this many rows, with fixed noise, 
 class PretrainPolicyStage(Stage):
     name = "pretrain-policy"
     config_name = "train"
-    code_version = 2
+    code_version = 3  # 3: policy.pt holds Adam's state and the loss's settings (the flow learns on online)
     main_metrics = ("loss", "val_loss")
     needs = ("dataset", "val_dataset")
     produces = ("policy",)
@@ -107,6 +107,9 @@ class PretrainPolicyStage(Stage):
             "time_embedding": p.time_embedding, "activation": p.activation, "layer_norm": p.layer_norm,
             **({"encoder": p.encoder, "obs_shape": list(data.obs_shape), "frame_stack": int(cfg.frame_stack or 1)}
                if p.encoder else {}),
+            # what vgf finetune trains the flow on with (vgfcli.online_flow): Adam's state and the loss's settings
+            "optimizer": optimizer.state_dict(),
+            "train": {"lr": float(p.lr), "time_sampling": p.time_sampling, "flow_steps": int(p.flow_steps)},
             "dataset_digest": inputs.digests["dataset"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
         }, out)

@@ -183,6 +183,9 @@ class OnlineConfig:
     # vgf/avgf: transport steps of the exploring actions: None = 0 (the reference: best-of-N over
     # reference samples), an integer L, or "train" (L_train).
     explore_budget: Optional[str] = None
+    # The reference flow keeps learning online on the update's batches, as in every reference code
+    # (vgfcli.online_flow); false: it stays frozen (vgf before it learned online, for comparison).
+    train_reference: bool = True
     max_episode_steps: Optional[int] = None  # None = the env's own limit
     checkpoint_every: int = 5000
     log_every: int = 1000

@@ -120,6 +120,7 @@ class AVGFAgent(Agent):
     config_class = AVGFConfig
     reference_takes_activation = True
     eval_knobs = ("particles", "budgets")
+    reference_grad_clip = 1.0  # a_vgf.py's actor_bc: clip_by_global_norm(1.0) before Adam (l.441)
     checkpoint_parts = ("critic", "target_critic", "field", "optimizer", "field_optimizer", "reference")
 
     def __init__(self, cfg: AVGFConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy, chunk: int = 1):

@@ -11,8 +11,9 @@ checked) and an ``Agent`` subclass naming it (``config_class``) and building its
     actions = agent.act(obs)                               # [B, act_dim] (or [act_dim] for one obs)
     rows = agent.eval_settings(evaluate_cfg)               # what `vgf evaluate` runs, one row each
 
-``reference`` is the frozen flow-matching behaviour policy from ``vgf pretrain-policy`` (every method
-has one: VGF transports its samples, QGF guides it, QAM and FQL regularise toward it, BC is it).
+``reference`` is the flow-matching behaviour policy from ``vgf pretrain-policy`` (every method has one:
+VGF transports its samples, QGF guides it, QAM and FQL regularise toward it, BC is it), frozen offline;
+``vgf finetune`` trains it online as the reference codes do (``vgfcli.online_flow``).
 
 Action chunks: with ``chunk`` = H > 1 the agent acts on H consecutive actions flattened, so
 ``act_dim`` is H x the environment's action dimension; a batch's ``rewards`` are then the discounted
@@ -196,6 +197,10 @@ class Agent(ABC):
     # True where the Config's ``activation`` is also that of the untrained reference flow ``create``
     # builds when given none; False: the flow's own default (relu), as FQL's and BC's create build it.
     reference_takes_activation: ClassVar[bool] = False
+    # Online (``vgf finetune``, ``vgfcli.online_flow``) the reference flow keeps learning, as in every
+    # reference code: the global norm its gradient is clipped to there, as the method's code clips it
+    # (None: not clipped).
+    reference_grad_clip: ClassVar[float | None] = None
 
     # What the stages read of any agent (each method that has the feature sets it in __init__):
     # The critic ensemble (an ``EnsembleCritic``: value checks, calibration, best-of-N); None for a
@@ -318,6 +323,13 @@ class Agent(ABC):
         self.target_critic = ensemble()
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
+
+    def start_reference_training(self) -> None:
+        """Called once before the reference flow starts learning online (``vgfcli.online_flow``): a method
+        that keeps something derived from the frozen flow sets it up here. Default: nothing."""
+
+    def reference_updated(self) -> None:
+        """Called after each online step of the reference flow. Default: nothing."""
 
     def explore_options(self, budget: str | None = None) -> dict[str, Any]:
         """``act`` options while collecting online data (``vgf finetune``): the method's own acting rule

@@ -19,8 +19,9 @@ at next actions from the policy (K-step Euler ODE of v_theta, clipped). One Adam
 network, global grad-norm clipping 1.0, as the code.
 
 The code also trains the BC flow jointly and keeps an EMA copy of it ("target_actor_slow") for the
-adjoint and the loss. Here the BC flow is pretrained and FROZEN, so its EMA equals it: ``self.reference``
-stands wherever the code reads the EMA (or the online) BC flow.
+adjoint and the loss. Here the BC flow is pretrained and FROZEN offline, so its EMA equals it; online
+(``vgf finetune``) the flow learns again (``vgfcli.online_flow``) and its EMA is a copy of its own
+(``slow``, Polyak at ``tau``), read wherever the code reads the EMA or the online BC flow.
 
 Variants (the code's QAM_FQL / QAM_EDIT runs, ``variant``):
 - "fql": a one-step policy mu(s, z) distilled from v_theta's ODE output for the same noise while
@@ -208,7 +209,9 @@ class QAMAgent(Agent):
     config_class = QAMConfig
     reference_takes_activation = True
     # The variants' networks are None when unused, and then left out.
-    checkpoint_parts = ("critic", "target_critic", "policy", "onestep", "edit", "optimizer", "reference")
+    checkpoint_parts = ("critic", "target_critic", "policy", "onestep", "edit", "optimizer", "reference",
+                        "slow_reference")
+    reference_grad_clip = 1.0  # qam.py: clip_by_global_norm(1.0) before the one Adam (l.385-393)
 
     def __init__(self, cfg: QAMConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
                  chunk: int = 1):
@@ -230,8 +233,29 @@ class QAMAgent(Agent):
             trained += [*self.edit.parameters(), self.log_alpha]
         self.trained = trained
         self.optimizer = torch.optim.Adam(trained, lr=cfg.lr)
+        # The code's EMA of the BC flow ("target_actor_slow", Polyak at tau, l.244-245): the frozen flow
+        # itself offline; a copy of its own once the flow learns online (``start_reference_training``).
+        self.slow_reference: nn.Module | None = None
         self.target_entropy = (cfg.edit_target_entropy if cfg.edit_target_entropy is not None
                                else -cfg.edit_target_entropy_multiplier * act_dim)
+
+    @property
+    def slow(self) -> nn.Module:
+        """The BC flow as the adjoint, the loss and acting read it: its EMA online, the frozen flow offline."""
+        return self.reference if self.slow_reference is None else self.slow_reference
+
+    def start_reference_training(self) -> None:
+        self.slow_reference = copy.deepcopy(self.reference).requires_grad_(False)
+
+    def load_state_dict(self, state) -> None:
+        if "slow_reference" in state and self.slow_reference is None:  # a fine-tuned agent: its EMA too
+            self.start_reference_training()
+        super().load_state_dict(state)
+
+    @torch.no_grad()
+    def reference_updated(self) -> None:
+        for slow, online in zip(self.slow_reference.parameters(), self.reference.parameters()):
+            slow.lerp_(online, self.cfg.tau)
 
     # --- policies ---------------------------------------------------------------------------------
 
@@ -240,7 +264,7 @@ class QAMAgent(Agent):
         the states as the policy flow and the reference read them (``*_obs``: the states, or each
         one's features, shaped to broadcast against x). It ignores its first argument, so that frames
         are encoded once per network, not at every step of an integration."""
-        policy, reference, residual = self.policy.head, self.reference.head, self.cfg.residual
+        policy, reference, residual = self.policy.head, self.slow.head, self.cfg.residual
 
         def velocity(_obs: Tensor, x: Tensor, t: Tensor) -> Tensor:
             v = policy(policy_obs, x, t)
@@ -261,8 +285,8 @@ class QAMAgent(Agent):
         noise = self._noise((obs.shape[0], n), generator)
         if cfg.variant == "fql":
             return self.onestep(obs, noise).clamp(-1, 1)
-        reference_obs = self.reference.encode(obs)  # frames: each flow encodes them once for all K steps
-        velocity = (self.reference.head if cfg.tau_inv == 0
+        reference_obs = self.slow.encode(obs)  # frames: each flow encodes them once for all K steps
+        velocity = (self.slow.head if cfg.tau_inv == 0
                     else self.policy_velocity(self.policy.encode(obs), reference_obs))
         actions = euler_sample(velocity, reference_obs, noise, cfg.flow_steps)
         if cfg.variant == "edit":
@@ -295,7 +319,7 @@ class QAMAgent(Agent):
         with torch.no_grad():
             x0 = self._noise((b,), self.generator)
             noises = self._noise((max(steps - 1, 0), b), self.generator)
-            xs = memoryless_rollout(self.policy_velocity(policy_obs, reference_obs), self.reference.head,
+            xs = memoryless_rollout(self.policy_velocity(policy_obs, reference_obs), self.slow.head,
                                     reference_obs, x0, noises, steps)
             if cfg.use_target_grad:
                 critic_obs = self.target_critic.encode(obs)
@@ -306,7 +330,7 @@ class QAMAgent(Agent):
 
         grad, _ = value_grad(q_fn, critic_obs, xs[-1], "mean")          # grad_a sum_b mean_i Q_i
         a_final = -cfg.tau_inv * grad
-        return xs[:-1], lean_adjoint(self.reference.head, reference_obs, xs, a_final, steps), a_final
+        return xs[:-1], lean_adjoint(self.slow.head, reference_obs, xs, a_final, steps), a_final
 
     def actor_losses(self, obs: Tensor, critic_obs: Tensor) -> tuple[Tensor, Info]:
         """Adjoint-matching loss of v_theta plus the variant's loss, and metrics. ``critic_obs``: the
@@ -314,7 +338,7 @@ class QAMAgent(Agent):
         cfg, steps = self.cfg, self.cfg.flow_steps
         policy_obs = self.policy.encode(obs)  # frames: once, with the gradient the policy's encoder learns by
         with torch.no_grad():
-            reference_obs = self.reference.encode(obs)
+            reference_obs = self.slow.encode(obs)
         xs, adjoints, a_final = self.adjoint_states(obs, policy_obs.detach(), reference_obs, critic_obs)
         t = (torch.arange(steps, device=obs.device, dtype=xs.dtype) / steps).reshape(steps, 1, 1)
         v_theta = self.policy.head(policy_obs.unsqueeze(0), xs, t)          # [1, B, .]: broadcast over steps
@@ -322,7 +346,7 @@ class QAMAgent(Agent):
             diff = v_theta
         else:
             with torch.no_grad():
-                v_base = self.reference.head(reference_obs.unsqueeze(0), xs, t)
+                v_base = self.slow.head(reference_obs.unsqueeze(0), xs, t)
             diff = v_theta - v_base
         adj_loss = adjoint_matching_loss(diff, adjoints, sigma_schedule(steps, xs.dtype, xs.device))
         abs_a = a_final.abs()

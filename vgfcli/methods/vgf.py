@@ -279,7 +279,11 @@ class VGFAgent(ReferenceBank, VGFActing):
         update while training and once for all of acting."""
         key = (id(module), tuple(p._version for p in module.parameters()))
         cached = self._lowp.get(name)
-        if cached is None or cached[0] != key:
+        if cached is not None and cached[0] != key and cached[0][0] == key[0] and isinstance(cached[1], CastCopy):
+            # the same module with new weights (the reference flow learning online): refreshed in place,
+            # so its compiled users are not rebuilt at every update
+            cached = self._lowp[name] = (key, cached[1].refresh_(module))
+        elif cached is None or cached[0] != key:
             cached = self._lowp[name] = (key, make())
         return cached[1]
 

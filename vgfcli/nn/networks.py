@@ -242,6 +242,14 @@ class CastCopy(nn.Module):
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.inner(*(x.to(self.dtype) for x in inputs)).float()
 
+    @torch.no_grad()
+    def refresh_(self, module: nn.Module) -> "CastCopy":
+        """Take ``module``'s current weights, in place: the same object, so compiled code that reads it
+        as an argument stays valid (the reference flow learning online changes them every update)."""
+        for mine, theirs in zip(self.inner.state_dict().values(), module.state_dict().values()):
+            mine.copy_(theirs)
+        return self
+
     def conditioned(self, obs: Tensor):
         """The inner velocity field's ``conditioned`` (see ``FlowPolicy``), in ``dtype``."""
         inner = self.inner.conditioned(obs.to(self.dtype))
