@@ -115,8 +115,10 @@ class FinetuneStage(Stage):
         del data  # the buffer holds its own copy (with room for the online rows): the dataset's arrays go now
         sampler = ReplaySampler(buffer, cfg.critic.batch_size, cfg.seed + seeds.ONLINE_SAMPLER, chunk=agent.chunk,
                                 discount=float(agent.cfg.discount), p_aug=cfg.p_aug)
+        # the method's reference may act at random until its updates start (QAM under balanced sampling)
+        random_steps = o.start_training if o.sampling in agent.random_warmup_under else 0
         actor = OnlineActor(env_id, agent, buffer, rewards_fn, cfg.seed, o.max_episode_steps, run.log_metrics,
-                            explore)
+                            explore, random_steps)
         curves: list[dict] = []
 
         def evaluate_now(step: int) -> dict:
@@ -241,7 +243,8 @@ class OnlineActor:
     frames each frame goes into the buffer's frame store once, and the agent sees the frame stack the
     buffer makes of it (the first frame repeated at a reset, as training and evaluation stack them)."""
 
-    def __init__(self, env_id: str, agent, buffer, rewards_fn, seed: int, max_episode_steps, log, options: dict):
+    def __init__(self, env_id: str, agent, buffer, rewards_fn, seed: int, max_episode_steps, log, options: dict,
+                 random_steps: int = 0):
         from vgfcli.rollout import make_env
 
         self.env = make_env(env_id, max_episode_steps=max_episode_steps)
@@ -249,6 +252,9 @@ class OnlineActor:
         space = self.env.action_space
         self.low, self.high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
         self.options = options  # act() keywords of exploration (Agent.explore_options)
+        # the first ``random_steps`` online steps act uniformly at random in [-1, 1], one action per step
+        self.random_steps = int(random_steps)
+        self.random = np.random.Generator(np.random.PCG64(seed + seeds.ONLINE_WARMUP))
         self.pixels = buffer.pixels is not None
         self.episode, self.obs, self.queue, self.actions = 0, None, [], []
         self.first = None  # camera frames: the buffer row of the open episode's first frame
@@ -291,6 +297,8 @@ class OnlineActor:
 
         if self.obs is None:
             self._start()
+        if self.buffer.online < self.random_steps:  # the reference's random warm-up (an open chunk is dropped)
+            self.queue = [self.random.uniform(-1.0, 1.0, self.low.shape)]
         if not self.queue:
             with torch.inference_mode():  # as the curves' scoring acts: one compiled graph serves both
                 chunk = self.agent.act(self._acting_input(), **self.options).detach().cpu().numpy().astype(np.float64)
@@ -314,12 +322,14 @@ class OnlineActor:
 
     def state(self) -> dict:
         return {"episode": self.episode, "actions": np.asarray(self.actions), "queue": np.asarray(self.queue),
+                "random": self.random.bit_generator.state,
                 "ret": self.ret, "length": self.length, "obs": self.obs, "finished": list(self.finished),
                 "open": self.obs is not None, "first": self.first}
 
     def load_state(self, state: dict) -> None:
         """Back to the checkpoint's step: the open episode replayed from its seeded reset."""
         self.episode, self.finished = int(state["episode"]), list(state["finished"])
+        self.random.bit_generator.state = state["random"]
         self.obs, self.first = None, state.get("first")
         if state["open"]:
             self._start(record=False)  # the buffer has the episode's frames already (its online state)

@@ -26,7 +26,8 @@ def _vgf(args: list[str], home) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vgfcli", *args], env=env, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("method,extra", [("vgf", []), ("qam", ["chunk=5"]), ("fql", [])])  # qam: action chunks
+# qam: action chunks; qgf: its online loop (no warm-up, guided exploration)
+@pytest.mark.parametrize("method,extra", [("vgf", []), ("qam", ["chunk=5"]), ("fql", []), ("qgf", [])])
 def test_finetune_resumes_exactly_after_kill(method, extra, tmp_path, empty_store):
     """A kill -9 mid-run resumes from the checkpoint (buffer, open episode, random streams) and ends with
     the same agent, curves and episodes as a run never interrupted."""
@@ -237,3 +238,38 @@ def test_the_online_options_run_end_to_end():
     assert qam.exit_code == 0, qam.output
     wraps = runner.invoke(app, ["finetune", *SMOKE, "method=qam", "chunk=5", "online.buffer_size=1"])
     assert wraps.exit_code == 2 and "would wrap around" in wraps.stderr
+
+
+def test_qams_random_warmup_under_balanced_sampling():
+    """QAM's main.py (l.298-300) acts uniformly at random in [-1, 1] for its first start_training online
+    steps under balanced sampling; the stream is the run's own (seeded), the method's acting takes over after."""
+    import numpy as np
+
+    from stages.finetune import OnlineActor
+    from vgfcli.replay import ReplayBuffer
+    from vgfcli.training import TensorData
+
+    class Agent:  # acts 0.25 everywhere, counting its calls
+        chunk, device, calls = 1, torch.device("cpu"), 0
+
+        def act(self, obs, **options):
+            Agent.calls += 1
+            return torch.full((1, 5), 0.25)
+
+    def actions(random_steps: int) -> np.ndarray:
+        n = 4
+        data = TensorData(torch.zeros(n, 28), torch.zeros(n, 5), torch.zeros(n), torch.zeros(n, 28), torch.ones(n),
+                          torch.tensor([0.0] * (n - 1) + [1.0]), {})
+        buffer = ReplayBuffer(data, 10, sampling="balanced")
+        actor = OnlineActor("cube-single-noisy-singletask-task1-v0", Agent(), buffer, lambda r: r, 0, 50,
+                            lambda *a, **k: None, {}, random_steps)
+        for _ in range(8):
+            actor.step()
+        return buffer.actions[n:n + 8].numpy()
+
+    first = actions(5)
+    assert Agent.calls == 3 and np.all(first[5:] == 0.25)
+    assert np.all(np.abs(first[:5]) <= 1) and len(np.unique(first[:5])) == 25  # 5 steps of 5 random numbers
+    assert np.array_equal(actions(5), first)  # the same seed, the same warm-up
+    Agent.calls = 0
+    assert np.all(actions(0) == 0.25) and Agent.calls == 8

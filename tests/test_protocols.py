@@ -11,11 +11,11 @@ from vgfcli.protocols import family_candidates, task_label
     ("antmaze-large-navigate-singletask-task1-v0", ["antmaze-large", "antmaze"]),
     ("puzzle-4x4-play-singletask-v0", ["puzzle-4x4", "puzzle"]),
     ("scene-play-singletask-task2-v0", ["scene"]),
-    ("hopper-medium-v2", ["d4rl-locomotion"]),
+    ("hopper-medium-v2", ["d4rl-hopper-medium", "d4rl-locomotion"]),
     ("antmaze-large-diverse-v2", ["d4rl-antmaze"]),
     ("antmaze-medium-play-v2", ["d4rl-antmaze"]),  # not OGBench's antmaze-medium: OGBench has no "play" maze
     ("antmaze-umaze-v2", ["d4rl-antmaze"]),
-    ("pen-cloned-v1", ["d4rl-adroit"]),
+    ("pen-cloned-v1", ["d4rl-pen-cloned", "d4rl-adroit"]),
     ("visual-cube-single-play-singletask-task1-v0", ["visual-cube-single", "visual-cube", "cube-single", "cube"]),
     ("visual-scene-play-singletask-task1-v0", ["visual-scene", "scene"]),
     ("something-else", []),
@@ -158,15 +158,68 @@ def test_d4rl_antmaze_protocols():
         assert cfg.critic.reward_transform == "minus_one", cfg.method.name
 
 
-@pytest.mark.parametrize("method, start, buffer", [("vgf", 5000, 2000000), ("avgf", 5000, 2000000),
-                                                   ("qam", 5000, None), ("fql", 0, 2000000)])
-def test_each_methods_online_loop(method, start, buffer):
-    """VGF main.py start_training 5000 (l.34), buffer_size 2000000 (l.35); QAM main.py start_training 5000
-    (l.30), a buffer of |D| + online steps (l.258-261); FQL main.py: no warm-up, buffer_size 2000000 (l.33)."""
+@pytest.mark.parametrize("method, start, buffer, episodes", [
+    ("vgf", 5000, 2000000, 50), ("avgf", 5000, 2000000, 50), ("qam", 5000, None, 50), ("fql", 0, 2000000, 50),
+    ("qgf", 0, 2000000, 30)])
+def test_each_methods_online_loop(method, start, buffer, episodes):
+    """VGF main.py start_training 5000 (l.34), buffer_size 2000000 (l.35), eval_episodes 50 (l.40); QAM
+    main.py start_training 5000 (l.30), a buffer of |D| + online steps (l.258-261); FQL main.py: no warm-up,
+    buffer_size 2000000 (l.33); QGF main.py: no warm-up, buffer_size 2000000 (l.57), eval_episodes 30
+    (l.69), eval_interval 100000 (l.60). Every reference trains its flow online (online.train_reference);
+    only QAM acts at random before its updates, and only under balanced sampling (main.py l.298-300)."""
+    from vgfcli import methods
+
     cfg = compose("train", [f"method={method}", "preset=paper"])
     assert (cfg.online.start_training, cfg.online.buffer_size, cfg.online.sampling) == (start, buffer, "uniform")
-    assert cfg.online.explore_budget is None
+    assert cfg.online.explore_budget is None and cfg.online.train_reference is True
     steps, every = (500000, 50000) if method == "qam" else (1000000, 100000)  # QAM reproduce.py l.251
-    assert (cfg.online.steps, cfg.online.eval_every, cfg.online.eval_episodes) == (steps, every, 50)
+    assert (cfg.online.steps, cfg.online.eval_every, cfg.online.eval_episodes) == (steps, every, episodes)
+    agent = methods.load(method).Agent
+    assert agent.random_warmup_under == (("balanced",) if method == "qam" else ())
+    assert agent.reference_grad_clip == (1.0 if method in ("qam", "avgf") else None)  # a_vgf.py l.441, qam.py l.385
     smoke = compose("train", [f"method={method}", "preset=smoke"]).online
     assert smoke.steps <= 500 and smoke.start_training < smoke.steps
+
+
+# ryanxhr/vgf@3ec8f9b run_scripts/run_vgf_off2on_ogbench.sh (commented blocks): --offline_steps per block
+@pytest.mark.parametrize("task, offline, source", [
+    ("antmaze-large-navigate-singletask-task4-v0", 2000000, "l.33"),
+    ("antmaze-giant-navigate-singletask-task4-v0", 3000000, "l.67"),
+    ("cube-double-play-singletask-task4-v0", 1000000, "the paper preset's 1M (l.281's active block)"),
+])
+def test_vgf_off2on_offline_phase_per_block(task, offline, source):
+    cfg = compose("train", ["method.variant=off2on", "preset=paper", f"task={task}"])
+    assert (cfg.policy.steps, cfg.critic.steps) == (offline, offline), source
+    assert cfg.online.steps == 1000000
+    quick = compose("train", ["method.variant=off2on", f"task={task}"])  # the schedule is the paper preset's
+    assert quick.critic.steps < 1000000
+
+
+def test_vgf_off2on_d4rl_schedule():
+    """run_vgf_off2on_d4rl.sh: --offline_steps=500000 (l.55), --online_steps=1000000 (l.56),
+    --eval_interval=50000 (l.57), --eval_episodes=50 (l.58), vgf_particles 10 (l.37)."""
+    cfg = compose("train", ["method.variant=off2on", *D4RL_ANTMAZE])
+    assert cfg.choices.protocol == "vgf-off2on_d4rl-antmaze"
+    assert (cfg.policy.steps, cfg.critic.steps) == (500000, 500000)
+    assert (cfg.online.steps, cfg.online.eval_every, cfg.online.eval_episodes) == (1000000, 50000, 50)
+    assert cfg.method.num_particles == 10 and cfg.critic.reward_transform == "minus_one"
+    offline = compose("train", D4RL_ANTMAZE)  # the offline variant keeps the paper preset's schedule
+    assert offline.choices.protocol == "vgf_d4rl-antmaze" and offline.critic.steps == 1000000
+
+
+# seohongpark/fql@719d044 README, offline-to-online commands (method.variant=off2on) against offline ones
+@pytest.mark.parametrize("task, off2on, offline, q_agg, source", [
+    ("humanoidmaze-medium-navigate-singletask-task1-v0", 100, 30, "mean", "l.251 / l.90"),
+    ("antsoccer-arena-navigate-singletask-task1-v0", 30, 10, "mean", "l.253 / l.94"),
+    ("pen-cloned-v1", 1000, 10000, "min", "l.273 / l.205"),
+    ("door-cloned-v1", 1000, 30000, "min", "l.275 / l.211"),
+    ("hammer-cloned-v1", 1000, 10000, "min", "l.277 / l.217"),
+    ("relocate-cloned-v1", 10000, 30000, "min", "l.279 / l.223"),
+    ("pen-expert-v1", 3000, 3000, "min", "no off2on command: the offline one, l.207"),
+    ("cube-double-play-singletask-task1-v0", 300, 300, "mean", "l.255"),
+])
+def test_fql_off2on_alphas(task, off2on, offline, q_agg, source):
+    data = ["data.source=file", "data.kind=d4rl", f"data.path=/data/{task}.hdf5"] if "-v1" in task else [f"task={task}"]
+    online = compose("train", ["method=fql", "method.variant=off2on", *data]).method
+    assert (online.alpha, online.q_agg) == (off2on, q_agg), source
+    assert compose("train", ["method=fql", *data]).method.alpha == offline

@@ -98,7 +98,7 @@ def to_yaml(cfg) -> str:
     from omegaconf import OmegaConf
 
     choices = cfg.get("choices") or {}
-    order = ("method", "online", "protocol", "preset", "tuning")  # the defaults list's order: later files win
+    order = ("method", "online", "protocol", "preset", "tuning", "protocol_preset")  # later files win
     files = [f"{group}/{choices[group]}.yaml" for group in order if choices.get(group) not in (None, "none")]
     files = [f for f in files if (config_dir() / f).is_file()]  # an optional group may have no file
     head = f"# composed from: {', '.join(files)}; key=value overrides win over them\n" if files else ""

@@ -62,8 +62,8 @@ def family_candidates(label: str) -> list[str]:
         domain = env.split("-")[0]
         return [env, domain] if domain != env else [env]
     for prefix, family in _D4RL_FAMILIES:
-        if name.startswith(prefix):
-            return [family]
+        if name.startswith(prefix):  # the dataset's own settings first (pen-cloned-v1 -> d4rl-pen-cloned)
+            return ["d4rl-" + re.sub(r"-v\d+$", "", name), family]
     return []
 
 

@@ -35,6 +35,7 @@ EXPORT_PARITY = 11_000_003  # export: the noise of the parity check
 ONLINE_SAMPLER = 13_000_003  # finetune: replay batches of the updates
 CURVE_ROWS = 17_000_003  # finetune: acting noise of the learning curves' rows (+ online step)
 RECALIBRATION = 19_000_003  # finetune: buffer batches of each recalibration (+ online step)
+ONLINE_WARMUP = 29_000_003  # finetune: uniform random warm-up actions (QAM under balanced sampling)
 ONLINE_FLOW = 23_000_003  # finetune: the reference flow's flow-matching noise online (vgfcli.online_flow)
 
 

@@ -201,6 +201,9 @@ class Agent(ABC):
     # reference code: the global norm its gradient is clipped to there, as the method's code clips it
     # (None: not clipped).
     reference_grad_clip: ClassVar[float | None] = None
+    # The ``online.sampling`` styles under which the reference's online loop acts uniformly at random in
+    # [-1, 1] until ``online.start_training`` (QAM's main.py does under balanced sampling, l.298-300).
+    random_warmup_under: ClassVar[tuple[str, ...]] = ()
 
     # What the stages read of any agent (each method that has the feature sets it in __init__):
     # The critic ensemble (an ``EnsembleCritic``: value checks, calibration, best-of-N); None for a

@@ -62,12 +62,16 @@ class FQLConfig(MethodConfig):
     # own, as in the reference code); from critic.encoder, null there = the policy's. None: state vectors.
     encoder: str | None = None
     seed: int = 0
+    # Which of the reference README's commands the per-task settings (conf/protocol) come from: base (the
+    # offline commands) | off2on (its offline-to-online commands, whose alphas differ on some tasks:
+    # humanoidmaze 100, antsoccer 30, pen/door/hammer-cloned 1000; conf/protocol/fql-off2on_<family>.yaml).
+    variant: str = "base"
 
     def validate(self) -> None:
         """Raise ValueError naming a value the method cannot run with (run once, as the Config is made)."""
         self.check_numbers(positive=("lr",), at_least_one=("num_critics", "flow_steps"),
                            not_negative=("alpha", "seed"), unit=("discount", "tau"))
-        self.check_choices(q_agg=("min", "mean"))
+        self.check_choices(q_agg=("min", "mean"), variant=("base", "off2on"))
 
 
 Config = FQLConfig

@@ -212,6 +212,7 @@ class QAMAgent(Agent):
     checkpoint_parts = ("critic", "target_critic", "policy", "onestep", "edit", "optimizer", "reference",
                         "slow_reference")
     reference_grad_clip = 1.0  # qam.py: clip_by_global_norm(1.0) before the one Adam (l.385-393)
+    random_warmup_under = ("balanced",)  # main.py l.298-300: np.random.rand(action_dim) * 2 - 1 while i < 5000
 
     def __init__(self, cfg: QAMConfig, obs_dim: int, act_dim: int, device, reference: FlowPolicy,
                  chunk: int = 1):
