@@ -135,3 +135,18 @@ def test_a_smoke_finetune_trains_the_reference_flow(method, tmp_path, empty_stor
     pretrained = torch.load(json.loads(policy.stdout)["outputs"]["policy"], weights_only=False)["flow"]
     assert all(torch.equal(flows["false"][k], v) for k, v in pretrained.items())  # frozen: as pretrained
     assert any(not torch.equal(flows["true"][k], v) for k, v in pretrained.items())  # online: it learned
+
+
+def test_a_fine_tuned_qam_loads_with_its_ema():
+    flow, saved = _pretrained()
+    agent = _agent("qam", flow)
+    _steps(agent, OnlineFlow(agent, saved, seed=0), 0, 2)
+    fresh = _agent("qam", _pretrained()[0])  # as vgf loads finetuned.pt: a new agent, then its state
+    fresh.load_state_dict(_roundtrip_state(agent.state_dict()))
+    assert fresh.slow is not fresh.reference
+    for a, b in zip(fresh.slow.parameters(), agent.slow.parameters()):
+        assert torch.equal(a, b)
+
+
+def _roundtrip_state(state):
+    return torch.load(_roundtrip(state), weights_only=False)

@@ -253,8 +253,14 @@ def choose_compile(agent, settings: list, batch: int, calls: int) -> dict:
     import torch
 
     from vgfcli.methods.base import ComputeCounter
-    from vgfcli.nn.compiled import (COLD_COMPILE_S, COMPILED_SHARE, compile_pays, count_call, machine_kind,
-                                    modelled_call_s)
+    from vgfcli.nn.compiled import (
+        COLD_COMPILE_S,
+        COMPILED_SHARE,
+        compile_pays,
+        count_call,
+        machine_kind,
+        modelled_call_s,
+    )
 
     rows = [s for s in settings if agent.acts_compiled(dict(s.options))]
     if not agent.compiles or agent.pixels or not rows or calls < 1:

@@ -248,11 +248,6 @@ class QAMAgent(Agent):
     def start_reference_training(self) -> None:
         self.slow_reference = copy.deepcopy(self.reference).requires_grad_(False)
 
-    def load_state_dict(self, state) -> None:
-        if "slow_reference" in state and self.slow_reference is None:  # a fine-tuned agent: its EMA too
-            self.start_reference_training()
-        super().load_state_dict(state)
-
     @torch.no_grad()
     def reference_updated(self) -> None:
         for slow, online in zip(self.slow_reference.parameters(), self.reference.parameters()):
@@ -429,6 +424,8 @@ class QAMAgent(Agent):
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "slow_reference" in state and self.slow_reference is None:  # a fine-tuned agent: its EMA too
+            self.start_reference_training()
         super().load_state_dict(state)
         if self.log_alpha is not None:
             with torch.no_grad():

@@ -15,8 +15,8 @@ from torch import Tensor
 from vgfcli.budgets import explore_steps, parse_budgets
 from vgfcli.methods.base import Agent, EvalSetting, best_by_q, percentile_at
 from vgfcli.nn import closed_form
-from vgfcli.nn.compiled import dynamic_batch
 from vgfcli.nn.adaptive import StopRule, adaptive_transport, reads_disagreement
+from vgfcli.nn.compiled import dynamic_batch
 from vgfcli.nn.flow import euler_sample
 from vgfcli.nn.noise import normal
 from vgfcli.nn.particles import aggregate_members
