@@ -177,6 +177,7 @@ class FinetuneStage(Stage):
         first, last = curves[0]["rows"], curves[-1]["rows"]
         default_first, default_last = (next(r for r in rows if r["key"] == headline.key) for rows in (first, last))
         summary = {"method": cfg.method.name, "env_id": env_id, "online_steps": o.steps, "seed": cfg.seed,
+                   "preset": cfg.choices.get("preset"),
                    "offline": first, "final": last, "default_rule": headline.label,
                    "episodes": len(episodes), "resumed_from_step": loop.resumed_from,
                    "reference_trained_online": online_flow is not None,

@@ -135,6 +135,14 @@ def test_a_smoke_finetune_trains_the_reference_flow(method, tmp_path, empty_stor
     pretrained = torch.load(json.loads(policy.stdout)["outputs"]["policy"], weights_only=False)["flow"]
     assert all(torch.equal(flows["false"][k], v) for k, v in pretrained.items())  # frozen: as pretrained
     assert any(not torch.equal(flows["true"][k], v) for k, v in pretrained.items())  # online: it learned
+    if method == "vgf":  # vgf report --curves: the two builds' curves side by side
+        report = _vgf(["report", "--curves", "--out", str(tmp_path / "report"), "--json"], tmp_path)
+        assert report.returncode == 0, report.stderr[-2000:]
+        rows = json.loads(report.stdout)["rows"]
+        assert {r["curve"] for r in rows} == {"vgf flow learns", "vgf flow frozen"}
+        assert {r["step"] for r in rows} == {0, 60} and {r["row"] for r in rows} == {"L=0", "L=3"}
+        assert all(0 <= r["mean"] <= 100 and r["seeds"] == 1 for r in rows)
+        assert all((tmp_path / "report" / f"curves.{ext}").is_file() for ext in ("md", "csv", "png"))
 
 
 def test_a_fine_tuned_qam_loads_with_its_ema():

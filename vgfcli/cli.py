@@ -387,15 +387,30 @@ def report(
     preset: Optional[List[str]] = typer.Option(None, "--preset", help="Only this preset (repeat for more)."),
     out: Path = typer.Option(Path("vgf-report"), "--out", help="Folder for report.md, report.csv and report.png."),
     experiment: str = typer.Option("vgf", help="MLflow experiment."),
+    curves: bool = typer.Option(False, "--curves", help="Finished finetune runs' learning curves instead: "
+                                "per evaluate row, mean over seeds against online steps, with 95 % intervals."),
     json_out: bool = JSON,
 ) -> None:
     """Finished evaluate runs as a paper table: rows = task (then each env family's mean over its tasks),
     columns = method (per budget or guidance where swept), cells = mean over seeds in the papers' units
-    (success in %) with a 95 % interval from the per-episode outcomes; also Markdown, CSV and a bar chart."""
+    (success in %) with a 95 % interval from the per-episode outcomes; also Markdown, CSV and a bar chart.
+    With --curves: the finetune runs' learning curves (curves.md, curves.csv, curves.png)."""
     from vgfcli import report as reporting
     from vgfcli.ui import UI
 
     ui = UI(json_mode=json_out)
+    if curves:
+        from vgfcli import report_curves
+
+        found = report_curves.collect(experiment, tuple(task or ()), tuple(method or ()), tuple(preset or ()))
+        paths = report_curves.write_outputs(found, out)
+        if json_out:
+            ui.emit_json({"metric": found.metric, "runs": found.runs, "rows": found.rows(),
+                          "files": {k: str(v) for k, v in paths.items()}})
+            return
+        ui.show(report_curves.markdown(found))
+        ui.note("wrote " + ", ".join(str(p) for p in paths.values()))
+        return
     result = reporting.collect(experiment, tuple(task or ()), tuple(method or ()), tuple(preset or ()))
     paths = reporting.write_outputs(result, out)
     if json_out:

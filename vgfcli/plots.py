@@ -192,6 +192,32 @@ def plot_curves(curves: list[dict], path, title: str) -> None:
 
 # --- vgf report -------------------------------------------------------------------------------------
 
+def curves_chart(curves, path) -> None:
+    """``vgf report --curves``: a panel per evaluate row, a line per curve (mean over seeds against online
+    steps) with its 95 % interval shaded."""
+    plt = pyplot()
+    labels = sorted(curves.curves)
+    rows = list(dict.fromkeys(r for c in labels for r in curves.curves[c]))
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows) + 0.6, 3.4), dpi=110, sharey=True, squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        for label in labels:
+            points = sorted(curves.curves[label].get(row, {}).items())
+            if not points:
+                continue
+            steps = [s for s, _ in points]
+            means = [c.mean * curves.scale for _, c in points]
+            bounds = [c.interval or (c.mean, c.mean) for _, c in points]
+            line, = ax.plot(steps, means, marker="o", markersize=3, label=label)
+            ax.fill_between(steps, [b[0] * curves.scale for b in bounds], [b[1] * curves.scale for b in bounds],
+                            alpha=0.15, color=line.get_color())
+        fit_title(ax, row)
+        ax.set_xlabel("online env steps")
+    axes[0][0].set_ylabel(f"{curves.unit}, 95 % interval")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path, metadata={"Software": None})
+
+
 def bar_chart(report, path) -> None:
     """The report's bar chart: one bar per (task, column), its 95 % interval as the error bar."""
     plt = pyplot()
