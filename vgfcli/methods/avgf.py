@@ -19,8 +19,10 @@ The reference code's choices kept here:
 - The field regresses onto the critic's gradient BEFORE this update's critic step (all three losses
   read the old parameters), ungated by the target's transport.
 - The reference code also trains its BC flow in the same loop; here the reference flow is pretrained
-  and frozen (``vgf pretrain-policy``), as for every method in this package: its loss involves neither
-  the critic nor the field, so the objective is the same.
+  and frozen offline (``vgf pretrain-policy``), as for every method in this package: its loss involves
+  neither the critic nor the field, so the objective is the same. Online (``vgf finetune``) it learns on
+  each update's batch, its gradient clipped at norm 1.0 as the code's optimiser does
+  (``vgfcli.online_flow``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ flow's K-step Euler output. The actor loss is
 
 and the critic's TD target takes next actions from mu. The reference code trains the flow with the
 same loss sum; its flow-matching term involves neither mu nor Q, so pretraining the flow first and
-freezing it (what ``vgf pretrain-policy`` does) optimises the same objective.
+freezing it (what ``vgf pretrain-policy`` does) optimises the same objective offline. Online (``vgf
+finetune``) the flow keeps learning on each update's batch, as the code's does (``vgfcli.online_flow``).
 """
 
 from __future__ import annotations

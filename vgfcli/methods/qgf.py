@@ -1,8 +1,9 @@
 """QGF: Q-Guided Flow (Zhou et al., "Test-Time Gradient Guidance of Flow Policies in RL"; reference code
 github zhouzypaul/qgf, agents/qgf.py).
 
-All policy improvement happens at test time. Training never samples the policy: the FROZEN reference
-flow (behaviour cloning, ``vgf pretrain-policy``) is left as it is and an IQL critic is fit on the data:
+All policy improvement happens at test time. Training never samples the policy: the reference flow
+(behaviour cloning, ``vgf pretrain-policy``) is frozen offline (online, ``vgf finetune`` trains it on each
+update's batch as the code does, ``vgfcli.online_flow``) and an IQL critic is fit on the data:
 
     V(s)    <- expectile regression (expectile 0.9) toward agg_members Q_target(s, a)  at dataset actions
     Q_i(s,a) <- r + discount^H * mask * V(s')                                           (twin Q, H = chunk)

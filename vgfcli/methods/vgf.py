@@ -1,8 +1,8 @@
 """VGF: Value Gradient Flow (Xu, Hu, Sojoudi, Zhang, ICLR 2026; reference code github ryanxhr/vgf).
 
 Behaviour-regularised RL as transport of the reference distribution toward pi*(a|s) ~ exp(Q(s,a)/alpha).
-There is no policy network: the policy is N particles drawn from a FROZEN reference flow (trained
-beforehand by flow matching, ``vgfcli.nn.flow``) and moved for L steps along the online critic's value
+There is no policy network: the policy is N particles drawn from the reference flow (trained beforehand
+by flow matching, ``vgfcli.nn.flow``, and frozen offline) and moved for L steps along the online critic's value
 gradient (``vgfcli.nn.particles``). The budget L x step size is the regulariser.
 
 Learning: only the critic ensemble learns, by TD regression onto
@@ -16,8 +16,9 @@ frozen, so its samples can be drawn once and reused; a batch then needs ``indice
 Acting: N reference samples, ``test_steps`` transport steps, then the particle with the largest online
 Q (``test_steps = 0`` is best-of-N; N = 1 with 0 steps is the plain reference policy).
 
-Online fine-tuning (``vgf finetune``) collects with best-of-N over fresh reference samples and NO
-transport step, as the reference main.py does (``explore_options``; ``online.explore_budget`` moves them
+Online fine-tuning (``vgf finetune``) trains the reference flow again on each update's batch, as the
+reference code does (``vgfcli.online_flow``; no bank then: samples come from the flow as it learns), and
+collects with best-of-N over fresh reference samples and NO transport step, as the reference main.py does (``explore_options``; ``online.explore_budget`` moves them
 L or L_train steps instead). ``variant=off2on`` takes the per-task settings of the reference's off2on
 script (N = 10, L_train = 5, vgf_lr 0.1, alpha 1.0; discount and train_q_agg per family).
 """
