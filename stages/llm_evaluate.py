@@ -21,6 +21,7 @@ import json
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 
+WIN_RATES = ("win", "judge_win")
 MEASURES = ("reward", "win", "judge", "judge_win", "loglik", "changed", "reward_forward", "reward_backward",
             "policy_passes", "seconds", "steps")
 
@@ -29,7 +30,7 @@ class EvaluateLmStage(Stage):
     name = "evaluate-lm"
     config_name = "llm"
     domain = "llm"
-    code_version = 1
+    code_version = 2  # 2: win-rate intervals Wilson (inside [0, 1]); the judge named or the demo's gold rule; padded vocab rows never sampled
     main_metrics = ("best_reward", "reference_reward")
     needs = ("prompts", "lm", "reward")
 
@@ -54,6 +55,7 @@ class EvaluateLmStage(Stage):
         llm = to_dict(cfg.llm)
         llm = {k: v for k, v in llm.items() if v is not None and (k != "decode_k" or llm["decode"] == "topk")}
         # the numbers depend on the models' files and on the dtype they run in (auto: by device)
+        llm["judge"] = judge_spec(cfg)
         llm |= {k: model_key(llm[k]) for k in ("policy", "reward", "judge") if k in llm}
         llm["dtype"] = str(resolve_dtype(cfg.llm.dtype, resolve_device(cfg.device))).removeprefix("torch.")
         e = to_dict(cfg.evaluate) | {"budgets": budgets}
@@ -92,7 +94,8 @@ class EvaluateLmStage(Stage):
             if reward.table.shape[0] < len(tokenizer):
                 raise VgfError(f"llm.reward '{reward_spec}' embeds {reward.table.shape[0]} tokens, fewer than the "
                                f"policy's tokenizer has ({len(tokenizer)})")
-            judge = judge_fn(spec.judge, device, dtype)
+            judge_name = judge_spec(cfg, reward_spec)
+            judge = judge_fn(judge_name, device, dtype)
         stop, adaptive = {}, [b for b in budgets if isinstance(b, str)]
         if adaptive:
             threshold = calibration_threshold(inputs, reward, adaptive)
@@ -116,7 +119,7 @@ class EvaluateLmStage(Stage):
                 bar.advance(1)
         rows = summarize_rows(outcomes)
         results = {"rows": rows, "prompts": len(prompts), "split": e.split, "particles": e.particles, "decode": spec.decode,
-                   "judge": spec.judge, "policy": spec.policy or "sft (pretrain-policy run)",
+                   "judge": judge_name, "judge_is_gold_rule": spec.judge is None, "policy": spec.policy or "sft (pretrain-policy run)",
                    "reward_model": spec.reward or "train-reward run", "device": str(device),
                    "dtype": str(dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - start, 1),
                    "per_prompt": {name: {m: [o[name].get(m) for o in outcomes] for m in MEASURES}
@@ -139,6 +142,35 @@ class EvaluateLmStage(Stage):
         from vgfcli.llm.report import rows_table
 
         return rows_table(outcome.summary)
+
+
+def judge_spec(cfg, reward_spec: str | None = None) -> str:
+    """``llm.judge`` as the evaluation reads it: named, or (null) the demo corpus's gold rule, which only
+    the demo may use; never the reward model the transport climbs (``reward_spec``: its folder, where
+    known). Exit 2 with the reason otherwise."""
+    spec, own = cfg.llm.judge, [k for k in ("policy", "reward") if cfg.llm[k]]
+    if cfg.prompts.source != "demo":
+        own.append("prompts")
+    if spec is None:
+        if own:
+            raise VgfError(f"llm.judge must be named with {' and '.join('llm.' + k if k != 'prompts' else 'prompts of your own' for k in own)}"
+                           ": a held-out reward model (folder or hub id, not llm.reward) or rule:NAME; the demo's "
+                           "gold rule judges the demo corpus only")
+        return f"rule:{cfg.prompts.demo_rule}"
+    for reward in (cfg.llm.reward, reward_spec):
+        if reward and not spec.startswith("rule:") and _same_model(spec, reward):
+            raise VgfError(f"llm.judge '{spec}' is the reward model (llm.reward): judging with the reward the "
+                           "transport climbs flatters every row; name a held-out judge")
+    return spec
+
+
+def _same_model(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
 def judge_fn(spec: str | None, device, dtype):
@@ -177,10 +209,11 @@ def calibration_threshold(inputs: Inputs, reward, adaptive: list[str]) -> float:
 
 
 def summarize_rows(outcomes: list[dict]) -> list[dict]:
-    """Each row's mean and 95 % interval over prompts of every measure (``stats.episode_interval``)."""
+    """Each row's mean and 95 % interval over prompts of every measure (``stats.episode_interval``); win
+    rates (1, 0, or 0.5 for a tie) take the Wilson interval of their sum, which stays in [0, 1]."""
     import numpy as np
 
-    from vgfcli.stats import episode_interval
+    from vgfcli.stats import episode_interval, wilson
 
     rows = []
     for name in outcomes[0]:
@@ -191,7 +224,7 @@ def summarize_rows(outcomes: list[dict]) -> list[dict]:
                 continue
             x = np.asarray(values, dtype=np.float64)
             row[m] = float(x.mean())
-            row[f"{m}_ci"] = list(episode_interval(x, binary=False))
+            row[f"{m}_ci"] = list(wilson(float(x.sum()), x.size) if m in WIN_RATES else episode_interval(x, binary=False))
         rows.append(row)
     return rows
 

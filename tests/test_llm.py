@@ -200,20 +200,20 @@ def test_budget_zero_is_exactly_best_of_n(tiny_models):
 def test_a_reward_model_with_another_tokenizer_is_refused(tiny_models, tmp_path):
     other = tiny.train_tokenizer(["completely different words here " * 3, "zebra yak quokka"], 280)
     _, tokenizer, _ = load(tiny_models)
-    with pytest.raises(VgfError, match="same tokenizer"):
+    with pytest.raises(VgfError, match="must read every policy token at the same id"):
         models.check_same_tokenizer(tokenizer, other, "policy", "reward")
     make_models(other, tmp_path / "other", tmp_path / "other-reward", members=1)
     prompts = write_prompts(tmp_path / "p.jsonl")
     result = runner.invoke(app, ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}",
                                  f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tmp_path / 'other-reward'}",
-                                 "evaluate.prompts=2"])
+                                 "evaluate.prompts=2", "llm.judge=rule:long_words"])
     assert result.exit_code == 2 and "no finished ingest-prompts run" in result.output, result.output
     made = runner.invoke(app, ["ingest", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS])
     assert made.exit_code == 0, made.output
     result = runner.invoke(app, ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS,
                                  f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tmp_path / 'other-reward'}",
                                  "evaluate.prompts=2"])
-    assert result.exit_code == 2 and "same tokenizer" in result.output, result.output
+    assert result.exit_code == 2 and "at the same id" in result.output, result.output
 
 
 def write_prompts(path, n=40):
@@ -228,7 +228,7 @@ def write_prompts(path, n=40):
 
 
 FIELDS = ["prompts.prompt_field=q", "prompts.reference_field=ref", "prompts.chosen_field=good",
-          "prompts.rejected_field=bad"]
+          "prompts.rejected_field=bad", "llm.judge=rule:long_words"]  # prompts of our own: a judge named
 TINY = ["sft.vocab_size=300", "sft.layers=1", "sft.heads=2", "sft.width=32", "sft.context=48", "sft.steps=20",
         "sft.log_every=10", "reward.steps=10", "reward.log_every=5", "evaluate.prompts=3", "evaluate.particles=4",
         "evaluate.max_new_tokens=6", "prompts.val_fraction=0.2"]
@@ -389,3 +389,58 @@ def test_the_memory_script_prints_every_part():
     out = subprocess.run([sys.executable, str(script), "--judge", "pythia-1b", "--particles", "4"], capture_output=True,
                          text=True, check=True).stdout
     assert all(part in out for part in ("policy weights", "reward backward", "judge weights", "total"))
+
+
+def test_the_judge_is_named_with_models_of_ones_own_and_is_never_the_reward(tiny_models, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    made = runner.invoke(app, ["ingest", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS])
+    assert made.exit_code == 0, made.output
+    base = ["evaluate", "domain=llm", "prompts.source=file", f"prompts.path={prompts}", *FIELDS[:-1],
+            "evaluate.prompts=1", f"llm.policy={tiny_models / 'policy'}", f"llm.reward={tiny_models / 'reward'}"]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 2 and "llm.judge must be named with llm.policy and llm.reward" in result.stderr
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, [*base, f"llm.judge={tiny_models / 'reward'}/"])
+    assert result.exit_code == 2 and "is the reward model" in result.stderr, result.output
+
+
+def test_the_judge_reads_the_whole_response_and_the_prompts_end(tiny_models):
+    _, tokenizer, _ = load(tiny_models)
+    prompt, response = "the quick cat sat on the mat near the river", " the lazy dog"
+    whole = models.judge_input(tokenizer, prompt, response, [tokenizer.eos_token_id], 64, "judge")
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    assert whole[-1] == tokenizer.eos_token_id and whole[-1 - len(response_ids):-1] == response_ids
+    short = models.judge_input(tokenizer, prompt, response, [tokenizer.eos_token_id], len(response_ids) + 3, "judge")
+    assert len(short) == len(response_ids) + 3 and short[:2] == whole[len(whole) - len(short):][:2]  # the prompt's end
+    with pytest.raises(VgfError, match="too few for a response"):
+        models.judge_input(tokenizer, prompt, response, [tokenizer.eos_token_id], len(response_ids), "judge")
+
+
+def test_padded_vocabulary_rows_are_never_sampled(tiny_models):
+    policy, tokenizer, _ = load(tiny_models)
+    response, _, _ = sample_responses(policy, torch.tensor(tokenizer("the cat")["input_ids"]), 16, 12,
+                                      temperature=1.0, top_k=0, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id,
+                                      generator=torch.Generator().manual_seed(0), vocab=20)
+    assert int(response.max()) < 20
+
+
+def test_a_reward_vocabulary_that_extends_the_policys_is_accepted(tiny_models):
+    import copy
+
+    _, tokenizer, _ = load(tiny_models)
+    extended = copy.deepcopy(tokenizer)
+    extended.add_special_tokens({"pad_token": "<pad>"})
+    assert len(extended) == len(tokenizer) + 1
+    models.check_same_tokenizer(tokenizer, extended, "policy", "reward")  # every policy id reads the same
+    with pytest.raises(VgfError, match="1 of the policy's entries missing"):
+        models.check_same_tokenizer(extended, tokenizer, "policy", "reward")
+
+
+def test_win_rate_intervals_stay_inside_0_and_1():
+    from stages.llm_evaluate import summarize_rows
+
+    outcomes = [{"reference": {"win": 0.5}, "L=1": {"win": 1.0, "reward": 2.0}} for _ in range(4)]
+    rows = {r["row"]: r for r in summarize_rows(outcomes)}
+    low, high = rows["L=1"]["win_ci"]
+    assert rows["L=1"]["win"] == 1.0 and 0.0 < low < 1.0 and high == 1.0
+    assert 0.0 <= rows["reference"]["win_ci"][0] <= 0.5 <= rows["reference"]["win_ci"][1] <= 1.0

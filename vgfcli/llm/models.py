@@ -107,16 +107,34 @@ def load_judge(spec: str, device: torch.device, dtype: torch.dtype):
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     room = context_of(model) or 512
+    # a causal LM's classifier (score head) reads the last token: end the text as vgf trains them, with EOS
+    eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token and hasattr(model, "score") else []
 
     @torch.no_grad()
     def score(prompts: list[str], responses: list[str]) -> Tensor:
-        # a causal LM's classifier (score head) reads the last token: end the text as vgf trains them, with EOS
-        eos = tokenizer.eos_token if tokenizer.eos_token and hasattr(model, "score") else ""
-        batch = tokenizer([p + r + eos for p, r in zip(prompts, responses)], return_tensors="pt", padding=True,
-                          truncation=True, max_length=room, add_special_tokens=not eos).to(device)
-        return model(**batch).logits.float().mean(-1).double().cpu()
+        rows = [judge_input(tokenizer, p, r, eos_ids, room, spec) for p, r in zip(prompts, responses)]
+        ids, mask = pad_right(rows, tokenizer.pad_token_id, device)
+        return model(input_ids=ids, attention_mask=mask).logits.float().mean(-1).double().cpu()
 
     return score
+
+
+def judge_input(tokenizer, prompt: str, response: str, eos_ids: list[int], room: int, spec: str) -> list[int]:
+    """The judge's token ids for one (prompt, response), within its context of ``room`` positions: the
+    whole response (and the EOS a causal LM's classifier reads at), the prompt cut from the LEFT to fit,
+    so the judge always reads what it judges. Special tokens (BOS, CLS/SEP) as the tokenizer adds them
+    to the pair, where it adds any and there is no EOS to end with. A response longer than the context
+    is an error: its score would be of a truncated text."""
+    # a decoder read at its last token: prompt + response + EOS; an encoder: the tokenizer's own specials
+    extra = len(eos_ids) if eos_ids else len(tokenizer.build_inputs_with_special_tokens([]))
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    budget = room - len(response_ids) - extra
+    if budget < 0:
+        raise VgfError(f"llm.judge '{spec}' reads {room} positions, too few for a response of "
+                       f"{len(response_ids)} tokens: use a judge with a longer context or fewer evaluate.max_new_tokens")
+    body = prompt_ids[max(0, len(prompt_ids) - budget):] + response_ids
+    return body + eos_ids if eos_ids else tokenizer.build_inputs_with_special_tokens(body)
 
 
 def check_reward_config(config, spec: str, kind: str) -> None:
@@ -139,13 +157,16 @@ def check_one_output(config, spec: str, kind: str) -> None:
 
 
 def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy_spec: str, reward_spec: str) -> None:
-    """Refuse a reward model that reads other token ids than the policy writes (exit 2, saying why)."""
+    """Refuse a reward model that reads other token ids than the policy writes (exit 2, saying why). A
+    reward vocabulary that extends the policy's (every policy token at the same id, plus entries of its own
+    such as an added pad token) reads every id the policy writes, and is accepted."""
     a, b = policy_tokenizer.get_vocab(), reward_tokenizer.get_vocab()
-    if a != b:
-        only = len(set(a.items()) ^ set(b.items()))
+    differ = [token for token, i in a.items() if b.get(token) != i]
+    if differ:
         raise VgfError(f"llm.reward '{reward_spec}' does not read llm.policy '{policy_spec}''s token ids "
-                       f"({len(a)} vs {len(b)} tokens, {only} entries differ): the transport moves the policy's "
-                       "samples through the reward model's embedding table, so both need the same tokenizer")
+                       f"({len(a)} vs {len(b)} tokens, {len(differ)} of the policy's entries missing or at other ids, "
+                       f"e.g. {differ[0]!r}): the transport moves the policy's samples through the reward model's "
+                       "embedding table, so it must read every policy token at the same id")
     if policy_tokenizer.eos_token_id != reward_tokenizer.eos_token_id:
         raise VgfError(f"llm.reward '{reward_spec}' and llm.policy '{policy_spec}' end texts with different EOS "
                        f"tokens ({reward_tokenizer.eos_token_id} vs {policy_tokenizer.eos_token_id})")

@@ -18,7 +18,9 @@ def rows_table(summary: dict):
 
     which = "held-out" if summary.get("split", "val") == "val" else "TRAINING"
     table = Table(title=f"evaluate (lm): {summary.get('prompts')} {which} prompts, N={summary.get('particles')}, "
-                        f"{summary.get('decode')} decoding, judge {summary.get('judge')}", title_justify="left")
+                        f"{summary.get('decode')} decoding, judge {summary.get('judge')}"
+                        f"{' (the demo corpus gold rule)' if summary.get('judge_is_gold_rule') else ''}",
+                        title_justify="left")
     table.add_column("row")
     for _, title in COLUMNS:
         table.add_column(title, justify="right", no_wrap=True)

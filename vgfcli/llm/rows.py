@@ -35,8 +35,11 @@ from vgfcli.nn.particles import aggregate_members
 
 @torch.no_grad()
 def sample_responses(policy, prompt_ids: Tensor, n: int, max_new_tokens: int, *, temperature: float,
-                     top_k: int, eos: int, pad: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """N responses of the reference LM to one prompt (ancestral sampling with its KV cache).
+                     top_k: int, eos: int, pad: int, generator: torch.Generator,
+                     vocab: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """N responses of the reference LM to one prompt (ancestral sampling with its KV cache). ``vocab``:
+    the tokenizer's size; logit rows beyond it (a vocabulary padded for speed, as GPT-NeoX's) are never
+    sampled, since no tokenizer entry and no reward-table row stands behind them.
 
     Returns ``response`` ``[N, T]`` (pad after the EOS), ``lengths`` ``[N]`` (tokens up to and with
     the EOS) and ``movable`` ``[N, T]`` (the real tokens before the EOS: what the transport moves).
@@ -46,6 +49,8 @@ def sample_responses(policy, prompt_ids: Tensor, n: int, max_new_tokens: int, *,
     for _ in range(max_new_tokens):
         logits, cache = cached_step(policy, ids, cache)
         logits = logits[:, -1].float() / temperature
+        if vocab is not None and logits.shape[-1] > vocab:
+            logits[:, vocab:] = float("-inf")
         if top_k:
             kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -114,7 +119,7 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
     tok = ctx.tokenizer
     response, lengths, movable = sample_responses(
         ctx.policy, prompt_ids, ctx.particles, ctx.max_new_tokens, temperature=ctx.temperature, top_k=ctx.top_k,
-        eos=tok.eos_token_id, pad=tok.pad_token_id, generator=generator)
+        eos=tok.eos_token_id, pad=tok.pad_token_id, generator=generator, vocab=len(tok))
     sample_passes = ctx.particles * response.shape[1]
     particles = ResponseParticles(ctx.reward, prompt_ids, response, lengths, movable)
     start_scores = finite(aggregate_members(particles.members_at(particles.start), "mean"), prompt)  # [N]

@@ -31,7 +31,10 @@ class ModelSpecs:
     # Each a local save_pretrained folder or a hub id (hubs are unreachable offline: use local copies).
     policy: Optional[str] = None  # the reference LM; None: this config's pretrain-policy run (SFT)
     reward: Optional[str] = None  # the reward model (sequence classification); None: this config's train-reward run
-    judge: Optional[str] = None  # a held-out judge: a reward model folder/id, or rule:<name> (the demo's rule)
+    # A held-out judge: a reward model folder/id (never llm.reward: judging with the reward the transport
+    # climbs flatters every row), or rule:<name>. None: the demo corpus's gold rule (prompts.demo_rule),
+    # only on the demo (with models or prompts of your own a judge must be named: stages/llm_evaluate.judge_spec).
+    judge: Optional[str] = None
     decode: str = "nearest"  # embeddings -> tokens: nearest | topk (the reference LM's top-k, nearest of them)
     decode_k: int = 10  # decode=topk: candidates per position
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
