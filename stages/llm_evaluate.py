@@ -21,8 +21,8 @@ import json
 from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 
-WIN_RATES = ("win", "judge_win")
-MEASURES = ("reward", "win", "judge", "judge_win", "loglik", "changed", "reward_forward", "reward_backward",
+WIN_RATES = ("win", "judge_win", "judge_win_data")
+MEASURES = ("reward", "win", "judge", "judge_win", "judge_win_data", "loglik", "changed", "reward_forward", "reward_backward",
             "policy_passes", "seconds", "steps")
 
 
@@ -106,16 +106,20 @@ class EvaluateLmStage(Stage):
                             e.bandwidth_grad), e.particles, e.max_new_tokens, e.temperature, e.top_k, spec.decode,
                             spec.decode_k, stop, e.budget_max if e.budget_max is not None else max(steps, default=3),
                             device, room_for_prompts(policy, reward, e.max_new_tokens),
-                            allowed_tokens(tokenizer, reward.table.shape[0], device))
+                            allowed_tokens(tokenizer, reward.table.shape[0], device), e.matched_best_of_n)
         split = "val_prompts" if e.split == "val" else "prompts"
-        prompts = [r["prompt"] for r in load_jsonl(inputs.upstream["prompts"].output_paths()[split])]
-        prompts = prompts[:e.prompts] if e.prompts else prompts
+        records = load_jsonl(inputs.upstream["prompts"].output_paths()[split])
+        records = records[:e.prompts] if e.prompts else records
+        prompts = [r["prompt"] for r in records]
+        # the dataset's own response to judge against: the preferred one of a pair, else the reference
+        preferred = [r.get("chosen", r.get("reference")) for r in records]
         outcomes: list[dict] = []
         start = time.perf_counter()
         with ui.progress("evaluate (lm)", len(prompts), unit="prompts") as bar:
             for index, prompt in enumerate(prompts):
                 generator = torch.Generator(device=device).manual_seed(seeds.prompt_seed(cfg.seed, index))
-                outcomes.append(evaluate_prompt(ctx, prompt, budgets, generator))
+                extra = torch.Generator(device=device).manual_seed(seeds.matched_seed(cfg.seed, index))
+                outcomes.append(evaluate_prompt(ctx, prompt, budgets, generator, extra, preferred[index]))
                 bar.advance(1)
         rows = summarize_rows(outcomes)
         results = {"rows": rows, "prompts": len(prompts), "split": e.split, "particles": e.particles, "decode": spec.decode,
@@ -218,6 +222,8 @@ def summarize_rows(outcomes: list[dict]) -> list[dict]:
     rows = []
     for name in outcomes[0]:
         row = {"row": name, "budget": None if name == "reference" else name.removeprefix("L=")}
+        if "as_budget" in outcomes[0][name]:  # a compute-matched best-of-n: the L whose reward passes it spends
+            row["as_budget"] = outcomes[0][name]["as_budget"]
         for m in MEASURES:
             values = [o[name].get(m) for o in outcomes]
             if any(v is None for v in values):

@@ -243,14 +243,22 @@ def test_pipeline_end_to_end_on_tiny_models(tmp_path):
     out = json.loads(result.stdout)
     assert sorted(out["stages"]) == ["evaluate-lm", "lm", "prompts", "reward"]
     rows = {r["row"]: r for r in out["summary"]["rows"]}
-    assert list(rows) == ["reference", "L=0", "L=1", "L=2", "auto"]
+    # N = 4: best-of-n at L = 1's and L = 2's reward passes, 4 (2 + 2L) = 16 and 24
+    assert list(rows) == ["reference", "L=0", "L=1", "L=2", "L=0 decoded", "best-of-16", "best-of-24", "auto"]
     for row in rows.values():
         assert row["reward_ci"][0] <= row["reward"] <= row["reward_ci"][1]
         assert "judge_win" in row and 0.0 <= row["changed"] <= 1.0
+        assert 0.0 <= row["judge_win_data_ci"][0] <= row["judge_win_data"] <= row["judge_win_data_ci"][1] <= 1.0
     assert rows["L=2"]["reward_backward"] == 2 * 4 and rows["L=0"]["changed"] == 0.0
+    assert rows["L=1"]["reward_forward"] + rows["L=1"]["reward_backward"] == rows["best-of-16"]["reward_forward"] == 16
+    assert (rows["best-of-16"]["as_budget"], rows["best-of-24"]["as_budget"]) == (1, 2)
     assert 0.0 <= rows["auto"]["steps"] <= 2  # budget_max: the largest L
     results = json.loads(open(out["outputs"]["results"]).read())
-    assert len(results["per_prompt"]["L=1"]["reward"]) == 3
+    per = results["per_prompt"]
+    assert len(per["L=1"]["reward"]) == 3
+    for a, b, c in zip(per["L=0"]["reward"], per["best-of-16"]["reward"], per["best-of-24"]["reward"]):
+        assert a <= b <= c  # more samples of the same stream: never a worse best
+    assert per["L=0 decoded"]["reward"] == per["L=0"]["reward"]  # nearest decoding of unmoved samples: themselves
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and all(s["cache_hit"] for s in json.loads(again.stdout)["stages"].values())
     # the single commands find the pipeline's runs; evaluate on training prompts with the top-k decoder

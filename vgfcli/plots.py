@@ -124,7 +124,12 @@ def plot_lm_rows(rows: list[dict], path, title: str) -> None:
 
     ax.errorbar(xs, [r["reward"] for r in fixed], yerr=err(fixed, "reward"), marker="o", capsize=3,
                 label="reward R (best of N after L steps)")
-    for r, marker in zip([r for r in rows if r not in fixed and r["row"] != "reference"], "s^vD"):
+    matched = [r for r in rows if "as_budget" in r]
+    if matched:  # best-of-n at the same reward passes as the L row it stands beside
+        ax.errorbar([r["as_budget"] for r in matched], [r["reward"] for r in matched], yerr=err(matched, "reward"),
+                    marker="x", capsize=3, color="tab:purple", label="best-of-n at that L's reward passes")
+    others = [r for r in rows if r not in fixed and r not in matched and r["row"] != "reference"]
+    for r, marker in zip(others, "s^vD<>"):
         ax.errorbar([r["steps"]], [r["reward"]], yerr=err([r], "reward"), marker=marker, linestyle="none",
                     capsize=3, color="tab:green", label=f"{r['row']} at its mean steps")
     ax.axhline(rows[0]["reward"], color="grey", linestyle="--", label="reference sample")

@@ -24,6 +24,7 @@ EVALUATION = 2  # evaluation episodes' resets (vgf evaluate, finetune's learning
 ONLINE = 3  # finetune's online episodes
 ROW = 7  # each evaluation row's acting stream
 LM_PROMPT = 11  # vgf evaluate domain=llm: each prompt's N reference samples
+LM_MATCHED = 17  # vgf evaluate domain=llm: each prompt's extra samples of the compute-matched best-of-n rows
 DEMO_PROMPTS = 13  # vgf ingest domain=llm prompts.source=demo: which corpus sentences, and how they are cut
 
 # seed offsets (torch generators and samplers)
@@ -71,6 +72,12 @@ def prompt_seed(seed: int, index: int) -> int:
     """The seed of prompt ``index``'s samples in `vgf evaluate domain=llm`: the same responses whatever
     other prompts or rows the run scores."""
     ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(LM_PROMPT, int(index)))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def matched_seed(seed: int, index: int) -> int:
+    """The seed of prompt ``index``'s extra samples (the compute-matched best-of-n rows)."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(LM_MATCHED, int(index)))
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 

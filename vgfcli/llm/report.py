@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 COLUMNS = (("reward", "reward R"), ("win", "win vs ref (R)"), ("judge", "judge"), ("judge_win", "judge win"),
+           ("judge_win_data", "judge win vs data"),
            ("loglik", "loglik/token"), ("changed", "tokens changed"))
 
 

@@ -93,6 +93,7 @@ class LmRowsContext:
     device: torch.device
     prompt_room: int  # prompt tokens kept (the end), so that prompt + response fit both models
     allowed: Tensor  # [V] bool: tokens decoding may write (the tokenizer's, no special ones)
+    matched: bool = False  # also best-of-n at each L > 0 row's reward passes (``matched_passes``)
 
 
 def room_for_prompts(policy, reward: RewardModel, max_new_tokens: int) -> int:
@@ -112,8 +113,21 @@ def prompt_ids_for(ctx: LmRowsContext, prompt: str) -> Tensor:
     return torch.tensor(ids, dtype=torch.long, device=ctx.device)
 
 
-def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], generator: torch.Generator) -> dict:
-    """Every row's record for one prompt: ``{row name: {reward, judge, win, ...}}``."""
+def matched_passes(particles: int, steps: int) -> int:
+    """The reward passes an L = ``steps`` row spends on one prompt (``ResponseParticles.move``'s count):
+    N to score the samples, N forward and N backward per step, N to re-score the decoded particles."""
+    return particles * (2 + 2 * steps) if steps else particles
+
+
+def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], generator: torch.Generator,
+                    extra: torch.Generator | None = None, preferred: str | None = None) -> dict:
+    """Every row's record for one prompt: ``{row name: {reward, judge, win, ...}}``.
+
+    Besides the reference sample and the budgets' rows: where any L > 0 row runs, ``L=0 decoded`` (the
+    best of the N samples put through the decoder with no transport step: the decoder's effect alone);
+    with ``ctx.matched``, ``best-of-n`` rows at the reward passes each L > 0 row spends (n - N more
+    samples drawn from ``extra``, a stream of their own, so the other rows' samples are unchanged); with a
+    ``preferred`` response (the dataset's), each row's judge win rate against it too."""
     start = time.perf_counter()
     prompt_ids = prompt_ids_for(ctx, prompt)
     tok = ctx.tokenizer
@@ -141,6 +155,15 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
                     + (ctx.particles if budget else 0), backward=moved.backward[budget],
                     policy=sample_passes + pick.pop("decode_passes"), steps=budget)
         picks[f"L={budget}"] = pick
+    if any(b > 0 for b in fixed):  # the decoder alone: the samples' own embeddings, decoded and re-scored
+        pick = _pick(ctx, particles, prompt_ids, response, movable, particles.start, 0, start_scores, best,
+                     decoded=True)
+        pick.update(seconds=sampled_s + pick.pop("decode_s"), forward=2 * ctx.particles, backward=0,
+                    policy=sample_passes + pick.pop("decode_passes"), steps=0)
+        picks["L=0 decoded"] = pick
+    if ctx.matched and extra is not None:
+        picks |= _matched_best_of_n(ctx, prompt_ids, response, start_scores, sorted(b for b in set(fixed) if b),
+                                    extra, sampled_s)
     for name in (b for b in budgets if isinstance(b, str)):
         t1 = time.perf_counter()
         result = particles.move_adaptive(ctx.budget_max, ctx.stop[name], ctx.settings)
@@ -150,13 +173,41 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
                     backward=result.backward[-1], policy=sample_passes + pick.pop("decode_passes"), steps=steps)
         pick.pop("decode_s")
         picks[name] = pick
-    return _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks)
+    return _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks, preferred)
 
 
-def _pick(ctx, particles, prompt_ids, response, movable, u, steps, start_scores, best) -> dict:
-    """Decode the particles ``u``, re-score them with R and keep the best (L = 0: the samples as they are)."""
+def _matched_best_of_n(ctx, prompt_ids, response, start_scores, steps: list[int], extra, sampled_s: float) -> dict:
+    """``best-of-n`` rows, n = each L row's reward passes: the N samples and n - N more, the best under R.
+    Their records carry the samples' ids and lengths of their own (``extra_ids``)."""
+    if not steps:
+        return {}
+    tok, n0 = ctx.tokenizer, ctx.particles
+    sizes = [matched_passes(n0, s) for s in steps]
     t = time.perf_counter()
-    if steps == 0:
+    more, more_lengths, _ = sample_responses(ctx.policy, prompt_ids, max(sizes) - n0, response.shape[1],
+                                             temperature=ctx.temperature, top_k=ctx.top_k, eos=tok.eos_token_id,
+                                             pad=tok.pad_token_id, generator=extra, vocab=len(tok))
+    more = torch.nn.functional.pad(more, (0, response.shape[1] - more.shape[1]), value=tok.pad_token_id)
+    mask = torch.cat([torch.ones(more.shape[0], prompt_ids.numel(), dtype=torch.long, device=more.device),
+                      (torch.arange(more.shape[1], device=more.device) < more_lengths[:, None]).long()], 1)
+    full = torch.cat([prompt_ids.expand(more.shape[0], -1), more], 1)
+    scores = torch.cat([start_scores, finite(aggregate_members(ctx.reward.from_ids(full, mask), "mean"), "")])
+    seconds = sampled_s + time.perf_counter() - t
+    out = {}
+    for s, n in zip(steps, sizes):
+        k = int(scores[:n].argmax())
+        ids, length = (response[k], None) if k < n0 else (more[k - n0], more_lengths[k - n0])
+        out[f"best-of-{n}"] = {"ids": ids, "reward": float(scores[k]), "source": k if k < n0 else 0,
+                               "length": length, "seconds": seconds * n / max(sizes), "forward": n, "backward": 0,
+                               "policy": n * response.shape[1], "steps": 0, "as_budget": s}
+    return out
+
+
+def _pick(ctx, particles, prompt_ids, response, movable, u, steps, start_scores, best, decoded: bool = False) -> dict:
+    """Decode the particles ``u``, re-score them with R and keep the best (L = 0: the samples as they are,
+    unless ``decoded``: then through the decoder too)."""
+    t = time.perf_counter()
+    if steps == 0 and not decoded:
         return {"ids": response[best], "reward": float(start_scores[best]), "source": best, "decode_s": 0.0,
                 "decode_passes": 0}
     ids, passes = decode(ctx.decode, u, ctx.reward.table, response, movable, ctx.allowed, policy=ctx.policy,
@@ -169,15 +220,20 @@ def _pick(ctx, particles, prompt_ids, response, movable, u, steps, start_scores,
             "decode_passes": passes}
 
 
-def _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks: dict) -> dict:
+def _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks: dict, preferred: str | None = None) -> dict:
     """Judge, log-likelihood and changed tokens of every row's response, in one batch each."""
     names = list(picks)
     ids = torch.stack([picks[n]["ids"] for n in names])
     sources = [picks[n]["source"] for n in names]
     lengths = lengths[torch.tensor(sources, device=lengths.device)]  # a particle keeps its sample's length
+    for i, name in enumerate(names):  # a best-of-n pick among the extra samples has a length of its own
+        if picks[name].get("length") is not None:
+            lengths[i] = picks[name]["length"]
     loglik = response_loglik(ctx.policy, prompt_ids, ids, lengths)
     texts = [ctx.tokenizer.decode(ids[i, :int(lengths[i])], skip_special_tokens=True) for i in range(len(names))]
-    judged = ctx.judge([prompt] * len(names), texts).tolist() if ctx.judge is not None else [None] * len(names)
+    judged = [None] * len(names)
+    if ctx.judge is not None:
+        judged = ctx.judge([prompt] * (len(names) + bool(preferred)), texts + ([preferred] if preferred else [])).tolist()
     ref = names.index("reference")
     out = {}
     for i, name in enumerate(names):
@@ -190,6 +246,12 @@ def _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks: dict) ->
                   "policy_passes": pick["policy"], "seconds": pick["seconds"]}
         if judged[i] is not None:
             record |= {"judge": judged[i], "judge_win": _win(judged[i], judged[ref])}
+            if preferred:  # against the dataset's preferred (or reference) response
+                record["judge_win_data"] = _win(judged[i], judged[-1])
+        if "as_budget" in pick:
+            record["as_budget"] = pick["as_budget"]
+        if pick.get("length") is not None:  # an extra sample: "changed" against the samples means nothing
+            record["changed"] = 0.0
         out[name] = record
     return out
 

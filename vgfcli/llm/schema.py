@@ -88,6 +88,9 @@ class LlmEvaluateConfig:
     lr: float = 0.05  # transport step (adam: about lr per embedding coordinate per step)
     step_rule: str = "adam"  # adam (the offline transport's default) | plain
     bandwidth_grad: bool = True  # the offline transport's repulsion (through the median bandwidth)
+    # Also best-of-n at the reward passes each L > 0 row spends (n = N (2 + 2L)): the compute-matched
+    # baseline, from more samples of a stream of their own (the other rows' samples stay the same).
+    matched_best_of_n: bool = True
 
 
 @dataclass
