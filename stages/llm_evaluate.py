@@ -121,7 +121,7 @@ class EvaluateLmStage(Stage):
                 extra = torch.Generator(device=device).manual_seed(seeds.matched_seed(cfg.seed, index))
                 outcomes.append(evaluate_prompt(ctx, prompt, budgets, generator, extra, preferred[index]))
                 bar.advance(1)
-        rows = summarize_rows(outcomes)
+        rows = summarize_rows(outcomes, e.particles)
         results = {"rows": rows, "prompts": len(prompts), "split": e.split, "particles": e.particles, "decode": spec.decode,
                    "judge": judge_name, "judge_is_gold_rule": spec.judge is None, "policy": spec.policy or "sft (pretrain-policy run)",
                    "reward_model": spec.reward or "train-reward run", "device": str(device),
@@ -212,9 +212,20 @@ def calibration_threshold(inputs: Inputs, reward, adaptive: list[str]) -> float:
     return float(json.loads(paths["calibration.json"].read_text())["threshold"])
 
 
-def summarize_rows(outcomes: list[dict]) -> list[dict]:
+def best_of(name: str, particles: int) -> int | None:
+    """n for a best-of-n row (``L=0``: N, ``best-of-n``), 1 for the reference sample, else None."""
+    if name == "reference":
+        return 1
+    if name == "L=0":
+        return particles
+    return int(name.removeprefix("best-of-")) if name.startswith("best-of-") else None
+
+
+def summarize_rows(outcomes: list[dict], particles: int = 1) -> list[dict]:
     """Each row's mean and 95 % interval over prompts of every measure (``stats.episode_interval``); win
     rates (1, 0, or 0.5 for a tie) take the Wilson interval of their sum, which stays in [0, 1]."""
+    import math
+
     import numpy as np
 
     from vgfcli.stats import episode_interval, wilson
@@ -224,6 +235,9 @@ def summarize_rows(outcomes: list[dict]) -> list[dict]:
         row = {"row": name, "budget": None if name == "reference" else name.removeprefix("L=")}
         if "as_budget" in outcomes[0][name]:  # a compute-matched best-of-n: the L whose reward passes it spends
             row["as_budget"] = outcomes[0][name]["as_budget"]
+        n = best_of(name, particles)
+        if n is not None:  # best-of-n's KL to the reference, analytically (Beirami et al., 2024's bound)
+            row["kl_best_of_n"] = math.log(n) - (n - 1) / n
         for m in MEASURES:
             values = [o[name].get(m) for o in outcomes]
             if any(v is None for v in values):

@@ -4,6 +4,7 @@ the reward of embeddings against the model's own logits, the tokenizer refusal, 
 and the whole pipeline through the CLI."""
 
 import json
+import math
 import os
 
 import pytest
@@ -252,6 +253,8 @@ def test_pipeline_end_to_end_on_tiny_models(tmp_path):
     assert rows["L=2"]["reward_backward"] == 2 * 4 and rows["L=0"]["changed"] == 0.0
     assert rows["L=1"]["reward_forward"] + rows["L=1"]["reward_backward"] == rows["best-of-16"]["reward_forward"] == 16
     assert (rows["best-of-16"]["as_budget"], rows["best-of-24"]["as_budget"]) == (1, 2)
+    assert rows["reference"]["kl_best_of_n"] == 0.0 and "kl_best_of_n" not in rows["L=1"]
+    assert rows["L=0"]["kl_best_of_n"] == pytest.approx(math.log(4) - 3 / 4)  # log N - (N - 1) / N
     assert 0.0 <= rows["auto"]["steps"] <= 2  # budget_max: the largest L
     results = json.loads(open(out["outputs"]["results"]).read())
     per = results["per_prompt"]

@@ -25,10 +25,12 @@ def rows_table(summary: dict):
     table.add_column("row")
     for _, title in COLUMNS:
         table.add_column(title, justify="right", no_wrap=True)
-    for title in ("R fwd+bwd", "LM passes", "s/prompt"):
+    for title in ("KL (best-of-n)", "R fwd+bwd", "LM passes", "s/prompt"):
         table.add_column(title, justify="right")
     for row in summary.get("rows", []):
         passes = row.get("reward_forward", 0.0) + row.get("reward_backward", 0.0)
-        table.add_row(row["row"], *(_cell(row, key) for key, _ in COLUMNS), f"{passes:.0f}",
+        kl = row.get("kl_best_of_n")
+        table.add_row(row["row"], *(_cell(row, key) for key, _ in COLUMNS), "-" if kl is None else f"{kl:.2f}",
+                      f"{passes:.0f}",
                       f"{row.get('policy_passes', 0.0):.0f}", f"{row.get('seconds', 0.0):.3f}")
     return table
