@@ -68,6 +68,18 @@ def _memo_digest(path: Path, memo: dict) -> str:
     return memo[str(path)][3]
 
 
+def rehash(path: Path, memo_file: Path | None = None) -> str:
+    """sha256 of the file ``path`` read in full whatever the memo says (a flipped byte keeps a file's size,
+    mtime and inode), and the memo set to it, so every later check sees what the file now holds."""
+    path = Path(path).resolve()
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise VgfError(f"{path}: cannot read ({exc.strerror})") from None
+    remember_digest(path, digest, memo_file)
+    return digest
+
+
 def remember_digest(path: Path, digest: str, memo_file: Path | None = None) -> None:
     """Record ``digest`` as the sha256 of ``path`` as it is now (its size, mtime and inode): a file
     just written with a known digest is never hashed again until it changes."""

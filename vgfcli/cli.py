@@ -381,6 +381,41 @@ def runs(
 
 @app.command()
 @_user_errors
+def verify(
+    stage: Optional[str] = typer.Option(None, help="Only runs of this stage."),
+    experiment: str = typer.Option("vgf", help="MLflow experiment."),
+    json_out: bool = JSON,
+) -> None:
+    """Read every output of every finished run in full and compare it with the sha256 recorded when it was
+    made (bit rot keeps a file's size and timestamps, which cache hits trust for large files). A run whose
+    output differs shows DAMAGED from then on and is never a cache hit. Exit 1 when any is damaged."""
+    from vgfcli.graph import STAGE_MODULES
+    from vgfcli.tracking import Store
+    from vgfcli.ui import UI
+
+    if stage is not None and stage not in STAGE_MODULES:
+        raise VgfError(f"unknown stage '{stage}' (choose from: {', '.join(STAGE_MODULES)})")
+    ui = UI(json_mode=json_out)
+    records = Store(experiment).find(stage=stage, limit=100000)
+    damaged = []
+    with ui.progress("verify", len(records), unit="runs") as bar:
+        for record in records:
+            problem = record.check_outputs(rehash_below=1 << 62)[1]
+            if problem is not None:
+                damaged.append({"run_id": record.run_id, "stage": record.stage, "problem": problem})
+            bar.advance(1)
+    if json_out:
+        ui.emit_json({"runs": len(records), "damaged": damaged})
+    else:
+        for d in damaged:
+            typer.echo(f"DAMAGED {d['stage']} run {d['run_id'][:8]}: {d['problem']}")
+        ui.note(f"verified {len(records)} finished runs: {len(damaged)} damaged")
+    if damaged:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
 def report(
     task: Optional[List[str]] = typer.Option(None, "--task", help="Only this task (repeat for more)."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Only this method (repeat for more)."),
