@@ -37,6 +37,15 @@ class EvaluateLmStage(Stage):
     def in_pipeline(self, cfg) -> bool:
         return True
 
+    def preflight(self, cfg) -> None:
+        from vgfcli.llm.models import check_model_folder
+
+        for key in ("policy", "reward"):
+            check_model_folder(cfg.llm[key], f"llm.{key}")
+        judge = judge_spec(cfg)
+        if not judge.startswith("rule:"):
+            check_model_folder(judge, "llm.judge")
+
     def needed(self, cfg) -> tuple[str, ...]:
         return ("prompts",) + (() if cfg.llm.policy else ("lm",)) + (() if cfg.llm.reward else ("reward",))
 

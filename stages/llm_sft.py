@@ -31,6 +31,16 @@ class PretrainLmStage(Stage):
     def config_for(self, cfg, name: str, upstream):
         return None if cfg.llm.policy else cfg  # a policy of the user's own: nothing to make
 
+    def preflight(self, cfg) -> None:
+        from vgfcli.llm.models import check_model_folder
+
+        if cfg.llm.policy:
+            check_model_folder(cfg.llm.policy, "llm.policy")
+            return
+        check_model_folder(cfg.sft.base, "sft.base")
+        if cfg.sft.base is None and cfg.sft.width % cfg.sft.heads:
+            raise VgfError(f"sft.width={cfg.sft.width} must be a multiple of sft.heads={cfg.sft.heads}")
+
     def resolve_inputs(self, cfg, upstream) -> Inputs:
         if cfg.sft.base is None and cfg.sft.width % cfg.sft.heads:
             raise VgfError(f"sft.width={cfg.sft.width} must be a multiple of sft.heads={cfg.sft.heads}")

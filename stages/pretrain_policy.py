@@ -9,6 +9,7 @@ actions of one trajectory, flattened.
 
 from __future__ import annotations
 
+from vgfcli.errors import VgfError
 from vgfcli.stage import Inputs, Outcome, Stage, StageResult
 from vgfcli.ui import summary_table
 
@@ -22,6 +23,23 @@ class PretrainPolicyStage(Stage):
     main_metrics = ("loss", "val_loss")
     needs = ("dataset", "val_dataset")
     produces = ("policy",)
+
+    def preflight(self, cfg) -> None:
+        """A camera task needs a visual encoder, a state task none: said before collecting frames for minutes."""
+        from vgfcli.protocols import observation_for, task_label
+
+        if cfg.data.source == "file" and cfg.data.kind != "ogbench":
+            return  # D4RL / Minari: state vectors, the dataset says so (checked when it is read)
+        label = task_label(cfg)
+        frames = observation_for(label) == "pixels"
+        if frames and cfg.policy.encoder is None:
+            how = " (observation=state)" if cfg.choices.get("observation") == "state" else ""
+            raise VgfError(f"task={label} observes camera frames but policy.encoder is null{how}: leave observation "
+                           "unset (it picks pixels and policy.encoder=impala_small), or choose the state task "
+                           f"{label.removeprefix('visual-')}")
+        if not frames and cfg.policy.encoder is not None:
+            raise VgfError(f"policy.encoder={cfg.policy.encoder} reads camera frames, but task={label} observes "
+                           "state vectors: leave policy.encoder unset (or choose a visual-* task)")
 
     def key_config(self, cfg, inputs: Inputs) -> dict:
         from vgfcli.config import to_dict
@@ -38,7 +56,6 @@ class PretrainPolicyStage(Stage):
         import torch
 
         from vgfcli.cache import save_output
-        from vgfcli.errors import VgfError
         from vgfcli.nn.encoders import EncodedFlow, make_encoder
         from vgfcli.nn.flow import FlowPolicy
         from vgfcli.training import Sampler, load_tensors, resolve_device, train_loop

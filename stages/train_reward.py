@@ -27,6 +27,13 @@ class TrainRewardStage(Stage):
     needs = ("prompts", "lm")
     produces = ("reward",)
 
+    def preflight(self, cfg) -> None:
+        from vgfcli.llm.models import check_model_folder
+
+        check_model_folder(cfg.llm.policy, "llm.policy")  # the base when reward.base=policy
+        if cfg.reward.base != "policy":
+            check_model_folder(cfg.reward.base, "reward.base")
+
     def needed(self, cfg) -> tuple[str, ...]:
         # the reference LM's run is the base only when the base is the policy and the policy is ours
         return self.needs if cfg.reward.base == "policy" and not cfg.llm.policy else ("prompts",)

@@ -255,6 +255,8 @@ def pipeline(overrides: Optional[List[str]] = OVERRIDES,
     from vgfcli.lineage import pipeline_run
     from vgfcli.tracking import Store
 
+    for step in graph.steps(cfg):  # settings that cannot work end here, before any stage runs
+        graph.step_stage(step).preflight(cfg)
     ui = UI(json_mode=json_out)
     _warn_ignored(cfg, _given(budget, guidance, particles), ui)
     everything = frozenset(graph.STAGE_MODULES) if force else frozenset()

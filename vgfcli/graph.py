@@ -75,8 +75,12 @@ def pipeline_config(overrides: list[str] | None) -> str:
 
 def config_overrides(overrides: list[str] | None) -> list[str]:
     """The overrides a command composes its config with: ``domain=rl`` names the default and is dropped
-    (the RL configs have no ``domain`` key); ``domain=llm`` stays (the LM config has one)."""
-    return [o for o in overrides or [] if o != "domain=rl"]
+    (the RL configs have no ``domain`` key); ``domain=llm`` stays (the LM config has one), and there
+    ``preset=NAME`` picks the LM's own preset (``conf/llm_preset/NAME.yaml``), so scripts name presets
+    alike in both domains."""
+    llm = domain_of(overrides) == "llm"
+    return [("llm_preset=" + o.split("=", 1)[1]) if llm and o.startswith("preset=") else o
+            for o in overrides or [] if o != "domain=rl"]
 
 
 def load_stage(name: str) -> Stage:

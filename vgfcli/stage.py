@@ -74,6 +74,11 @@ class Stage:
         ``cfg`` itself); None when that pipeline has no such input (no val split, nothing to train)."""
         return cfg
 
+    def preflight(self, cfg) -> None:
+        """Raise ``VgfError`` for a setting that cannot work, from the config alone, before any stage of a
+        pipeline runs (a missing model folder, frames without an encoder): minutes of upstream work are
+        not spent first. Default: nothing to check."""
+
     def in_pipeline(self, cfg) -> bool:
         """Whether ``vgf pipeline`` (and each combination of ``vgf sweep``) ends with this stage; the
         stages it needs are made on the way."""

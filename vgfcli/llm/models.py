@@ -48,6 +48,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def check_model_folder(spec: str | None, key: str) -> None:
+    """A local model named by ``key`` (a path: it exists or starts with ., / or ~) must be a Hugging Face
+    model folder; a hub id is left to loading. One line naming the key otherwise."""
+    if not spec:
+        return
+    path = Path(spec).expanduser()
+    if not (path.exists() or spec.startswith((".", "/", "~"))):
+        return
+    if not path.exists():
+        raise VgfError(f"{key}={spec}: no such folder")
+    if not (path / "config.json").is_file():
+        raise VgfError(f"{key}={spec}: not a Hugging Face model folder (no config.json)")
+
+
 def load_model(kind: str, spec: str, loader, **kwargs):
     """``loader.from_pretrained(spec)`` with one-line errors for a missing folder or an unreachable hub."""
     quiet_transformers()
