@@ -242,3 +242,51 @@ def test_a_full_disk_while_the_store_is_made_says_so(tiny_disk, monkeypatch):
     result = runner.invoke(app, ["pipeline", "preset=smoke", "method=bc"])
     assert result.exit_code == 2 and "no space left on the device" in result.stderr, result.stderr
     assert "SQL" not in result.stderr and "internal error" not in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs) for a whole store, where this machine lets the tests mount one."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()[:100]}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_mid_pipeline_gives_one_line_and_no_running_run(small_disk, empty_store):
+    """The store on a 4 MiB disk with 120-600 kB left beside it: wherever the pipeline runs out of room (a stage's
+    files, MLflow's database), one line on stderr and exit 2; once there is room again, the next command
+    leaves no run RUNNING and no staging folder behind, and says which run ended how."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    failed = 0
+    for free in (600_000, 400_000, 250_000, 120_000):
+        for item in small_disk.iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+        home = small_disk / "home"
+        home.mkdir()
+        shutil.copy(empty_store, home / "mlflow.db")
+        left = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        (small_disk / "filler").write_bytes(b"\0" * max(0, left - free))
+        env = {**os.environ, "VGF_HOME": str(home)}
+        run = subprocess.run([sys.executable, "-m", "vgfcli", "pipeline", "preset=smoke", "method=bc", "threads=1"],
+                             env=env, capture_output=True, text=True)
+        assert run.returncode in (0, 2), run.stderr[-2000:]
+        if run.returncode == 2:
+            failed += 1
+            assert run.stderr.count("\n") == 1 and "no space left on the device" in run.stderr, run.stderr[-3000:]
+        (small_disk / "filler").unlink()
+        listed = subprocess.run([sys.executable, "-m", "vgfcli", "runs", "--json"], env=env, capture_output=True,
+                                text=True)
+        assert listed.returncode == 0, listed.stderr
+        assert "RUNNING" not in {r["status"] for r in json.loads(listed.stdout)["runs"]}
+        assert not any((home / "staging").glob("*")) and not any((home / "unfinished").glob("*"))
+    assert failed >= 2  # the disk did fill mid-run

@@ -357,7 +357,9 @@ def runs(
     if limit < 1:
         raise VgfError(f"--limit must be at least 1, got {limit}")
     ui = UI(json_mode=json_out)
-    records = Store(experiment).find(stage=stage, status=status.upper() if status else None, limit=limit)
+    store = Store(experiment)
+    store.close_abandoned()  # runs whose process is gone, or whose end a full disk kept from the store
+    records = store.find(stage=stage, status=status.upper() if status else None, limit=limit)
     if json_out:
         ui.emit_json({"runs": [{"run_id": r.run_id, "stage": r.stage, "status": r.shown_status(),
                                 "cache_key": r.cache_key, "start_time": r.start_time, "metrics": r.metrics,

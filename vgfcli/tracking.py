@@ -279,15 +279,27 @@ class Store:
         if commit:
             base["mlflow.source.git.commit"] = commit
         base.update({"vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
-        self._close_abandoned()
+        self.close_abandoned()
         clear_dead_staging()
         run = self.client().create_run(self.experiment_id(), tags={**base, **tags})
         return StageRun(self, run.info.run_id, run.info.artifact_uri, stage, cache_key)
 
-    def _close_abandoned(self) -> None:
+    def close_abandoned(self) -> None:
         """Mark KILLED the RUNNING runs whose process on this host is gone (kill -9, power loss), whatever
-        their stage: the next run on the store tidies up after any dead one."""
+        their stage: the next run on the store tidies up after any dead one. A run whose end could not be
+        recorded (``_leave_unfinished``: the store's disk was full) gets the status it ended with, and a
+        line on stderr says which run and why."""
         host, client = socket.gethostname(), self.client()
+        for note in sorted((vgf_home() / "unfinished").glob("*.json")):
+            try:
+                left = json.loads(note.read_text())
+                client.set_terminated(left["run_id"], left["status"])
+            except Exception:  # noqa: BLE001 (not readable, or the run is gone: nothing to mark)
+                left = None
+            if left is not None:
+                sys.stderr.write(f"note: {left['stage']} run {left['run_id'][:8]} ended {left['status']} without the "
+                                 f"store recording it ({left['reason']}); marked {left['status']} now\n")
+            note.unlink(missing_ok=True)
         # stage runs and pipeline parent runs alike (both carry vgf.host and vgf.pid)
         for run in client.search_runs([self.experiment_id()], "attributes.status = 'RUNNING'", max_results=1000):
             tags = run.data.tags
@@ -370,11 +382,25 @@ class StageRun:
         return final
 
     def finish(self, status: str) -> None:
-        self.flush()
-        self.client.set_terminated(self.run_id, status)
+        if status == FINISHED:
+            self.flush()
+            self.client.set_terminated(self.run_id, status)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            shutil.rmtree(work_dir(self.stage, self.cache_key), ignore_errors=True)  # no resume needed now
+            return
+        # A run that ends in an error never leaves itself RUNNING: its staged files go first (on a full
+        # disk they are the room the store needs to record the end), metrics that cannot be written are
+        # dropped, and if the store cannot take the status either, the reason is left for the next
+        # command on this store, which marks the run and says so (``Store.close_abandoned``).
         shutil.rmtree(self.staging, ignore_errors=True)
-        if status == FINISHED:  # partial work kept for resuming is no longer needed
-            shutil.rmtree(work_dir(self.stage, self.cache_key), ignore_errors=True)
+        try:
+            self.flush()
+        except Exception:
+            self._metrics = []
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:
+            _leave_unfinished(self.run_id, self.stage, status, exc)
 
     def discard(self) -> None:
         """A run that failed on the user's input: it never happened as far as listings and caches go."""
@@ -383,6 +409,18 @@ class StageRun:
             self.client.delete_run(self.run_id)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _leave_unfinished(run_id: str, stage: str, status: str, exc: BaseException) -> None:
+    """A few bytes for the next command: this run ended ``status`` but the store could not record it."""
+    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+    try:
+        folder = vgf_home() / "unfinished"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{run_id}.json").write_text(json.dumps({"run_id": run_id, "stage": stage, "status": status,
+                                                           "reason": reason}))
+    except OSError:
+        pass  # not even that fits: the next command marks the run KILLED (its process is gone)
 
 
 def _open_sqlite_store(db: Path, uri: str):
@@ -436,6 +474,9 @@ def _quiet_mlflow_logs() -> None:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The store layer logs every database error with its traceback before raising it; vgf reports the
+    # error itself, in one line (a full disk: "no space left on the device ...").
+    logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
 
 
 def _git_commit() -> str | None:
