@@ -45,5 +45,7 @@ def test_llm_pipeline_at_the_smoke_preset():
     assert sorted(out["stages"]) == ["evaluate-lm", "lm", "prompts", "reward"]
     assert out["summary"]["prompts"] == 3 and out["summary"]["particles"] == 4
     assert out["summary"]["judge_is_gold_rule"] is True
-    paper = runner.invoke(app, ["pipeline", "domain=llm", "preset=paper"])
-    assert paper.exit_code == 2 and "choose from: quick, smoke" in paper.stderr
+    paper = runner.invoke(app, ["evaluate", "domain=llm", "preset=paper", "--cfg"])
+    assert paper.exit_code == 0 and "max_new_tokens: 53" in paper.stdout and "prompts: null" in paper.stdout
+    other = runner.invoke(app, ["pipeline", "domain=llm", "preset=huge"])
+    assert other.exit_code == 2 and "choose from: paper, quick, smoke" in other.stderr
