@@ -209,18 +209,23 @@ def test_an_unreadable_d4rl_file_is_refused_before_any_run(tmp_path):
     assert Store("vgf").find(status=None) == []  # no FAILED run left behind
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 64 KiB filesystem (tmpfs), where this machine lets the tests mount one."""
+def _tmpfs(tmp_path, size: str):
+    """A real filesystem of ``size`` (tmpfs), where this machine lets the tests mount one."""
     import subprocess
 
-    mount = tmp_path / "tiny"
+    mount = tmp_path / f"tmpfs-{size}"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()[:100]}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB filesystem."""
+    yield from _tmpfs(tmp_path, "64k")
 
 
 def test_a_full_disk_under_checkpoints_says_so(tiny_disk, vgf_home):
@@ -246,16 +251,8 @@ def test_a_full_disk_while_the_store_is_made_says_so(tiny_disk, monkeypatch):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 4 MiB filesystem (tmpfs) for a whole store, where this machine lets the tests mount one."""
-    import subprocess
-
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()[:100]}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    """A real 4 MiB filesystem, for a whole store."""
+    yield from _tmpfs(tmp_path, "4m")
 
 
 def test_a_disk_that_fills_mid_pipeline_gives_one_line_and_no_running_run(small_disk, empty_store):

@@ -439,24 +439,14 @@ def report(
 
     ui = UI(json_mode=json_out)
     if curves:
-        from vgfcli import report_curves
-
-        found = report_curves.collect(experiment, tuple(task or ()), tuple(method or ()), tuple(preset or ()))
-        paths = report_curves.write_outputs(found, out)
-        if json_out:
-            ui.emit_json({"metric": found.metric, "runs": found.runs, "rows": found.rows(),
-                          "files": {k: str(v) for k, v in paths.items()}})
-            return
-        ui.show(report_curves.markdown(found))
-        ui.note("wrote " + ", ".join(str(p) for p in paths.values()))
-        return
+        from vgfcli import report_curves as reporting
     result = reporting.collect(experiment, tuple(task or ()), tuple(method or ()), tuple(preset or ()))
     paths = reporting.write_outputs(result, out)
     if json_out:
         ui.emit_json({"metric": result.metric, "runs": result.runs, "rows": result.rows(),
                       "files": {k: str(v) for k, v in paths.items()}})
         return
-    ui.show(reporting.rich_table(result))
+    ui.show(reporting.shown(result))
     ui.note("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

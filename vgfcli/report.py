@@ -66,22 +66,27 @@ class Cell:
         return (lo, hi)
 
 
-@dataclass
-class Report:
+class Units:
+    """A report's units from its ``metric``: success rates in percent, as the papers give them."""
+
     metric: str
-    tasks: list[str]  # task rows, then family rows
-    columns: list[str]
-    cells: dict[tuple[str, str], Cell]
-    runs: int
 
     @property
     def scale(self) -> float:
-        """Success rates are reported in percent, as the papers do."""
         return 100.0 if self.metric == "success" else 1.0
 
     @property
     def unit(self) -> str:
         return "success (%)" if self.metric == "success" else self.metric.replace("_", " ")
+
+
+@dataclass
+class Report(Units):
+    metric: str
+    tasks: list[str]  # task rows, then family rows
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell]
+    runs: int
 
     def rows(self) -> list[dict]:
         """One JSON-able row per (task, column) with data, in the report's units."""
@@ -254,14 +259,25 @@ def csv_text(report: Report) -> str:
     return buffer.getvalue()
 
 
+def shown(report: Report):
+    """What ``vgf report`` prints."""
+    return rich_table(report)
+
+
 def write_outputs(report: Report, out_dir: Path) -> dict[str, Path]:
     """report.md, report.csv and report.png in ``out_dir``, each written atomically."""
-    from vgfcli.cache import write_bytes_atomic
     from vgfcli.plots import bar_chart
 
+    return write_files(out_dir, "report", markdown(report), csv_text(report), lambda path: bar_chart(report, path))
+
+
+def write_files(out_dir: Path, stem: str, markdown_text: str, csv_body: str, draw) -> dict[str, Path]:
+    """``stem``.md, .csv and .png (``draw(path)``) in ``out_dir``, each written atomically."""
+    from vgfcli.cache import write_bytes_atomic
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv", "plot": out_dir / "report.png"}
-    write_bytes_atomic(paths["markdown"], markdown(report).encode())
-    write_bytes_atomic(paths["csv"], csv_text(report).encode())
-    bar_chart(report, paths["plot"])
+    paths = {"markdown": out_dir / f"{stem}.md", "csv": out_dir / f"{stem}.csv", "plot": out_dir / f"{stem}.png"}
+    write_bytes_atomic(paths["markdown"], markdown_text.encode())
+    write_bytes_atomic(paths["csv"], csv_body.encode())
+    draw(paths["plot"])
     return paths

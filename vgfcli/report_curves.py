@@ -21,22 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from vgfcli.errors import VgfError
-from vgfcli.report import Cell
+from vgfcli.report import Cell, Units
 
 
 @dataclass
-class Curves:
+class Curves(Units):
     metric: str
     curves: dict[str, dict[str, dict[int, Cell]]]  # curve label -> row label -> online step -> cell
     runs: int
-
-    @property
-    def scale(self) -> float:
-        return 100.0 if self.metric == "success" else 1.0
-
-    @property
-    def unit(self) -> str:
-        return "success (%)" if self.metric == "success" else self.metric.replace("_", " ")
 
     def rows(self) -> list[dict]:
         out = []
@@ -142,14 +134,14 @@ def csv_text(curves: Curves) -> str:
     return buffer.getvalue()
 
 
+def shown(curves: Curves) -> str:
+    """What ``vgf report --curves`` prints."""
+    return markdown(curves)
+
+
 def write_outputs(curves: Curves, out_dir: Path) -> dict[str, Path]:
     """curves.md, curves.csv and curves.png in ``out_dir``, each written atomically."""
-    from vgfcli.cache import write_bytes_atomic
     from vgfcli.plots import curves_chart
+    from vgfcli.report import write_files
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out_dir / "curves.md", "csv": out_dir / "curves.csv", "plot": out_dir / "curves.png"}
-    write_bytes_atomic(paths["markdown"], markdown(curves).encode())
-    write_bytes_atomic(paths["csv"], csv_text(curves).encode())
-    curves_chart(curves, paths["plot"])
-    return paths
+    return write_files(out_dir, "curves", markdown(curves), csv_text(curves), lambda path: curves_chart(curves, path))
