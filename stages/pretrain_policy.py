@@ -19,7 +19,10 @@ VAL_ROWS = 4096  # validation loss on at most this many rows, with fixed noise, 
 class PretrainPolicyStage(Stage):
     name = "pretrain-policy"
     config_name = "train"
-    code_version = 3  # 3: policy.pt holds Adam's state and the loss's settings (the flow learns on online)
+    # 3: policy.pt holds Adam's state, the loss's settings (the flow learns on online) and the random
+    # streams (a longer run continues from it)
+    code_version = 3
+    continues = "policy.steps"
     main_metrics = ("loss", "val_loss")
     needs = ("dataset", "val_dataset")
     produces = ("policy",)
@@ -114,9 +117,14 @@ class PretrainPolicyStage(Stage):
             noise.set_state(state["noise"])
             return int(state["step"])
 
+        start = None
+        if inputs.shorter is not None:  # a shorter run's end: what a checkpoint at its last step holds
+            shorter = torch.load(inputs.shorter.output_paths()["policy"], map_location="cpu", weights_only=False)
+            start = {k: shorter[k] for k in ("flow", "optimizer", "sampler", "noise", "step")}
+            ui.note(f"continuing pretrain-policy run {inputs.shorter.run_id[:8]} from its step {start['step']}")
         loop = train_loop(run, ui, "pretrain-policy", steps=p.steps, step_fn=step_fn, state_fn=state_fn,
                           load_fn=load_fn, checkpoint_every=p.checkpoint_every, log_every=p.log_every,
-                          every={p.val_every: val_fn})
+                          every={p.val_every: val_fn}, start_state=start)
         out = run.staging / "policy.pt"
         save_output({
             "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "obs_dim": data.obs_dim,
@@ -126,6 +134,8 @@ class PretrainPolicyStage(Stage):
                if p.encoder else {}),
             # what vgf finetune trains the flow on with (vgfcli.online_flow): Adam's state and the loss's settings
             "optimizer": optimizer.state_dict(),
+            # the random streams at the end: with flow and optimiser, a longer run's start (Stage.continues)
+            "sampler": sampler.generator.get_state(), "noise": noise.get_state(), "step": p.steps,
             "train": {"lr": float(p.lr), "time_sampling": p.time_sampling, "flow_steps": int(p.flow_steps)},
             "dataset_digest": inputs.digests["dataset"], "env_id": data.attrs.get("env_id"),
             "dataset_attrs": data.attrs,
@@ -134,6 +144,7 @@ class PretrainPolicyStage(Stage):
             "env_id": data.attrs.get("env_id"), "transitions": data.size, "chunk": cfg.chunk, "steps": p.steps,
             "loss": round(loop.last.get("loss", float("nan")), 5),
             "val_loss": round(loop.last.get("val_loss", float("nan")), 5), "resumed_from_step": loop.resumed_from,
+            **({"continued_from": {"run": inputs.shorter.run_id, "step": start["step"]}} if start else {}),
             "seconds": round(loop.seconds, 1), "updates_per_s": loop.updates_per_s(p.steps), "device": str(device),
         }
         return StageResult(outputs={"policy": out}, metrics={"resumed_from_step": float(loop.resumed_from)},

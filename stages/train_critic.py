@@ -21,7 +21,9 @@ from vgfcli.ui import summary_table
 class TrainCriticStage(Stage):
     name = "train-critic"
     config_name = "train"
-    code_version = 3  # 3: the critic is stored with its calibration (member_std_percentiles)
+    # 3: the critic is stored with its calibration (member_std_percentiles); 4: and its sampler's state
+    code_version = 4
+    continues = "critic.steps"  # a longer run starts from the longest shorter one's end (Stage.continues)
     main_metrics = ("critic_loss", "q_mean")
     needs = ("dataset", "policy")
     produces = ("critic",)
@@ -86,9 +88,16 @@ class TrainCriticStage(Stage):
             sampler.generator.set_state(state["sampler"])
             return int(state["step"])
 
+        start = None
+        if inputs.shorter is not None:  # a shorter run's end: its agent and sampler, as a checkpoint would hold
+            shorter = torch.load(inputs.shorter.output_paths()["critic"], map_location="cpu", weights_only=False)
+            # its calibration is of its end; a checkpoint mid-run has none
+            start = {"agent": {k: v for k, v in shorter["agent"].items() if k != "member_std_percentiles"},
+                     "sampler": shorter["sampler"], "step": shorter["agent"]["step"]}
+            ui.note(f"continuing train-critic run {inputs.shorter.run_id[:8]} from its step {start['step']}")
         loop = train_loop(run, ui, f"train-critic ({cfg.method.name})", steps=c.steps,
                           step_fn=lambda step: agent.update(sampler.sample()), state_fn=state_fn, load_fn=load_fn,
-                          checkpoint_every=c.checkpoint_every, log_every=c.log_every)
+                          checkpoint_every=c.checkpoint_every, log_every=c.log_every, start_state=start)
         # What acting needs to know about the trained critic (the adaptive budget's disagreement scale),
         # measured on its own draw of dataset batches so that training's sampler stream is untouched.
         calibration_batches = Sampler(data, 1024, cfg.seed + seeds.CALIBRATION, chunk=chunk, discount=method_cfg.discount)
@@ -97,6 +106,7 @@ class TrainCriticStage(Stage):
         out = run.staging / "critic.pt"
         save_output({
             "method": cfg.method.name, "config": dataclasses.asdict(method_cfg), "agent": agent.state_dict(),
+            "sampler": sampler.generator.get_state(),  # with the agent: a longer run's start (Stage.continues)
             "obs_dim": data.obs_dim, "act_dim": data.act_dim * chunk, "chunk": chunk,
             **({"obs_shape": list(data.obs_shape), "frame_stack": int(saved["frame_stack"])} if data.pixels else {}),
             "dataset_digest": inputs.digests["dataset"],
@@ -107,6 +117,7 @@ class TrainCriticStage(Stage):
             "method": cfg.method.name, "env_id": data.attrs.get("env_id"), "chunk": chunk, "steps": c.steps,
             **{k: round(v, 5) for k, v in loop.last.items() if k != "updates_per_s"},
             "resumed_from_step": loop.resumed_from, "seconds": round(loop.seconds, 1),
+            **({"continued_from": {"run": inputs.shorter.run_id, "step": start["step"]}} if start else {}),
             "updates_per_s": loop.updates_per_s(c.steps), "device": str(device),
             # one-off torch.compile cost (critic.compile), included in seconds
             **({"compile_s": round(agent.compile_seconds, 1)} if agent.compile_seconds else {}),

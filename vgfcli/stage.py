@@ -22,6 +22,9 @@ from vgfcli.cache import cache_key, file_sha256, path_digest
 from vgfcli.errors import VgfError
 from vgfcli.locks import key_lock
 from vgfcli.tracking import (
+    SMALL_OUTPUT_BYTES,
+    TAG_CONTINUES,
+    TAG_LENGTH,
     TAG_SUMMARY,
     TAG_UPSTREAM,
     RunRecord,
@@ -42,6 +45,9 @@ class Inputs:
     upstream: dict[str, RunRecord] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # resolved facts for ``run`` (not hashed)
     digests: dict[str, str] = field(default_factory=dict)  # filled in by the runner: name -> content digest
+    # A stage with a ``continues`` length: the longest finished shorter run of the same config, whose
+    # final state this run starts from (None: from scratch). Set by the runner, never hashed.
+    shorter: RunRecord | None = None
 
 
 @dataclass
@@ -58,6 +64,10 @@ class Stage:
     name: str = ""
     config_name: str = ""
     code_version: int = 1  # bump when the same inputs would now give different outputs
+    # The config path of a training length (``critic.steps``) that a longer run may continue from the
+    # final state of a shorter one of otherwise the same config and inputs, with the same result as an
+    # uninterrupted run (the stage's output holds its whole training state); None: never.
+    continues: str | None = None
     main_metrics: tuple[str, ...] = ()  # shown by `vgf runs`
     domain: str = "rl"  # which domain's pipeline it belongs to (vgfcli.graph.DOMAINS)
     # The stage graph (vgfcli.graph): the upstream names this stage may read, each made by the stage
@@ -168,6 +178,7 @@ def execute(stage: Stage, cfg, ui: UI, upstream, *, force: bool = False, lookup_
         hit = None if force else _cache_hit(store, stage.name, key)
         if hit is not None and stage.accepts(cfg, hit):
             return hit
+        inputs.shorter = None if force else longest_shorter(store, stage, cfg, inputs)
         return _compute(stage, cfg, inputs, ui, store, key, upstream_ids)
 
 
@@ -181,6 +192,35 @@ def plan(stage: Stage, cfg, upstream) -> tuple[Inputs, str]:
         digests[name] = json.dumps({k: v["sha256"] for k, v in record.outputs_meta.items()}, sort_keys=True)
     inputs.digests = digests
     return inputs, cache_key(stage.name, stage.code_version, stage.key_config(cfg, inputs), digests)
+
+
+def continuation_key(stage: Stage, cfg, inputs: Inputs) -> str | None:
+    """The key that runs of ``stage`` of every length ``stage.continues`` share (None: it has none)."""
+    if stage.continues is None:
+        return None
+    from omegaconf import OmegaConf, open_dict
+
+    any_length = OmegaConf.create(OmegaConf.to_container(cfg))
+    with open_dict(any_length):
+        OmegaConf.update(any_length, stage.continues, None)
+    return cache_key(stage.name, stage.code_version, stage.key_config(any_length, inputs), inputs.digests)
+
+
+def longest_shorter(store: Store, stage: Stage, cfg, inputs: Inputs) -> RunRecord | None:
+    """The finished run of the same continuation key with the most steps below this config's, whose
+    outputs are intact; None when there is none."""
+    from omegaconf import OmegaConf
+
+    family = continuation_key(stage, cfg, inputs)
+    if family is None:
+        return None
+    length = int(OmegaConf.select(cfg, stage.continues))
+    found = [r for r in store.find(stage=stage.name) if r.tags.get(TAG_CONTINUES) == family
+             and int(r.tags.get(TAG_LENGTH, 0)) < length]
+    for record in sorted(found, key=lambda r: -int(r.tags[TAG_LENGTH])):
+        if record.check_outputs(rehash_below=SMALL_OUTPUT_BYTES)[1] is None:
+            return record
+    return None
 
 
 def cached_run(stage: Stage, cfg, key: str) -> Outcome | None:
@@ -206,6 +246,11 @@ def _compute(stage: Stage, cfg, inputs: Inputs, ui: UI, store: Store, key: str, 
     threads = apply_threads(cfg)
     name, tags = lineage.describe(stage.name, cfg)
     tags |= {TAG_UPSTREAM: json.dumps(upstream_ids), "vgf.threads": threads}
+    if stage.continues is not None:  # a longer run of the same config may start from this one's end
+        from omegaconf import OmegaConf
+
+        tags |= {TAG_CONTINUES: continuation_key(stage, cfg, inputs),
+                 TAG_LENGTH: str(int(OmegaConf.select(cfg, stage.continues)))}
     note = lineage.upstream_note(store.experiment_id(), upstream_ids)
     if note:
         tags[MLFLOW_RUN_NOTE] = note

@@ -43,6 +43,8 @@ TAG_KEY = "vgf.cache_key"
 TAG_OUTPUTS = "vgf.outputs"
 TAG_SUMMARY = "vgf.summary"
 TAG_UPSTREAM = "vgf.upstream"
+TAG_CONTINUES = "vgf.continues_key"  # runs of one config at any training length (Stage.continues)
+TAG_LENGTH = "vgf.length"  # the training length of such a run
 FINISHED = "FINISHED"
 STAGE_RUNS = f"tags.`{TAG_STAGE}` != ''"  # a pipeline's parent run has no stage
 NEWEST_FIRST = ["attributes.start_time DESC"]

@@ -297,16 +297,18 @@ class LoopReport:
 
 
 def train_loop(run, ui, label: str, *, steps: int, step_fn, state_fn, load_fn, checkpoint_every: int,
-               log_every: int, every: dict | None = None) -> LoopReport:
+               log_every: int, every: dict | None = None, start_state: dict | None = None) -> LoopReport:
     """``fit`` inside a stage run: checkpoints in the run's work folder (which the runner removes once
-    the run has finished), metrics to MLflow, a progress bar, and a note when it resumed."""
+    the run has finished), metrics to MLflow, a progress bar, and a note when it resumed.
+    ``start_state``: where to start when there is no checkpoint (a shorter run's end, ``Stage.continues``)."""
     from vgfcli.tracking import work_dir
 
     start = time.perf_counter()
     with ui.progress(label, steps, unit="updates") as bar:
         resumed = fit(steps=steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
                       checkpoints=Checkpoints(work_dir(run.stage, run.cache_key)), checkpoint_every=checkpoint_every,
-                      log_every=log_every, log=run.log_metrics, bar=bar, every=every, warn=ui.warn)
+                      log_every=log_every, log=run.log_metrics, bar=bar, every=every, warn=ui.warn,
+                      start_state=start_state)
     if resumed:
         ui.note(f"resumed from step {resumed}")
     return LoopReport(resumed, time.perf_counter() - start, dict(run.latest_metrics))
@@ -315,7 +317,7 @@ def train_loop(run, ui, label: str, *, steps: int, step_fn, state_fn, load_fn, c
 def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], dict],
         load_fn: Callable[[dict], int], checkpoints: Checkpoints, checkpoint_every: int, log_every: int,
         log: Callable[[dict, int], None], bar, every: dict[int, Callable[[int], dict]] | None = None,
-        warn: Callable[[str], None] | None = None) -> int:
+        warn: Callable[[str], None] | None = None, start_state: dict | None = None) -> int:
     """Run ``step_fn(step)`` for steps ``[start, steps)``, resuming from the last checkpoint.
 
     ``step_fn`` returns metrics as 0-dim tensors; they are averaged over ``log_every`` steps on the
@@ -333,6 +335,7 @@ def fit(*, steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], di
     state = checkpoints.load()
     if checkpoints.problem and warn is not None:
         warn(checkpoints.problem)
+    state = start_state if state is None else state  # this run's own checkpoint is further on
     if state is not None:
         try:
             start = load_fn(state)
