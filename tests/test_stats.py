@@ -53,6 +53,7 @@ def test_task_families():
     assert task_family("cube-single-play-singletask-task2-v0") == "cube-single-play"
     assert task_family("cube-single-play-singletask-task2-v0 (H=5)") == "cube-single-play (H=5)"
     assert task_family("hopper-medium-v2") == "d4rl-locomotion"
+    assert task_family("pen-cloned-v1") == "d4rl-adroit"  # not the dataset's own protocol family
     assert task_family("mystery") is None
 
 

@@ -119,8 +119,8 @@ def task_family(task: str) -> str | None:
     suffix = f" (H={chunk}" if chunk else ""
     if "-singletask" in name:
         return name.split("-singletask")[0] + suffix
-    families = family_candidates(name)
-    return families[0] + suffix if families else None
+    families = family_candidates(name)  # most specific first: a D4RL dataset's own, then its run-script family
+    return families[-1] + suffix if families else None
 
 
 def _outcomes(record) -> dict[str, list[float]]:

@@ -11,7 +11,6 @@ MLflow can open works alike. Where ``VGF_HOME`` is and what vgf keeps there besi
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -35,7 +34,8 @@ from vgfcli.home import (
     vgf_home,
     work_dir,
 )
-from vgfcli.locks import store_lock
+from vgfcli.mlflow_setup import check_server, git_commit, open_sqlite_store
+from vgfcli.mlflow_setup import quiet_mlflow_logs as _quiet_mlflow_logs  # noqa: F401 (tests import it from here)
 
 # Tags every stage run carries; the cache key tag is what lookups match.
 TAG_STAGE = "vgf.stage"
@@ -238,14 +238,14 @@ class Store:
         if self._client is None:
             _quiet_mlflow_logs()
             if self.uri.startswith(("http://", "https://")):
-                _check_server(self.uri)
+                check_server(self.uri)
             from mlflow.tracking import MlflowClient
 
             db = _sqlite_path(self.uri)
             if db is None:
                 self._client = MlflowClient(tracking_uri=self.uri)
             else:
-                self._client = _open_sqlite_store(db, self.uri)
+                self._client = open_sqlite_store(db, self.uri)
         return self._client
 
     def experiment_id(self) -> str:
@@ -277,7 +277,7 @@ class Store:
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
         base = {TAG_STAGE: stage, TAG_KEY: cache_key, "vgf.version": __version__, MLFLOW_RUN_NAME: name or stage}
-        commit = _git_commit()
+        commit = git_commit()
         if commit:
             base["mlflow.source.git.commit"] = commit
         base.update({"vgf.host": socket.gethostname(), "vgf.pid": str(os.getpid())})
@@ -423,75 +423,3 @@ def _leave_unfinished(run_id: str, stage: str, status: str, exc: BaseException) 
                                                            "reason": reason}))
     except OSError:
         pass  # not even that fits: the next command marks the run KILLED (its process is gone)
-
-
-def _open_sqlite_store(db: Path, uri: str):
-    """A client of the local store. A new store's schema is made under a temporary name and moved
-    into place only when complete, one process at a time: a kill -9 while MLflow creates and migrates
-    it leaves a stray temporary file (removed by the next process), never a half-made store. A file
-    that is not a store MLflow can open is named in a clear error."""
-    from mlflow.tracking import MlflowClient
-
-    if not db.exists():  # the lock only guards making a store: reading one needs no write access
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with store_lock():
-            for stray in db.parent.glob(f".{db.name}.creating-*"):
-                stray.unlink(missing_ok=True)  # we hold the lock: nobody else is making one
-            if not db.exists():
-                tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
-                MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
-                os.replace(tmp, db)
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # not a database, a schema from another MLflow, ...
-        detail = " ".join(str(exc).split())[:200]
-        raise VgfError(f"the tracking store {db} cannot be opened ({type(exc).__name__}: {detail}); move it "
-                       "away to start a new store, or use the MLflow version that made it") from None
-    return client
-
-
-def _check_server(uri: str, timeout_s: float = 10.0) -> None:
-    """A tracking server that does not answer within ``timeout_s`` is the user's to fix: say so at once
-    (MLflow itself retries for minutes without a word). Its later requests fail fast too."""
-    import urllib.error
-    import urllib.request
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise VgfError(f"tracking server {uri} does not answer ({reason}); start it, or unset MLFLOW_TRACKING_URI "
-                       "to use the local store") from None
-
-
-def _quiet_mlflow_logs() -> None:
-    # MLflow and alembic announce every schema migration at INFO on first use of a store, and against
-    # a tracking server MLflow prints "View run ... at" on STDOUT, which is --json's.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow  # noqa: F401  (its import sets its loggers' levels: ours must come after)
-
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # The store layer logs every database error with its traceback before raising it; vgf reports the
-    # error itself, in one line (a full disk: "no space left on the device ...").
-    logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
-
-
-def _git_commit() -> str | None:
-    """The commit of the vgf source tree, when it is a git checkout."""
-    head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            ref_file = head.parent / ref[5:]
-            if ref_file.exists():
-                return ref_file.read_text().strip()
-            packed = (head.parent / "packed-refs").read_text().splitlines()
-            return next((line.split()[0] for line in packed if line.endswith(ref[5:])), None)
-        return ref
-    except OSError:
-        return None
