@@ -162,7 +162,7 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
                     policy=sample_passes + pick.pop("decode_passes"), steps=0)
         picks["L=0 decoded"] = pick
     if ctx.matched and extra is not None:
-        picks |= _matched_best_of_n(ctx, prompt_ids, response, start_scores, sorted(b for b in set(fixed) if b),
+        picks |= _matched_best_of_n(ctx, prompt, prompt_ids, response, start_scores, sorted(b for b in set(fixed) if b),
                                     extra, sampled_s)
     for name in (b for b in budgets if isinstance(b, str)):
         t1 = time.perf_counter()
@@ -176,7 +176,8 @@ def evaluate_prompt(ctx: LmRowsContext, prompt: str, budgets: list[int | str], g
     return _finish(ctx, prompt, prompt_ids, response, lengths, movable, picks, preferred)
 
 
-def _matched_best_of_n(ctx, prompt_ids, response, start_scores, steps: list[int], extra, sampled_s: float) -> dict:
+def _matched_best_of_n(ctx, prompt, prompt_ids, response, start_scores, steps: list[int], extra,
+                       sampled_s: float) -> dict:
     """``best-of-n`` rows, n = each L row's reward passes: the N samples and n - N more, the best under R.
     Their records carry the samples' ids and lengths of their own (``extra_ids``)."""
     if not steps:
@@ -191,7 +192,7 @@ def _matched_best_of_n(ctx, prompt_ids, response, start_scores, steps: list[int]
     mask = torch.cat([torch.ones(more.shape[0], prompt_ids.numel(), dtype=torch.long, device=more.device),
                       (torch.arange(more.shape[1], device=more.device) < more_lengths[:, None]).long()], 1)
     full = torch.cat([prompt_ids.expand(more.shape[0], -1), more], 1)
-    scores = torch.cat([start_scores, finite(aggregate_members(ctx.reward.from_ids(full, mask), "mean"), "")])
+    scores = torch.cat([start_scores, finite(aggregate_members(ctx.reward.from_ids(full, mask), "mean"), prompt)])
     seconds = sampled_s + time.perf_counter() - t
     out = {}
     for s, n in zip(steps, sizes):
