@@ -65,10 +65,9 @@ def check_model_folder(spec: str | None, key: str) -> None:
 def load_model(kind: str, spec: str, loader, **kwargs):
     """``loader.from_pretrained(spec)`` with one-line errors for a missing folder or an unreachable hub."""
     quiet_transformers()
+    check_model_folder(spec, kind)
     path = Path(spec).expanduser()
     local = path.exists() or spec.startswith((".", "/", "~"))
-    if local and not (path / "config.json").is_file():
-        raise VgfError(f"{path}: not a Hugging Face model folder (no config.json) for {kind}")
     try:
         return loader.from_pretrained(str(path) if local else spec, **kwargs)
     except VgfError:
